@@ -1,0 +1,257 @@
+"""The daemon application: start() runs named steps, stop() undoes them in reverse; the main thread
+supervises workers, feeds the systemd watchdog and handles signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, config_diff, load_config
+from .control import ConfigApplied, DaemonControl, core_requests
+from .logs import LoggingSetup, ev
+from .mqtt.client import MqttWorker
+from .mqtt.outbox import Outbox
+from .runtime.bus import Alert, Bus
+from .runtime.commands import RequestRegistry
+from .runtime.notify import Notifier
+from .runtime.supervisor import RestartPolicy, Supervisor
+from .runtime.worker import Worker
+from .store import DB_NAME, Store
+
+logger = logging.getLogger(__name__)
+
+SUPERVISE_INTERVAL_S = 0.5
+
+WorkerFactory = Callable[[Config], Worker]
+
+# Config paths that a worker restart applies; logging.* and runtime.* apply in place;
+# device.id and storage.* need a process restart.
+_WORKER_SECTIONS = {"mqtt": ("mqtt.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",)}
+_PROCESS_SECTIONS = ("device.id", "storage.")
+
+
+def restart_policy(cfg: Config) -> RestartPolicy:
+    """Supervisor policy from the runtime section."""
+    r = cfg.runtime
+    return RestartPolicy(
+        backoff_min_s=r.restart_backoff_min_s, backoff_max_s=r.restart_backoff_max_s, max_restarts=r.max_restarts,
+        window_s=r.restart_window_s, heartbeat_timeout_s=r.heartbeat_timeout_s, stop_timeout_s=r.stop_timeout_s,
+    )
+
+
+class App:
+    """Builds the components from config and runs them until a stop signal."""
+
+    def __init__(self, cfg: Config, config_path: Path | None = None, logging_setup: LoggingSetup | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.logging_setup = logging_setup
+        self.notifier = notifier or Notifier()
+        self.bus = Bus()
+        self.supervisor = Supervisor(self.bus, restart_policy(cfg))
+        self.registry = RequestRegistry()
+        self.store: Store | None = None
+        self.outbox: Outbox | None = None
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._factories: dict[str, WorkerFactory] = {}
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._last_watchdog = 0.0
+        self._hung_reported: set[str] = set()
+
+    # -- start / stop ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the start steps in order; on failure undo what was done and re-raise."""
+        steps: list[tuple[str, Callable[[], Callable[[], None] | None]]] = [
+            ("storage", self._start_storage),
+            ("outbox", self._start_outbox),
+            ("requests", self._start_requests),
+            ("workers", self._start_workers),
+        ]
+        for name, step in steps:
+            logger.debug("start step: %s", name)
+            try:
+                undo = step()
+            except Exception:
+                logger.exception("start step %s failed", name, extra=ev("start_failed"))
+                self.stop()
+                raise
+            if undo is not None:
+                self._undo.append((name, undo))
+        self.notifier.ready(self.status_line())
+        logger.info("smartbin-daemon %s started as %s (root topic %s)", __version__, self.cfg.device.id,
+                    self.cfg.root_topic, extra=ev("daemon_started"))
+
+    def stop(self) -> None:
+        """Undo the start steps in reverse order."""
+        self.notifier.stopping()
+        while self._undo:
+            name, undo = self._undo.pop()
+            logger.debug("stop step: %s", name)
+            try:
+                undo()
+            except Exception:
+                logger.exception("stop step %s failed", name)
+
+    def _start_storage(self) -> Callable[[], None]:
+        path = Path(self.cfg.storage.path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.store = Store(path / DB_NAME)
+        return self.store.close
+
+    def _start_outbox(self) -> None:
+        assert self.store is not None
+        ob = self.cfg.mqtt.outbox
+        self.outbox = Outbox(self.store, max_events=ob.max_events, max_age_days=ob.max_age_days)
+        self.bus.attach_sink(self.outbox)
+        if self.store.recovered_from is not None:
+            self.bus.raise_alert(Alert(source="storage", code="db_recovered", severity="critical",
+                                       message=f"database was unusable and moved aside to {self.store.recovered_from}"))
+        return None
+
+    def _start_requests(self) -> None:
+        for spec in core_requests():
+            self.registry.register(spec)
+        return None
+
+    def _start_workers(self) -> Callable[[], None]:
+        assert self.outbox is not None
+        outbox = self.outbox
+        self._factories = {
+            "mqtt": lambda cfg: MqttWorker(self.bus, cfg, outbox, self.registry),
+            "daemon": lambda cfg: DaemonControl(self.bus, cfg, self.registry),
+        }
+        if self.cfg.health.enabled:
+            from .health.monitor import HealthMonitor
+
+            self._factories["health"] = lambda cfg: HealthMonitor(self.bus, cfg.health, Path(cfg.storage.path))
+        for factory in self._factories.values():
+            self.supervisor.add(factory(self.cfg))
+        self.supervisor.start_all()
+        return self._stop_workers
+
+    def _stop_workers(self) -> None:
+        # The MQTT worker is stopped last so it can still publish what the others say on the way down.
+        names = [n for n in self.supervisor.names() if n != "mqtt"]
+        deadline = time.monotonic() + self.cfg.runtime.stop_timeout_s
+        for name in reversed(names):
+            self.supervisor.worker(name).request_stop()
+        for name in reversed(names):
+            self.supervisor.stop(name, timeout=max(0.1, deadline - time.monotonic()))
+        if "mqtt" in self.supervisor.names():
+            self.supervisor.stop("mqtt", timeout=max(1.0, deadline - time.monotonic() + 2.0))
+
+    # -- main loop ---------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; handlers only set flags."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self._stop.set()
+
+    def request_stop(self) -> None:
+        """Ask the main loop to end."""
+        self._stop.set()
+
+    def run_forever(self) -> None:
+        """Supervise until a stop is requested."""
+        while not self._stop.wait(SUPERVISE_INTERVAL_S):
+            self.tick()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+
+    def tick(self) -> None:
+        """One supervision round: restarts, watchdog, status line, folded log repeats."""
+        self.supervisor.check()
+        self._feed_watchdog()
+        self.notifier.status(self.status_line())
+        if self.logging_setup is not None:
+            self.logging_setup.repeats.flush()
+
+    def _feed_watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        if interval is None:
+            return
+        hung = self.supervisor.hung()
+        for name in set(hung) - self._hung_reported:
+            logger.error("worker %s is hung (no heartbeat for %.0fs); withholding the systemd watchdog",
+                         name, self.supervisor.worker(name).heartbeat_age(), extra=ev("watchdog_withheld", component=name))
+        self._hung_reported = set(hung)
+        now = time.monotonic()
+        if not hung and now - self._last_watchdog >= interval:
+            self._last_watchdog = now
+            self.notifier.watchdog()
+
+    def status_line(self) -> str:
+        """One human line for `systemctl status`: `mqtt connected · health ok · 0 failed`."""
+        states = self.bus.states()
+        parts = [f"mqtt {states.get('mqtt', {}).get('status', 'starting')}"]
+        if "health" in self._factories:
+            parts.append(f"health {states.get('health', {}).get('status', 'starting')}")
+        counts = self.supervisor.counts()
+        parts.append(f"{counts.get('failed', 0)} failed")
+        hung = self.supervisor.hung()
+        if hung:
+            parts.append("hung: " + ",".join(hung))
+        return " · ".join(parts)
+
+    # -- reload --------------------------------------------------------------------------
+
+    def reload(self) -> dict[str, Any]:
+        """SIGHUP: re-read the config, apply what can be applied live, report what needs a restart."""
+        if self.config_path is None:
+            return {"applied": [], "restart_required": []}
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            logger.error("config reload rejected, keeping the running config:\n%s", "\n".join(exc.errors),
+                         extra=ev("config_reload_rejected"))
+            return {"error": exc.errors}
+        changed = config_diff(self.cfg, new)
+        applied: list[str] = []
+        restart_required: list[str] = []
+        workers_to_restart: set[str] = set()
+        for path in changed:
+            if path.startswith(_PROCESS_SECTIONS):
+                restart_required.append(path)
+                continue
+            applied.append(path)
+            for worker, prefixes in _WORKER_SECTIONS.items():
+                if path.startswith(prefixes) and worker in self._factories:
+                    workers_to_restart.add(worker)
+        # Keep process-level values as they are until a restart.
+        merged = new.model_copy(update={"device": new.device.model_copy(update={"id": self.cfg.device.id}),
+                                        "storage": self.cfg.storage})
+        self.cfg = merged
+        if self.logging_setup is not None:
+            self.logging_setup.set_level(merged.logging.level)
+            self.logging_setup.set_repeat_window(merged.logging.repeat_window_s)
+        self.supervisor.policy = restart_policy(merged)
+        for name in sorted(workers_to_restart):
+            self.supervisor.replace(self._factories[name](merged))
+        self.bus.publish(ConfigApplied(merged, tuple(applied), tuple(restart_required)))
+        if changed:
+            self.bus.emit_event("config_changed", {"applied": applied, "restart_required": restart_required,
+                                                   "source": "sighup"}, "daemon")
+        logger.info("config reloaded: %d change(s) applied%s%s", len(applied),
+                    f" ({', '.join(applied)})" if applied else "",
+                    f"; restart required for {', '.join(restart_required)}" if restart_required else "",
+                    extra=ev("config_reloaded"))
+        return {"applied": applied, "restart_required": restart_required}

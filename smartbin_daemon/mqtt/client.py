@@ -1,0 +1,517 @@
+"""The MQTT worker: the only code that talks to the broker.
+
+It drives paho's network loop from its own thread, so connecting, backoff, publishing, request
+routing and outbox replay all happen in one place, in order. paho callbacks only put a message on
+this worker's inbox; nothing is handled inside them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from ..config import Config
+from ..logs import ev
+from ..runtime.bus import Bus, Discovery, Entity, EventsPending, Request, Response, StateUpdate
+from ..runtime.commands import RequestError, RequestRegistry
+from ..runtime.worker import Worker
+from . import discovery as disco
+from .discovery import Topics
+from ..clock import iso_utc
+from .outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+LOOP_TIMEOUT_S = 0.05
+DISCONNECTED, CONNECTING, CONNECTED, AUTH_FAILED = "disconnected", "connecting", "connected", "auth_failed"
+
+# CONNACK reason codes that mean "your credentials/identity are wrong": retry slowly.
+_AUTH_REASONS = {"Bad user name or password", "Not authorized", "Client identifier not valid", "Banned"}
+
+
+# --------------------------------------------------------------------------- inbox messages from callbacks
+
+
+@dataclass(frozen=True)
+class _Connack:
+    reason: str
+    failed: bool
+
+
+@dataclass(frozen=True)
+class _Disconnected:
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation: bytes | None
+
+
+@dataclass(frozen=True)
+class _Published:
+    mid: int
+    reason: str
+    failed: bool
+
+
+@dataclass
+class _Pending:
+    command: str
+    transaction: Any
+    deadline: float
+    response_topic: str | None
+    correlation: bytes | None
+
+
+@dataclass
+class _Counters:
+    connects: int = 0
+    disconnects: int = 0
+    requests: int = 0
+    request_errors: int = 0
+    events_sent: int = 0
+    events_acked: int = 0
+    events_rejected: int = 0
+    last_error: str | None = None
+    connected_since: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _json(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), default=str).encode("utf-8")
+
+
+class MqttWorker(Worker):
+    """Connection, availability/LWT, retained state, durable events, requests and HA discovery."""
+
+    critical = True
+
+    def __init__(self, bus: Bus, cfg: Config, outbox: Outbox, registry: RequestRegistry, *, name: str = "mqtt") -> None:
+        super().__init__(
+            name, bus, tick_s=LOOP_TIMEOUT_S,
+            inbox=(StateUpdate, EventsPending, Discovery, Response), inbox_size=5000,
+        )
+        self.cfg = cfg
+        self.outbox = outbox
+        self.registry = registry
+        self.topics = Topics.from_config(cfg)
+        self._client: paho.Client | None = None
+        self.status = DISCONNECTED
+        self._next_attempt = 0.0
+        self._backoff = cfg.mqtt.reconnect.min_s
+        self._inflight: dict[int, int] = {}  # mid -> outbox seq
+        self._last_sent_seq = 0
+        self._pending: dict[str, _Pending] = {}
+        self._published_discovery: dict[str, dict[str, bytes]] = {}
+        self._last_state_publish = 0.0
+        self._last_own_state: dict[str, Any] | None = None
+        self._last_own_state_at = 0.0
+        self._last_prune = 0.0
+        self._connect_deadline = 0.0
+        self.counters = _Counters()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.status = DISCONNECTED
+        self._client = None
+        self._inflight.clear()
+        self._last_sent_seq = 0
+        self._next_attempt = time.monotonic()
+        self._backoff = self.cfg.mqtt.reconnect.min_s
+        self.bus.publish(Discovery(self.name, self.entities()))
+        self._publish_own_state(force=True)
+
+    def teardown(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        if self.status == CONNECTED:
+            try:
+                info = client.publish(self.topics.availability, "offline", qos=1, retain=True)
+                deadline = time.monotonic() + 2.0
+                while not info.is_published() and time.monotonic() < deadline:
+                    client.loop(0.05)
+                    if not client.is_connected():
+                        break
+                client.disconnect()
+                client.loop(0.05)
+                logger.info("published offline and disconnected", extra=ev("mqtt_offline_published"))
+            except Exception as exc:  # noqa: BLE001 - shutting down: log and carry on
+                logger.warning("clean MQTT shutdown failed: %s", exc)
+        else:
+            try:
+                client.disconnect()
+                client.loop(0.01)
+            except Exception:  # noqa: BLE001 - nothing useful to do with a half-open socket at exit
+                pass
+        self._client = None
+        self.status = DISCONNECTED
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if self._client is None or self.status in (DISCONNECTED, AUTH_FAILED):
+            if now >= self._next_attempt:
+                self._connect()
+            else:
+                self._drain_inbox(min(LOOP_TIMEOUT_S * 4, max(0.0, self._next_attempt - now)))
+                self._housekeeping()
+                return
+        client = self._client
+        if client is not None:
+            rc = client.loop(timeout=LOOP_TIMEOUT_S)
+            if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN) and self.status in (CONNECTED, CONNECTING):
+                self._on_lost(f"network loop: {paho.error_string(rc)}")
+        self._drain_inbox(0.0)
+        self._housekeeping()
+
+    # -- connection -------------------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        m = self.cfg.mqtt
+        protocol = paho.MQTTv5 if m.protocol == "5" else paho.MQTTv311
+        client_id = m.client_id or f"smartbin-{self.cfg.device.id}"
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, reconnect_on_failure=False)
+        if m.username is not None:
+            client.username_pw_set(m.username, m.password.get_secret_value() if m.password is not None else None)
+        if m.tls.enabled:
+            client.tls_set(
+                ca_certs=str(m.tls.ca) if m.tls.ca else None,
+                certfile=str(m.tls.cert) if m.tls.cert else None,
+                keyfile=str(m.tls.key) if m.tls.key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            if m.tls.insecure:
+                client.tls_insecure_set(True)
+        client.will_set(self.topics.availability, "offline", qos=1, retain=True)
+        client.max_inflight_messages_set(m.outbox.inflight + 20)
+        client.on_connect = self._cb_connect
+        client.on_disconnect = self._cb_disconnect
+        client.on_message = self._cb_message
+        client.on_publish = self._cb_publish
+        return client
+
+    def _connect(self) -> None:
+        m = self.cfg.mqtt
+        if self._client is None:
+            self._client = self._make_client()
+            self._inflight.clear()
+            self._last_sent_seq = 0
+        self.status = CONNECTING
+        self._connect_deadline = time.monotonic() + max(10.0, float(m.keepalive_s))
+        try:
+            # connect() on the same client object keeps paho's unacknowledged QoS 1 messages,
+            # which it re-sends itself after the CONNACK: the outbox must not send them again.
+            if m.protocol == "5":
+                self._client.connect(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
+            else:
+                self._client.connect(m.host, m.port, keepalive=m.keepalive_s)
+        except Exception as exc:  # noqa: BLE001 - OSError, SSLError, and paho's odd half-open socket errors
+            self._schedule_retry(f"connect to {m.host}:{m.port} failed: {type(exc).__name__}: {exc}")
+
+    def _schedule_retry(self, error: str, delay: float | None = None) -> None:
+        self.counters.last_error = error
+        if delay is None:
+            delay = self._backoff
+            self._backoff = min(self.cfg.mqtt.reconnect.max_s, self._backoff * 2)
+        self._next_attempt = time.monotonic() + delay
+        if self.status != AUTH_FAILED:
+            self.status = DISCONNECTED
+        logger.warning("%s; retrying in %.0fs", error, delay, extra=ev("mqtt_connect_failed"))
+        self._publish_own_state(force=True)
+
+    def _on_lost(self, reason: str) -> None:
+        was_connected = self.status == CONNECTED
+        self.status = DISCONNECTED
+        self.counters.connected_since = None
+        if was_connected:
+            self.counters.disconnects += 1
+            logger.warning("connection to broker lost: %s", reason, extra=ev("mqtt_disconnected"))
+        self._schedule_retry(f"disconnected: {reason}")
+
+    # -- paho callbacks: enqueue only ---------------------------------------------------
+
+    def _enqueue(self, msg: Any) -> None:
+        assert self.inbox is not None
+        self.inbox.put(msg)
+
+    def _cb_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._enqueue(_Connack(str(reason), bool(getattr(reason, "is_failure", False))))
+
+    def _cb_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._enqueue(_Disconnected(str(reason)))
+
+    def _cb_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        props = getattr(message, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        self._enqueue(_Incoming(message.topic, bytes(message.payload), response_topic, correlation))
+
+    def _cb_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        self._enqueue(_Published(mid, str(reason), bool(getattr(reason, "is_failure", False))))
+
+    # -- inbox ---------------------------------------------------------------------------
+
+    def _drain_inbox(self, wait_s: float) -> None:
+        assert self.inbox is not None
+        msg = self.inbox.get(wait_s) if wait_s > 0 else (self.inbox.get(0) if len(self.inbox) else None)
+        handled = 0
+        while msg is not None and handled < 1000:
+            self.handle(msg)
+            handled += 1
+            msg = self.inbox.get(0) if len(self.inbox) else None
+
+    def handle(self, msg: Any) -> None:
+        if isinstance(msg, _Connack):
+            self._on_connack(msg)
+        elif isinstance(msg, _Disconnected):
+            if self.status in (CONNECTED, CONNECTING):
+                self._on_lost(msg.reason)
+        elif isinstance(msg, _Published):
+            self._on_published(msg)
+        elif isinstance(msg, _Incoming):
+            self._on_incoming(msg)
+        elif isinstance(msg, StateUpdate):
+            if msg.component != self.name:
+                self._publish_state(msg.component, msg.state)
+        elif isinstance(msg, EventsPending):
+            self._flush_outbox()
+        elif isinstance(msg, Discovery):
+            self._publish_discovery(msg.component, msg.entities)
+        elif isinstance(msg, Response):
+            self._on_response(msg)
+
+    def _on_connack(self, msg: _Connack) -> None:
+        if msg.failed:
+            auth = msg.reason in _AUTH_REASONS
+            self.status = AUTH_FAILED if auth else DISCONNECTED
+            if self._client is not None:
+                try:
+                    self._client.disconnect()
+                except Exception:  # noqa: BLE001
+                    pass
+            if auth:
+                logger.error("broker refused our credentials (%s); check mqtt.username/password; "
+                             "retrying in %.0fs", msg.reason, self.cfg.mqtt.reconnect.auth_failure_s,
+                             extra=ev("mqtt_auth_failed"))
+                self._schedule_retry(f"authentication failed: {msg.reason}", self.cfg.mqtt.reconnect.auth_failure_s)
+            else:
+                self._schedule_retry(f"broker refused connection: {msg.reason}")
+            return
+        self.status = CONNECTED
+        self.counters.connects += 1
+        self.counters.connected_since = time.time()
+        self.counters.last_error = None
+        self._backoff = self.cfg.mqtt.reconnect.min_s
+        logger.info("connected to %s:%d (MQTT %s)", self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.protocol,
+                    extra=ev("mqtt_connected"))
+        client = self._client
+        assert client is not None
+        client.subscribe(self.topics.requests, qos=1)
+        if self.cfg.mqtt.discovery:
+            client.subscribe(self.topics.ha_status, qos=1)
+        client.publish(self.topics.availability, "online", qos=1, retain=True)
+        self._republish_everything()
+        self._flush_outbox()
+
+    def _republish_everything(self) -> None:
+        if self.cfg.mqtt.discovery:
+            for component, entities in self.bus.entities().items():
+                self._publish_discovery(component, entities, force=True)
+        for component, state in self.bus.states().items():
+            if component != self.name:
+                self._publish_state(component, state)
+        self._publish_own_state(force=True)
+        self._last_state_publish = time.monotonic()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
+                 properties: Properties | None = None) -> paho.MQTTMessageInfo | None:
+        if self._client is None or self.status != CONNECTED:
+            return None
+        return self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+
+    def _publish_state(self, component: str, state: dict[str, Any]) -> None:
+        self._publish(self.topics.state(component), _json(state), qos=0, retain=True)
+
+    def _publish_discovery(self, component: str, entities: tuple[Entity, ...], force: bool = False) -> None:
+        if not self.cfg.mqtt.discovery or self.status != CONNECTED:
+            return
+        before = self._published_discovery.get(component, {})
+        now: dict[str, bytes] = {}
+        for entity in entities:
+            topic = self.topics.discovery(entity)
+            now[topic] = disco.encode(disco.entity_config(self.cfg, self.topics, entity))
+            if force or before.get(topic) != now[topic]:
+                self._publish(topic, now[topic], qos=1, retain=True)
+        for stale in set(before) - set(now):
+            self._publish(stale, b"", qos=1, retain=True)  # empty retained config removes the entity
+        self._published_discovery[component] = now
+
+    def _flush_outbox(self) -> None:
+        if self.status != CONNECTED or self._client is None:
+            return
+        window = self.cfg.mqtt.outbox.inflight - len(self._inflight)
+        while window > 0:
+            batch = self.outbox.pending(after_seq=self._last_sent_seq, limit=window)
+            if not batch:
+                break
+            for event in batch:
+                info = self._client.publish(self.topics.event(event.type), event.payload(self.cfg.device.id), qos=1)
+                if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                    # paho did not queue it; it stays in the outbox and goes out on a later flush
+                    return
+                # SUCCESS or NO_CONN: paho holds it and (re)sends it until the PUBACK arrives
+                self._inflight[info.mid] = event.seq
+                self._last_sent_seq = event.seq
+                self.counters.events_sent += 1
+                window -= 1
+
+    def _on_published(self, msg: _Published) -> None:
+        seq = self._inflight.pop(msg.mid, None)
+        if seq is None:
+            return
+        if msg.failed:
+            self.counters.events_rejected += 1
+            logger.warning("broker rejected event seq %d (%s); dropping it", seq, msg.reason, extra=ev("mqtt_event_rejected"))
+        else:
+            self.counters.events_acked += 1
+        self.outbox.ack(seq)
+        if len(self._inflight) < self.cfg.mqtt.outbox.inflight // 2 or not self._inflight:
+            self._flush_outbox()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _on_incoming(self, msg: _Incoming) -> None:
+        if msg.topic == self.topics.ha_status:
+            if msg.payload.strip().lower() == b"online":
+                logger.info("Home Assistant came online; republishing discovery", extra=ev("ha_birth"))
+                self._republish_everything()
+            return
+        if not msg.topic.startswith(self.topics.request_prefix):
+            return
+        command = msg.topic[len(self.topics.request_prefix):]
+        self.counters.requests += 1
+        try:
+            parsed = self.registry.parse(command, msg.payload, self.cfg.mqtt.request_max_bytes)
+        except RequestError as exc:
+            self._reply(command, exc.transaction, False, None, str(exc), msg.response_topic, msg.correlation)
+            return
+        request_id = uuid.uuid4().hex
+        delivered = self.bus.publish(Request(target=parsed.spec.owner, command=command, args=parsed.args, request_id=request_id))
+        if not delivered:
+            self._reply(command, parsed.transaction, False, None,
+                        f"component {parsed.spec.owner!r} is not running", msg.response_topic, msg.correlation)
+            return
+        self._pending[request_id] = _Pending(command, parsed.transaction,
+                                             time.monotonic() + self.cfg.mqtt.request_timeout_s,
+                                             msg.response_topic, msg.correlation)
+
+    def _on_response(self, resp: Response) -> None:
+        pending = self._pending.pop(resp.request_id, None)
+        if pending is None:
+            return
+        self._reply(pending.command, pending.transaction, resp.ok, resp.data, resp.error,
+                    pending.response_topic, pending.correlation)
+
+    def _reply(self, command: str, transaction: Any, ok: bool, data: Any, error: str | None,
+               response_topic: str | None, correlation: bytes | None) -> None:
+        if not ok:
+            self.counters.request_errors += 1
+            logger.info("request %s failed: %s", command, (error or "")[:200], extra=ev("request_error"))
+        body = {"transaction": transaction, "status": "ok" if ok else "error", "data": data, "error": error}
+        payload = _json(body)
+        self._publish(self.topics.response(command), payload, qos=1)
+        if response_topic and self.cfg.mqtt.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)
+            if correlation is not None:
+                props.CorrelationData = correlation
+            self._publish(response_topic, payload, qos=1, properties=props)
+
+    # -- periodic ----------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self.status == CONNECTING and now > self._connect_deadline:
+            self._on_lost("no CONNACK from broker")
+        for request_id, pending in list(self._pending.items()):
+            if now >= pending.deadline:
+                del self._pending[request_id]
+                self._reply(pending.command, pending.transaction, False, None,
+                            f"timed out after {self.cfg.mqtt.request_timeout_s:.0f}s waiting for the owning component",
+                            pending.response_topic, pending.correlation)
+        if self.status == CONNECTED and now - self._last_state_publish >= self.cfg.mqtt.state_interval_s:
+            self._last_state_publish = now
+            for component, state in self.bus.states().items():
+                if component != self.name:
+                    self._publish_state(component, state)
+            self._publish_own_state(force=True)
+        if now - self._last_prune >= 300:
+            self._last_prune = now
+            self.outbox.prune_expired()
+        self._publish_own_state()
+
+    def own_state(self) -> dict[str, Any]:
+        """The `mqtt` component state."""
+        c = self.counters
+        dropped = self.outbox.dropped()
+        return {
+            "status": self.status,
+            "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
+            "protocol": self.cfg.mqtt.protocol,
+            "tls": self.cfg.mqtt.tls.enabled,
+            "connected_since": iso_utc(c.connected_since) if c.connected_since else None,
+            "connects": c.connects,
+            "disconnects": c.disconnects,
+            "last_error": c.last_error,
+            "requests": c.requests,
+            "request_errors": c.request_errors,
+            "outbox": {
+                "pending": len(self.outbox),
+                "inflight": len(self._inflight),
+                "sent": c.events_sent,
+                "acked": c.events_acked,
+                "rejected": c.events_rejected,
+                "dropped": dropped.get("dropped", 0),
+                "dropped_by_size": dropped.get("dropped_size", 0),
+                "dropped_by_age": dropped.get("dropped_age", 0),
+            },
+        }
+
+    def _publish_own_state(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_own_state_at < 1.0:
+            return
+        state = self.own_state()
+        if force or state != self._last_own_state:
+            self._last_own_state = state
+            self._last_own_state_at = now
+            self.bus.set_state(self.name, state)
+            self._publish_state(self.name, state)
+
+    def entities(self) -> tuple[Entity, ...]:
+        """HA entities of the MQTT component itself."""
+        diag = {"entity_category": "diagnostic"}
+        return (
+            Entity("sensor", "mqtt_outbox_pending", "Outbox pending events", self.name, "{{ value_json.outbox.pending }}",
+                   {**diag, "state_class": "measurement", "icon": "mdi:tray-full"}),
+            Entity("sensor", "mqtt_outbox_dropped", "Outbox dropped events", self.name, "{{ value_json.outbox.dropped }}",
+                   {**diag, "state_class": "total_increasing", "icon": "mdi:tray-remove"}),
+            Entity("sensor", "mqtt_disconnects", "Broker disconnects", self.name, "{{ value_json.disconnects }}",
+                   {**diag, "state_class": "total_increasing", "icon": "mdi:lan-disconnect"}),
+        )

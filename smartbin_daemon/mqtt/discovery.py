@@ -1,0 +1,114 @@
+"""Home Assistant MQTT discovery: turns the entities components declare into retained config payloads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__
+from ..config import Config
+from ..runtime.bus import Entity
+
+ORIGIN = {"name": "smartbin-daemon", "sw_version": __version__, "support_url": "https://github.com/smartbin/smartbin_daemon"}
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one bin, derived from `<base_topic>/<device_id>` and the discovery prefix."""
+
+    root: str
+    discovery_prefix: str
+    device_id: str
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Topics:
+        """Topics for a config."""
+        return cls(cfg.root_topic, cfg.mqtt.discovery_prefix, cfg.device.id)
+
+    @property
+    def availability(self) -> str:
+        """Retained `online`/`offline`."""
+        return f"{self.root}/availability"
+
+    def state(self, component: str) -> str:
+        """Retained JSON state of a component."""
+        return f"{self.root}/{component}"
+
+    def event(self, type_: str) -> str:
+        """Non-retained event stream of one type."""
+        return f"{self.root}/event/{type_}"
+
+    @property
+    def requests(self) -> str:
+        """Subscription filter for requests."""
+        return f"{self.root}/request/#"
+
+    @property
+    def request_prefix(self) -> str:
+        """Prefix stripped to get the command name."""
+        return f"{self.root}/request/"
+
+    def response(self, command: str) -> str:
+        """Where the answer to a command goes."""
+        return f"{self.root}/response/{command}"
+
+    def command(self, command: str) -> str:
+        """Request topic of a command (used by HA buttons/switches)."""
+        return f"{self.root}/request/{command}"
+
+    @property
+    def ha_status(self) -> str:
+        """Home Assistant's birth/will topic."""
+        return f"{self.discovery_prefix}/status"
+
+    def discovery(self, entity: Entity) -> str:
+        """`<prefix>/<platform>/<device_id>/<object_id>/config`."""
+        return f"{self.discovery_prefix}/{entity.platform}/{self.device_id}/{entity.object_id}/config"
+
+
+def device_block(cfg: Config) -> dict[str, Any]:
+    """The HA device every entity of this bin belongs to."""
+    return {
+        "identifiers": [f"smartbin_{cfg.device.id}"],
+        "name": cfg.device.name,
+        "model": cfg.device.model,
+        "manufacturer": cfg.device.manufacturer,
+        "sw_version": __version__,
+    }
+
+
+def unique_id(device_id: str, entity: Entity) -> str:
+    """Stable across restarts and renames of the entity: device id + object id."""
+    return f"smartbin_{device_id}_{entity.object_id}"
+
+
+_COMMAND_PLATFORMS = {"button", "switch", "select", "number", "text", "lock"}
+
+
+def entity_config(cfg: Config, topics: Topics, entity: Entity) -> dict[str, Any]:
+    """The discovery payload of one entity."""
+    payload: dict[str, Any] = {
+        "name": entity.name,
+        "unique_id": unique_id(cfg.device.id, entity),
+        "object_id": f"smartbin_{cfg.device.id}_{entity.object_id}",
+        "device": device_block(cfg),
+        "origin": ORIGIN,
+        "availability": [{"topic": topics.availability, "payload_available": "online", "payload_not_available": "offline"}],
+    }
+    if entity.platform not in {"button"}:
+        payload["state_topic"] = topics.state(entity.component)
+    if entity.value_template is not None:
+        key = "url_template" if entity.platform == "image" else "value_template"
+        payload[key] = entity.value_template
+    payload.update(entity.options)
+    if entity.platform in _COMMAND_PLATFORMS and "command_topic" in payload:
+        cmd = payload["command_topic"]
+        if not cmd.startswith(topics.root + "/"):
+            payload["command_topic"] = topics.command(cmd)
+    return payload
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    """Compact, key-sorted JSON (stable bytes, so re-publishing is a no-op for HA)."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")

@@ -1,0 +1,101 @@
+"""The worker base every component thread is built on: a name, a stop event, a heartbeat, a bounded loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .bus import Bus, Subscription
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """One component thread.
+
+    Subclasses override `setup()` (open resources; runs in the worker thread on every (re)start),
+    `step()` (one bounded iteration: it must return within `tick_s` or so, typically by waiting on
+    `self.next_message()`), and `teardown()` (always runs, also after a crash). The supervisor owns
+    the thread; an exception escaping `run()` is a crash that it logs and restarts with backoff.
+    """
+
+    critical: bool = True
+    """A critical worker's stale heartbeat withholds the systemd watchdog ping (so systemd restarts us)."""
+
+    def __init__(self, name: str, bus: Bus, *, tick_s: float = 1.0, inbox: Iterable[type] = (), inbox_size: int = 1000) -> None:
+        self.name = name
+        self.bus = bus
+        self.tick_s = tick_s
+        self.stop_event = threading.Event()
+        self.inbox: Subscription | None = bus.subscribe(name, inbox, inbox_size) if inbox else None
+        self.last_beat = time.monotonic()
+        self.started_at = time.monotonic()
+
+    # -- lifecycle hooks ----------------------------------------------------
+
+    def setup(self) -> None:
+        """Open resources; called in the worker thread before the loop, on every (re)start."""
+
+    def step(self) -> None:
+        """One bounded iteration of work. The default waits for one inbox message and handles it."""
+        msg = self.next_message(self.tick_s)
+        if msg is not None:
+            self.handle(msg)
+
+    def handle(self, msg: Any) -> None:
+        """React to one inbox message."""
+
+    def teardown(self) -> None:
+        """Release resources; always called when the loop ends, also after a crash."""
+
+    # -- used by the loop ---------------------------------------------------
+
+    def beat(self) -> None:
+        """Mark this worker alive."""
+        self.last_beat = time.monotonic()
+
+    def heartbeat_age(self) -> float:
+        """Seconds since the last heartbeat."""
+        return time.monotonic() - self.last_beat
+
+    def next_message(self, timeout: float) -> Any | None:
+        """Wait up to `timeout` s for an inbox message (None on timeout, stop or no inbox)."""
+        if self.stop_event.is_set():
+            return None
+        if self.inbox is None:
+            self.stop_event.wait(timeout)
+            return None
+        return self.inbox.get(timeout)
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep, waking early on stop; True if stop was requested."""
+        return self.stop_event.wait(seconds)
+
+    def run(self) -> None:
+        """Thread body: setup, loop until stopped, teardown. Exceptions propagate to the supervisor."""
+        self.stop_event.clear()
+        self.started_at = time.monotonic()
+        self.beat()
+        try:
+            self.setup()
+            while not self.stop_event.is_set():
+                self.beat()
+                self.step()
+        finally:
+            try:
+                self.teardown()
+            except Exception:
+                logger.exception("%s: teardown failed", self.name)
+
+    def request_stop(self) -> None:
+        """Ask the loop to end soon (non-blocking)."""
+        self.stop_event.set()
+        if self.inbox is not None:
+            self.inbox.wake()
+
+    def state_extra(self) -> dict[str, Any]:
+        """Optional worker-specific fields for the daemon's worker table (must be thread-safe to read)."""
+        return {}
