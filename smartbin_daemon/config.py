@@ -39,9 +39,9 @@ class ConfigError(Exception):
 
 
 class _Model(BaseModel):
-    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+    """Base for every config section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid")
 
 
 def default_device_id() -> str:
@@ -344,7 +344,7 @@ def _resolve_relative(cfg: Config, base_dir: Path) -> None:
     for name in ("ca", "cert", "key"):
         value = getattr(tls, name)
         if value is not None and not value.is_absolute():
-            object.__setattr__(tls, name, (base_dir / value).resolve())
+            setattr(tls, name, (base_dir / value).resolve())
 
 
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> Config:
@@ -369,7 +369,6 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
             if not secret:
                 errors.append(f"mqtt.password_file: {str(cfg.mqtt.password_file)!r} is empty")
             cfg.mqtt.password = SecretStr(secret)
-            cfg.mqtt.password_file = cfg.mqtt.password_file
     if errors:
         raise ConfigError(source, errors)
     return cfg

@@ -91,6 +91,10 @@ class Supervisor:
         for slot in self._slots.values():
             self._start(slot)
 
+    def start(self, name: str) -> None:
+        """Start one registered worker (e.g. one added after start_all)."""
+        self._start(self._slots[name])
+
     def _start(self, slot: _Slot) -> None:
         slot.crash = None
         slot.crash_tb = None
