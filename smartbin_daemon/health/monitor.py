@@ -1,0 +1,362 @@
+"""The health worker: samples the system every `interval_s`, scores it, publishes `health` state,
+raises/clears alerts on transitions and declares its Home Assistant entities.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..config import HealthConfig
+from ..logs import ev
+from ..runtime.bus import Alert, Bus, Discovery, Entity
+from ..runtime.worker import Worker
+from . import scoring
+from .sources import (
+    NvmlReader,
+    SystemSampler,
+    ThermalZone,
+    cpu_temperature,
+    disk_usage,
+    gpu_temperature,
+    read_jetson_gpu_load,
+    read_pi_throttling,
+    read_power_rails,
+    read_thermal_zones,
+)
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "health"
+MAX_SLEEP_CHUNK_S = 1.0
+"""Longest single wait inside step(): keeps the heartbeat fresh and stop prompt whatever interval_s is."""
+
+_ALERT_SEVERITY: dict[str, str] = {"ok": "info", "warn": "warning", "critical": "critical"}
+
+
+def expire_after_s(interval_s: float) -> int:
+    """HA `expire_after`: three missed publications make the entities unavailable."""
+    return math.ceil(3 * interval_s)
+
+
+def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool) -> tuple[Entity, ...]:
+    """The HA entities of the health component; Pi flags and GPU load only where the hardware exists."""
+    expire = expire_after_s(interval_s)
+    diag = {"entity_category": "diagnostic", "expire_after": expire}
+    pct = {"unit_of_measurement": "%", "state_class": "measurement"}
+    entities = [
+        Entity(
+            "sensor",
+            "health_status",
+            "Health status",
+            COMPONENT,
+            "{{ value_json.status }}",
+            {
+                "device_class": "enum",
+                "options": ["ok", "warn", "critical"],
+                "icon": "mdi:heart-pulse",
+                "expire_after": expire,
+            },
+        ),
+        Entity(
+            "sensor",
+            "health_score",
+            "Health score",
+            COMPONENT,
+            "{{ value_json.score }}",
+            {**pct, "icon": "mdi:gauge", "expire_after": expire},
+        ),
+        Entity(
+            "sensor",
+            "health_cpu",
+            "CPU usage",
+            COMPONENT,
+            "{{ value_json.cpu.percent }}",
+            {**pct, **diag, "icon": "mdi:cpu-64-bit"},
+        ),
+        Entity(
+            "sensor",
+            "health_ram",
+            "Memory usage",
+            COMPONENT,
+            "{{ value_json.memory.percent }}",
+            {**pct, **diag, "icon": "mdi:memory"},
+        ),
+        Entity(
+            "sensor",
+            "health_disk",
+            "Storage disk usage",
+            COMPONENT,
+            "{{ value_json.disk.storage.percent }}",
+            {**pct, **diag, "icon": "mdi:harddisk"},
+        ),
+        Entity(
+            "sensor",
+            "health_cpu_temperature",
+            "CPU temperature",
+            COMPONENT,
+            "{{ value_json.temperatures.cpu_c }}",
+            {
+                "device_class": "temperature",
+                "unit_of_measurement": "°C",
+                "state_class": "measurement",
+                **diag,
+            },
+        ),
+    ]
+    if pi_present:
+        entities += [
+            Entity(
+                "binary_sensor",
+                "health_throttled",
+                "Throttled",
+                COMPONENT,
+                "{{ 'ON' if 'throttled' in value_json.conditions else 'OFF' }}",
+                {"device_class": "problem", **diag, "icon": "mdi:speedometer-slow"},
+            ),
+            Entity(
+                "binary_sensor",
+                "health_under_voltage",
+                "Under-voltage",
+                COMPONENT,
+                "{{ 'ON' if 'under_voltage' in value_json.conditions else 'OFF' }}",
+                {"device_class": "problem", **diag, "icon": "mdi:flash-alert"},
+            ),
+        ]
+    if gpu_present:
+        entities.append(
+            Entity(
+                "sensor",
+                "health_gpu_load",
+                "GPU load",
+                COMPONENT,
+                "{{ value_json.gpu.load_pct }}",
+                {**pct, **diag, "icon": "mdi:expansion-card"},
+            )
+        )
+    entities.append(
+        Entity(
+            "sensor",
+            "health_process_rss",
+            "Daemon memory (RSS)",
+            COMPONENT,
+            "{{ value_json.process.rss_mb }}",
+            {
+                "device_class": "data_size",
+                "unit_of_measurement": "MB",
+                "state_class": "measurement",
+                **diag,
+                "icon": "mdi:memory",
+            },
+        )
+    )
+    return tuple(entities)
+
+
+def _utc_now_iso() -> str:
+    """Wall-clock time as ISO-8601 UTC with a Z suffix."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class HealthMonitor(Worker):
+    """System and GPU health: `health` state every interval, alerts on transitions, HA entities.
+
+    Why step() sleeps in chunks: one step waits at most MAX_SLEEP_CHUNK_S, so the supervisor sees a
+    fresh heartbeat and a stop request ends the loop within a second, whatever `interval_s` is.
+    """
+
+    critical = True
+
+    def __init__(self, bus: Bus, cfg: HealthConfig, storage_path: Path, *, name: str = COMPONENT) -> None:
+        super().__init__(name, bus, tick_s=MAX_SLEEP_CHUNK_S)
+        self.cfg = cfg
+        self.storage_path = Path(storage_path)
+        self._sampler: SystemSampler | None = None
+        self._nvml: NvmlReader | None = None
+        self._assessment: scoring.Assessment = scoring.OK
+        self._entities: tuple[Entity, ...] | None = None
+        self._next_due = 0.0
+
+    # -- worker hooks --------------------------------------------------------
+
+    def setup(self) -> None:
+        """Prime the CPU counters in this thread, probe the GPU/Pi and declare the HA entities."""
+        self._sampler = SystemSampler()
+        self._sampler.prime()
+        self._nvml = NvmlReader() if self.cfg.sources.nvml else None
+        src = self.cfg.sources
+        zones = read_thermal_zones(src.thermal_glob)
+        gpu = self._read_gpu(zones)
+        pi = read_pi_throttling(src.vcgencmd, src.pi_throttled_sysfs, src.pi_command_timeout_s)
+        self._declare(pi_present=pi is not None, gpu_present=bool(gpu["present"]))
+        logger.info(
+            "health monitor started: every %gs, Pi throttling %s, GPU %s",
+            self.cfg.interval_s,
+            "readable" if pi is not None else "absent",
+            gpu.get("source", "absent"),
+        )
+        # First sample after a short window so the CPU percentages cover a real interval.
+        self._next_due = time.monotonic() + min(MAX_SLEEP_CHUNK_S, self.cfg.interval_s)
+
+    def step(self) -> None:
+        """Sample when due, then wait at most one chunk."""
+        if time.monotonic() >= self._next_due:
+            self._next_due = time.monotonic() + self.cfg.interval_s
+            self.poll()
+        remaining = self._next_due - time.monotonic()
+        if remaining > 0:
+            self.sleep(min(MAX_SLEEP_CHUNK_S, remaining))
+
+    def teardown(self) -> None:
+        """Release NVML."""
+        if self._nvml is not None:
+            self._nvml.close()
+            self._nvml = None
+
+    def state_extra(self) -> dict[str, Any]:
+        """Status and score for the daemon's worker table."""
+        current = self._assessment
+        return {"status": current.status, "score": current.score}
+
+    # -- one cycle -------------------------------------------------------------
+
+    def poll(self) -> dict[str, Any]:
+        """Collect, score, publish the state, emit alerts for transitions; returns the published state."""
+        state = self.collect()
+        previous = self._assessment
+        current = scoring.evaluate(scoring.metrics_from_state(state), self.cfg.thresholds, previous.codes)
+        state = {
+            "status": current.status,
+            "score": current.score,
+            "conditions": [c.code for c in current.conditions],
+            **state,
+        }
+        self.bus.set_state(COMPONENT, state)
+        self._declare(pi_present=state["pi"] is not None, gpu_present=bool(state["gpu"]["present"]))
+        try:
+            self._announce(previous, current, state)
+        except Exception:
+            # The event sink could not persist (e.g. the disk is full - a health problem itself).
+            # Keep the previous assessment so the same transitions are retried next time.
+            logger.exception("health: could not emit alerts", extra=ev("health_alert_failed"))
+            return state
+        self._assessment = current
+        return state
+
+    def collect(self) -> dict[str, Any]:
+        """One snapshot of every metric (without status/score), JSON-serialisable."""
+        if self._sampler is None:
+            self._sampler = SystemSampler()
+            self._sampler.prime()
+        sampler = self._sampler
+        src = self.cfg.sources
+        zones = read_thermal_zones(src.thermal_glob)
+        pi = read_pi_throttling(src.vcgencmd, src.pi_throttled_sysfs, src.pi_command_timeout_s)
+        gpu = self._read_gpu(zones)
+        rails = read_power_rails(src.jetson_power_glob)
+        gpu_c = gpu_temperature(zones)
+        if gpu_c is None and isinstance(gpu.get("temp_c"), (int, float)):
+            gpu_c = float(gpu["temp_c"])
+        return {
+            "cpu": sampler.cpu(),
+            "memory": sampler.memory(),
+            "swap": sampler.swap(),
+            "disk": {"storage": disk_usage(self.storage_path), "root": disk_usage(Path("/"))},
+            "temperatures": {
+                "cpu_c": cpu_temperature(zones),
+                "gpu_c": gpu_c,
+                "zones": [z.as_dict() for z in zones],
+            },
+            "uptime_s": sampler.uptime_s(),
+            "network": sampler.network(),
+            "process": sampler.own_process(),
+            "pi": pi.as_dict() if pi is not None else None,
+            "gpu": gpu,
+            "power": {"rails": [r.as_dict() for r in rails]} if rails else None,
+            "ts": _utc_now_iso(),
+        }
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _read_gpu(self, zones: list[ThermalZone]) -> dict[str, Any]:
+        """Jetson devfreq load first, else NVML, else `{"present": false}`."""
+        load = read_jetson_gpu_load(self.cfg.sources.jetson_gpu_load)
+        if load is not None:
+            return {"present": True, "source": "jetson", "load_pct": load, "temp_c": gpu_temperature(zones)}
+        gpus = self._nvml.read() if self._nvml is not None else None
+        if gpus:
+            first = gpus[0]
+            return {
+                "present": True,
+                "source": "nvml",
+                "name": first.name,
+                "load_pct": first.load_pct,
+                "temp_c": first.temp_c,
+                "memory_pct": first.memory_pct,
+                "devices": [g.as_dict() for g in gpus],
+            }
+        return {"present": False}
+
+    def _declare(self, *, pi_present: bool, gpu_present: bool) -> None:
+        """Publish the HA entities when they differ from what was last declared (e.g. a GPU appeared)."""
+        entities = health_entities(self.cfg.interval_s, pi_present=pi_present, gpu_present=gpu_present)
+        if entities == self._entities:
+            return
+        self.bus.publish(Discovery(COMPONENT, entities))
+        if self._entities is not None:
+            logger.info("health entities changed: Pi flags %s, GPU %s", pi_present, gpu_present)
+        self._entities = entities
+
+    def _announce(
+        self, previous: scoring.Assessment, current: scoring.Assessment, state: dict[str, Any]
+    ) -> None:
+        """Alerts for raised and cleared conditions, then for a status change; logs the status change."""
+        raised, cleared = scoring.transitions(previous, current)
+        metrics = scoring.metrics_from_state(state)
+        rule_of = {r.code: r for r in scoring.rules(self.cfg.thresholds)}
+        for cond in cleared:
+            rule = rule_of[cond.code]
+            message = rule.clear_message(rule.value(metrics), metrics)
+            logger.info(
+                "health condition cleared: %s: %s",
+                cond.code,
+                message,
+                extra=ev("health_condition_cleared", code=cond.code),
+            )
+            self.bus.raise_alert(Alert(COMPONENT, cond.code, "info", message, active=False))
+        for cond in raised:
+            logger.warning(
+                "health condition raised: %s: %s",
+                cond.code,
+                cond.message,
+                extra=ev("health_condition_raised", code=cond.code),
+            )
+            self.bus.raise_alert(Alert(COMPONENT, cond.code, cond.severity, cond.message, active=True))
+        if current.status == previous.status:
+            return
+        codes = ", ".join(c.code for c in current.conditions) or "no conditions"
+        worse = scoring.STATUS_RANK[current.status] > scoring.STATUS_RANK[previous.status]
+        logger.log(
+            logging.WARNING if worse else logging.INFO,
+            "health status %s -> %s (score %d; %s)",
+            previous.status,
+            current.status,
+            current.score,
+            codes,
+            extra=ev(
+                "health_status_changed",
+                status=current.status,
+                previous_status=previous.status,
+                score=current.score,
+            ),
+        )
+        message = f"health {current.status} (score {current.score}; {codes})"
+        self.bus.raise_alert(
+            Alert(
+                COMPONENT, "status", _ALERT_SEVERITY[current.status], message, active=current.status != "ok"
+            )
+        )
