@@ -34,8 +34,9 @@ WorkerFactory = Callable[[Config], Worker]
 
 # Config paths that a worker restart applies; logging.* and runtime.* apply in place;
 # device.id and storage.* need a process restart.
-_WORKER_SECTIONS = {"mqtt": ("mqtt.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",)}
-_PROCESS_SECTIONS = ("device.id", "storage.")
+_WORKER_SECTIONS = {"mqtt": ("mqtt.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",),
+                    "arduino": ("arduino.",)}
+_PROCESS_SECTIONS = ("device.id", "storage.", "arduino.enabled", "arduino.backend", "arduino.simulator.")
 
 
 def restart_policy(cfg: Config) -> RestartPolicy:
@@ -67,6 +68,7 @@ class App:
         self._reload = threading.Event()
         self._last_watchdog = 0.0
         self._hung_reported: set[str] = set()
+        self.simulated_arduino: Any = None
 
     # -- start / stop ------------------------------------------------------------------
 
@@ -76,6 +78,7 @@ class App:
             ("storage", self._start_storage),
             ("outbox", self._start_outbox),
             ("requests", self._start_requests),
+            ("simulators", self._start_simulators),
             ("workers", self._start_workers),
         ]
         for name, step in steps:
@@ -124,6 +127,20 @@ class App:
             self.registry.register(spec)
         return None
 
+    def _start_simulators(self) -> Callable[[], None] | None:
+        """Simulated hardware speaks the real protocols on real devices (a pty), so the real code paths run."""
+        a = self.cfg.arduino
+        if not (a.enabled and a.backend == "simulator"):
+            return None
+        from .hardware.arduino.simulator import SimulatedArduino
+
+        link = a.simulator.link if a.simulator.link.is_absolute() else Path(self.cfg.storage.path) / a.simulator.link
+        sim = SimulatedArduino(link, compartments=a.simulator.compartments, empty_mm=a.simulator.empty_mm,
+                               item_mm=a.simulator.item_mm, telemetry_interval_s=a.simulator.telemetry_interval_s)
+        sim.start()
+        self.simulated_arduino = sim
+        return sim.stop
+
     def _start_workers(self) -> Callable[[], None]:
         assert self.outbox is not None
         outbox = self.outbox
@@ -135,8 +152,16 @@ class App:
             from .health.monitor import HealthMonitor
 
             self._factories["health"] = lambda cfg: HealthMonitor(self.bus, cfg.health, Path(cfg.storage.path))
-        for factory in self._factories.values():
-            self.supervisor.add(factory(self.cfg))
+        if self.cfg.arduino.enabled:
+            from .hardware.arduino.link import ArduinoLink
+
+            self._factories["arduino"] = lambda cfg: ArduinoLink(self.bus, cfg.arduino, Path(cfg.storage.path))
+        workers = {name: factory(self.cfg) for name, factory in self._factories.items()}
+        if "arduino" in workers:
+            for spec in workers["arduino"].requests(owns_actuators=True):  # type: ignore[attr-defined]
+                self.registry.register(spec)
+        for worker in workers.values():
+            self.supervisor.add(worker)
         self.supervisor.start_all()
         return self._stop_workers
 
@@ -203,6 +228,8 @@ class App:
         """One human line for `systemctl status`: `mqtt connected · health ok · 0 failed`."""
         states = self.bus.states()
         parts = [f"mqtt {states.get('mqtt', {}).get('status', 'starting')}"]
+        if "arduino" in self._factories:
+            parts.append(f"arduino {states.get('arduino', {}).get('status', 'starting')}")
         if "health" in self._factories:
             parts.append(f"health {states.get('health', {}).get('status', 'starting')}")
         counts = self.supervisor.counts()

@@ -21,6 +21,8 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parents[1]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -47,14 +49,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 class Broker:
     """A private mosquitto process that tests can stop and start again on the same port."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "", password: tuple[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "", password: tuple[str, str] | None = None,
+                 persistence: bool = False) -> None:
         if not Path(MOSQUITTO).exists():
             pytest.fail("mosquitto is not installed (apt-get install mosquitto); the suite needs a real broker")
         self.workdir = workdir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest file " + str(self.log_path),
+        persist = ["persistence true", f"persistence_location {workdir}/"] if persistence else ["persistence false"]
+        lines = [f"listener {self.port} 127.0.0.1", *persist, "log_dest file " + str(self.log_path),
                  "log_type all", "max_inflight_messages 0"]
         if os.geteuid() == 0:
             lines.append("user root")  # otherwise mosquitto drops to its own user and cannot read tmp_path
@@ -129,6 +133,8 @@ class Probe:
 
     port: int
     protocol: int = paho.MQTTv5
+    persistent: bool = False
+    """A durable session (clean_start False, long expiry): the broker queues for us while we are away."""
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -137,7 +143,13 @@ class Probe:
         self.client.on_message = self._on_message
         self._connected = threading.Event()
         self.client.on_connect = lambda c, u, f, r, p: self._connected.set()
-        self.client.connect("127.0.0.1", self.port)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        if self.persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self.client.connect("127.0.0.1", self.port, clean_start=False, properties=props)
+        else:
+            self.client.connect("127.0.0.1", self.port)
         self.client.loop_start()
         if not self._connected.wait(5):
             raise RuntimeError("probe could not connect")
@@ -199,8 +211,8 @@ def probe_factory() -> Iterator[Callable[..., Probe]]:
     """Make probes bound to a broker port; all are closed at teardown."""
     made: list[Probe] = []
 
-    def make(port: int, protocol: int = paho.MQTTv5) -> Probe:
-        p = Probe(port, protocol)
+    def make(port: int, protocol: int = paho.MQTTv5, persistent: bool = False) -> Probe:
+        p = Probe(port, protocol, persistent)
         made.append(p)
         return p
 

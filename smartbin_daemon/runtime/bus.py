@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -140,6 +140,11 @@ class Subscription:
         self.dropped = 0
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
+        self._waker: Callable[[], None] | None = None
+
+    def set_waker(self, waker: Callable[[], None] | None) -> None:
+        """Also call `waker()` after each put, for consumers that block on something else (a serial read)."""
+        self._waker = waker
 
     def accepts(self, msg: Any) -> bool:
         """Whether this subscriber wants `msg`: right type, and addressed to it if addressed at all."""
@@ -156,6 +161,12 @@ class Subscription:
                 self.dropped += 1
             self._items.append(msg)
             self._cond.notify()
+        waker = self._waker
+        if waker is not None:
+            try:
+                waker()
+            except Exception:  # noqa: BLE001 - waking is best effort; the consumer polls anyway
+                pass
 
     def wake(self) -> None:
         """Wake a consumer blocked in get()."""

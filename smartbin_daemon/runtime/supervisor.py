@@ -14,7 +14,7 @@ from typing import Any
 
 from ..logs import ev
 from .bus import Alert, Bus
-from .worker import Worker
+from .worker import FatalWorkerError, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -179,13 +179,18 @@ class Supervisor:
         slot.crashes.append(now)
         while slot.crashes and now - slot.crashes[0] > self.policy.window_s:
             slot.crashes.popleft()
-        if len(slot.crashes) > self.policy.max_restarts:
+        fatal = isinstance(slot.crash, FatalWorkerError)
+        if fatal or len(slot.crashes) > self.policy.max_restarts:
             slot.status = FAILED
             slot.restart_at = None
-            logger.error("worker %s failed %d times within %.0fs; giving up (rest of the daemon keeps running)",
-                         name, len(slot.crashes), self.policy.window_s, extra=ev("worker_failed", component=name))
+            if fatal:
+                logger.error("worker %s cannot run: %s (not retried; the rest of the daemon keeps running)",
+                             name, err, extra=ev("worker_failed", component=name))
+            else:
+                logger.error("worker %s failed %d times within %.0fs; giving up (rest of the daemon keeps running)",
+                             name, len(slot.crashes), self.policy.window_s, extra=ev("worker_failed", component=name))
             self.bus.raise_alert(Alert(source=name, code="worker_failed", severity="critical",
-                                       message=f"worker {name} keeps crashing: {slot.last_error}"))
+                                       message=f"worker {name} {'cannot run' if fatal else 'keeps crashing'}: {slot.last_error}"))
             return
         delay = self.policy.backoff(len(slot.crashes))
         slot.status = RESTARTING

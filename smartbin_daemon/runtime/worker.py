@@ -13,6 +13,10 @@ from .bus import Bus, Subscription
 logger = logging.getLogger(__name__)
 
 
+class FatalWorkerError(Exception):
+    """Raised by a worker when retrying cannot help (a wrong or busy pin): it is marked failed at once."""
+
+
 class Worker:
     """One component thread.
 

@@ -1,0 +1,843 @@
+#!/usr/bin/env bash
+# SmartBin installer: production install as a systemd service, uninstall, and the two developer
+# entry points of the README (--simulate, --test). Idempotent: run it again to update.
+# Targets: Raspberry Pi OS Bookworm (Pi 4/5, Python 3.11), JetPack 6 (Ubuntu 22.04, Python 3.10);
+# the dev modes work on any Debian/Ubuntu. Run ./install.sh --help for the modes.
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly REPO_DIR
+readonly APP_USER=smartbin
+readonly UNIT_NAME=smartbin.service
+readonly SIM_BROKER_HOST=127.0.0.1
+readonly SIM_BROKER_PORT=1883
+
+# Options (set by parse_args).
+MODE=install            # install | uninstall | simulate | test
+DRY_RUN=0
+PURGE=0
+PREFIX=""
+SYSTEM_SITE=0
+NO_VISION=0
+PASSTHRU=()
+ORIG_ARGS=("$@")
+
+# Environment knobs.
+PYTHON_FROM_ENV=${PYTHON:+1}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+PYTHON=${PYTHON:-python3}
+# Extra arguments for every `pip install`, e.g. an offline wheelhouse:
+#   SMARTBIN_PIP_ARGS="--no-index --find-links /media/usb/wheels" ./install.sh
+read -r -a PIP_EXTRA <<<"${SMARTBIN_PIP_ARGS:-}"
+PLATFORM=""             # jetson | pi | generic (override: SMARTBIN_PLATFORM)
+SUDO=()
+APT_UPDATED=0
+CLEANUP=()              # temporary paths removed on exit
+
+cleanup() {
+    if ((${#CLEANUP[@]})); then rm -rf -- "${CLEANUP[@]}"; fi
+}
+trap cleanup EXIT
+
+# ------------------------------------------------------------------------------------ output
+
+info() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+warn() { printf 'install.sh: warning: %s\n' "$*" >&2; }
+die() {
+    printf 'install.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+usage() {
+    cat <<'EOF'
+Usage: ./install.sh [MODE] [OPTIONS] [-- ARGS]
+
+Modes:
+  (none)            Production install (root; re-runs itself with sudo when needed):
+                      apt prerequisites, system user "smartbin" (groups dialout, video, gpio),
+                      venv /opt/smartbin/venv with the package and its "systemd" extra (plus
+                      "vision" once pyproject.toml has it), /etc/smartbin/config.yaml (only if
+                      absent: an existing config is never overwritten), models to
+                      /opt/smartbin/models, unit /etc/systemd/system/smartbin.service, then
+                      `systemctl enable` + `restart` (skipped when systemd is not PID 1, and the
+                      start is skipped while the config does not validate yet).
+                      Re-run it to update an installation.
+  --uninstall       Stop, disable and remove the unit, the venv and /opt/smartbin. Keeps
+                      /etc/smartbin (config, secrets) and /var/lib/smartbin (data).
+  --uninstall --purge
+                    Also remove /etc/smartbin, /var/lib/smartbin and the user "smartbin".
+  --simulate        Developer demo (README): apt deps, ./.venv (editable install), a local
+                      mosquitto on 127.0.0.1:1883 if nothing listens there, then runs the
+                      daemon in the foreground with config/simulation.yaml. ARGS after -- are
+                      passed to `smartbin-daemon run`.
+  --test            Developer/CI test run (README, .ci/run): apt deps (mosquitto, openssl, ...),
+                      ./.venv with the "test" extra, then `python -m pytest ARGS`; exits with
+                      pytest's status. Example: ./install.sh --test -- -k mqtt -x
+
+Options:
+  --dry-run, -n     Print every action (commands, file writes) and change nothing.
+  --prefix DIR      Root-less install below DIR (DIR/opt/smartbin, DIR/etc/smartbin,
+                      DIR/var/lib/smartbin, DIR/etc/systemd/system); paths inside the installed
+                      unit and config are rewritten to DIR. apt, user creation and systemctl are
+                      only printed. Works with --uninstall [--purge] too.
+  --system-site-packages
+                    Create the venv with access to the system's Python packages (always on for
+                      Jetson, where JetPack provides torch, torchvision and OpenCV; on a Pi
+                      needed for apt-only packages such as python3-picamera2).
+  --no-vision       Leave out the "vision" extra (torch, ultralytics, OpenCV): for a bin without a
+                      camera, or a quick install.
+  -h, --help        This help.
+
+The dev .venv is only re-synced (pip) when pyproject.toml, the extras, the platform or the Python
+version change; delete .venv/.smartbin-install-stamp-* to force it. Production installs always
+reinstall the package.
+
+Environment:
+  PYTHON=...            Interpreter for the venv (default: python3 from PATH; for the production
+                          install /usr/bin/python3, because the service cannot see /home or /root).
+  SMARTBIN_PIP_ARGS=... Extra arguments for every pip install (e.g. --no-index --find-links DIR).
+  SMARTBIN_PLATFORM=... Force platform detection: jetson | pi | generic.
+EOF
+}
+
+# ------------------------------------------------------------------------------------ actions
+# Everything that changes the system goes through run/sys_run/write_file, so --dry-run can
+# print it instead.
+
+quote() {
+    local out="" a
+    for a in "$@"; do
+        if [[ $a =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then out+="$a "; else out+="${a@Q} "; fi
+    done
+    printf '%s' "${out% }"
+}
+
+# run CMD...: run it, or print it in dry-run mode.
+run() {
+    if ((DRY_RUN)); then
+        printf '    [dry-run] %s\n' "$(quote "$@")"
+    else
+        "$@"
+    fi
+}
+
+# sys_run CMD...: a system-level action (apt, useradd, systemctl, ownership). Uses sudo when not
+# root; in --prefix mode it is only printed, because a prefix install must not touch the system.
+sys_run() {
+    if [[ -n $PREFIX ]]; then
+        printf '    [prefix mode, skipped] %s\n' "$(quote "$@")"
+    else
+        run "${SUDO[@]}" "$@"
+    fi
+}
+
+# write_file SRC DST MODE [OWNER:GROUP]: install a file; with --prefix, absolute smartbin paths
+# inside it are rewritten to the prefix.
+write_file() {
+    local src=$1 dst=$2 mode=$3 owner=${4:-}
+    local -a own=()
+    if [[ -n $owner && -z $PREFIX ]]; then own=(-o "${owner%%:*}" -g "${owner##*:}"); fi
+    if [[ -n $PREFIX ]]; then
+        if ((DRY_RUN)); then
+            printf '    [dry-run] write %s (from %s, paths rewritten to %s)\n' "$dst" "${src#"$REPO_DIR"/}" "$PREFIX"
+            return
+        fi
+        local tmp
+        tmp=$(mktemp)
+        rewrite_paths <"$src" >"$tmp"
+        install -D -m "$mode" "$tmp" "$dst"
+        rm -f "$tmp"
+    else
+        run install -D -m "$mode" "${own[@]}" "$src" "$dst"
+    fi
+}
+
+# make_dir DIR MODE [OWNER:GROUP]
+make_dir() {
+    local dir=$1 mode=$2 owner=${3:-}
+    if [[ -n $owner && -z $PREFIX ]]; then
+        run install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$dir"
+    else
+        run install -d -m "$mode" "$dir"
+    fi
+}
+
+# remove_path PATH: rm -rf with a guard against empty or top-level paths.
+remove_path() {
+    local p=$1
+    case $p in "" | / | /opt | /etc | /var | /var/lib | /usr | "${HOME:-/}") die "refusing to remove '$p'" ;; esac
+    if [[ -e $p || -L $p ]]; then
+        run rm -rf -- "$p"
+    fi
+}
+
+# rewrite_paths: stdin -> stdout with /opt/smartbin, /etc/smartbin, /var/lib/smartbin moved below
+# $PREFIX (only where such a path starts, e.g. after '=', ':', a space or a quote).
+rewrite_paths() {
+    sed -E "s#(^|[^[:alnum:]_./-])(/opt/smartbin|/etc/smartbin|/var/lib/smartbin)#\\1${PREFIX}\\2#g"
+}
+
+# ------------------------------------------------------------------------------------ setup
+
+parse_args() {
+    local mode_set=""
+    while (($#)); do
+        case $1 in
+            --uninstall | --simulate | --test)
+                [[ -z $mode_set ]] || die "$mode_set and $1 cannot be combined"
+                mode_set=$1
+                MODE=${1#--}
+                ;;
+            --purge) PURGE=1 ;;
+            --dry-run | -n) DRY_RUN=1 ;;
+            --prefix)
+                (($# >= 2)) || die "--prefix needs a directory"
+                PREFIX=$2
+                shift
+                ;;
+            --prefix=*) PREFIX=${1#--prefix=} ;;
+            --system-site-packages) SYSTEM_SITE=1 ;;
+            --no-vision) NO_VISION=1 ;;
+            -h | --help)
+                usage
+                exit 0
+                ;;
+            --)
+                shift
+                PASSTHRU=("$@")
+                break
+                ;;
+            *) die "unknown argument: $1 (see ./install.sh --help)" ;;
+        esac
+        shift
+    done
+    if ((PURGE)) && [[ $MODE != uninstall ]]; then die "--purge only goes with --uninstall"; fi
+    if ((${#PASSTHRU[@]})) && [[ $MODE != simulate && $MODE != test ]]; then
+        die "arguments after -- only go with --simulate or --test"
+    fi
+    if [[ -n $PREFIX ]]; then
+        [[ $MODE == install || $MODE == uninstall ]] || die "--prefix only goes with the install and --uninstall modes"
+        PREFIX=$(realpath -m -- "$PREFIX")
+        # The prefix ends up in ExecStart=/Environment= lines and in sed replacements.
+        [[ $PREFIX =~ ^/[A-Za-z0-9_./+-]*$ ]] || die "--prefix: use a path of letters, digits and _ . / + - only"
+        [[ $PREFIX != / ]] || die "--prefix / is the normal install; leave --prefix out"
+    fi
+}
+
+set_paths() {
+    OPT_DIR=$PREFIX/opt/smartbin
+    VENV_DIR=$OPT_DIR/venv
+    MODELS_DIR=$OPT_DIR/models
+    SHARE_DIR=$OPT_DIR/share
+    ETC_DIR=$PREFIX/etc/smartbin
+    CONFIG_FILE=$ETC_DIR/config.yaml
+    STATE_DIR=$PREFIX/var/lib/smartbin
+    UNIT_DIR=$PREFIX/etc/systemd/system
+    UNIT_FILE=$UNIT_DIR/$UNIT_NAME
+    DROPIN_DIR=$UNIT_DIR/$UNIT_NAME.d
+    DEV_VENV=$REPO_DIR/.venv
+}
+
+# Production modes need root; re-run through sudo (dry-run and --prefix do not).
+ensure_root_or_sudo() {
+    local need_root=0
+    if [[ $MODE == install || $MODE == uninstall ]] && [[ -z $PREFIX ]] && ((!DRY_RUN)); then need_root=1; fi
+    if ((EUID == 0)); then return; fi
+    if ((need_root)); then
+        command -v sudo >/dev/null || die "run as root (sudo is not installed)"
+        info "root needed: re-running with sudo"
+        local -a env_args=()
+        local var
+        for var in PYTHON SMARTBIN_PIP_ARGS SMARTBIN_PLATFORM; do
+            if [[ $var == PYTHON && -z $PYTHON_FROM_ENV ]]; then continue; fi
+            if [[ -n ${!var:-} ]]; then env_args+=("$var=${!var}"); fi
+        done
+        exec sudo env "${env_args[@]}" "$REPO_DIR/install.sh" "${ORIG_ARGS[@]}"
+    fi
+    # Dev modes run as the user and use sudo only for apt/systemctl.
+    if command -v sudo >/dev/null; then SUDO=(sudo); fi
+}
+
+detect_platform() {
+    PLATFORM=${SMARTBIN_PLATFORM:-}
+    if [[ -z $PLATFORM ]]; then
+        local model=""
+        if [[ -r /proc/device-tree/model ]]; then model=$(tr -d '\0' </proc/device-tree/model); fi
+        if [[ -e /etc/nv_tegra_release || $model == *"NVIDIA Jetson"* ]]; then
+            PLATFORM=jetson
+        elif [[ $model == *"Raspberry Pi"* ]]; then
+            PLATFORM=pi
+        else
+            PLATFORM=generic
+        fi
+    fi
+    case $PLATFORM in jetson | pi | generic) ;; *) die "SMARTBIN_PLATFORM must be jetson, pi or generic" ;; esac
+}
+
+systemd_running() { [[ -d /run/systemd/system ]]; }
+
+# ------------------------------------------------------------------------------------ python
+
+# The production venv lives in /opt and is run by systemd with ProtectHome=yes, so its base
+# interpreter must not live in /home, /root or /run/user (pyenv, conda, ~/.local builds).
+choose_python() {
+    if [[ $MODE == install && -z $PREFIX && -z $PYTHON_FROM_ENV && -x /usr/bin/python3 ]]; then
+        PYTHON=/usr/bin/python3
+    fi
+}
+
+python_found() { command -v "$PYTHON" >/dev/null 2>&1; }
+
+check_python() {
+    python_found || die "$PYTHON not found (set PYTHON=/path/to/python3)"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+        die "$PYTHON is $("$PYTHON" -V 2>&1); smartbin-daemon needs Python >= 3.10"
+    if [[ $MODE == install && -z $PREFIX ]]; then
+        local real
+        real=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+        case $real in
+            /home/* | /root/* | /run/user/*)
+                die "$PYTHON resolves to $real, which the service cannot see (ProtectHome=yes); use PYTHON=/usr/bin/python3"
+                ;;
+        esac
+    fi
+}
+
+# ------------------------------------------------------------------------------------ apt
+
+pkg_installed() { [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]; }
+
+# Packages needed to create a venv and build systemd-python (an sdist) for $PYTHON.
+python_build_packages() {
+    if ! python_found; then
+        echo python3 python3-venv python3-dev
+    else
+        "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || echo python3-venv
+        "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' ||
+            echo python3-dev
+    fi
+    echo libsystemd-dev pkg-config gcc
+}
+
+# ensure_apt_packages PKG...: install the missing ones (apt-get update once, only if needed).
+ensure_apt_packages() {
+    local -a missing=()
+    local p
+    if ! command -v dpkg-query >/dev/null; then
+        if [[ $MODE == install && -z $PREFIX ]]; then die "not a Debian/Ubuntu system (no dpkg); install by hand: $*"; fi
+        warn "no dpkg/apt here; make sure these are installed: $*"
+        return
+    fi
+    for p in "$@"; do
+        pkg_installed "$p" || missing+=("$p")
+    done
+    if ((${#missing[@]} == 0)); then
+        info "apt packages present: $*"
+        return
+    fi
+    info "missing apt packages: ${missing[*]}"
+    if ((APT_UPDATED == 0)); then
+        sys_run env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    sys_run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# ------------------------------------------------------------------------------------ venv + pip
+
+venv_python_version() { "$1/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+
+# ensure_venv DIR: create it, or keep it when it is usable; recreate it when broken or built for
+# another Python minor version.
+ensure_venv() {
+    local dir=$1 want_sys=$SYSTEM_SITE
+    if [[ $PLATFORM == jetson ]]; then want_sys=1; fi
+    local -a args=()
+    if ((want_sys)); then args+=(--system-site-packages); fi
+    local py_ver venv_ver
+    py_ver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if [[ -x $dir/bin/python ]] && venv_ver=$(venv_python_version "$dir"); then
+        if [[ $venv_ver != "$py_ver" ]]; then
+            warn "$dir was made with Python $venv_ver, $PYTHON is $py_ver: recreating it"
+            run "$PYTHON" -m venv --clear "${args[@]}" "$dir"
+            return
+        fi
+        local have_sys=0
+        if grep -Eqi '^include-system-site-packages *= *true' "$dir/pyvenv.cfg"; then have_sys=1; fi
+        if ((have_sys != want_sys)); then
+            info "venv $dir: switching include-system-site-packages to $([[ $want_sys == 1 ]] && echo true || echo false)"
+            run "$PYTHON" -m venv "${args[@]}" "$dir"
+        else
+            info "venv $dir: present (Python $venv_ver)"
+        fi
+    else
+        if [[ -e $dir ]]; then
+            warn "$dir exists but is not a working venv: recreating it"
+            run "$PYTHON" -m venv --clear "${args[@]}" "$dir"
+        else
+            info "creating venv $dir ($("$PYTHON" -V 2>&1)${args[*]:+, ${args[*]}})"
+            run "$PYTHON" -m venv "${args[@]}" "$dir"
+        fi
+    fi
+}
+
+# pip_install VENV ARGS...: quiet, but errors and warnings still show.
+pip_install() {
+    local venv=$1
+    shift
+    run "$venv/bin/python" -m pip install --quiet --no-input --progress-bar off "${PIP_EXTRA[@]}" "$@"
+}
+
+pip_has() { "$1/bin/python" -m pip show --quiet "$2" >/dev/null 2>&1; }
+
+pip_version_of() { "$1/bin/python" -m pip show "$2" 2>/dev/null | sed -n 's/^Version: //p'; }
+
+# Is there a `vision = [...]` entry in [project.optional-dependencies]?
+has_vision_extra() {
+    awk '
+        /^[[:space:]]*\[/ { in_extras = ($0 ~ /^[[:space:]]*\[project\.optional-dependencies\][[:space:]]*$/) ; next }
+        in_extras && /^[[:space:]]*"?vision"?[[:space:]]*=/ { found = 1 }
+        END { exit !found }
+    ' "$REPO_DIR/pyproject.toml"
+}
+
+vision_enabled() { ((!NO_VISION)) && has_vision_extra; }
+
+# stage_source DIR: the files a package build needs (everything but VCS, venvs, runtime data,
+# models and caches).
+stage_source() {
+    tar -C "$REPO_DIR" --exclude=./.git --exclude=./.venv --exclude=./var --exclude=./models \
+        --exclude=./build --exclude=./dist --exclude=./runs --exclude='*.egg-info' \
+        --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis --exclude=.mypy_cache \
+        --exclude=.ruff_cache -cf - . | tar -C "$1" -xf -
+}
+
+# What the dev venv was last synced from; pip is skipped while it matches.
+install_stamp() {
+    { cat "$REPO_DIR/pyproject.toml"; echo "extras=$1 platform=$PLATFORM python=$("$PYTHON" -V 2>&1) pip=${PIP_EXTRA[*]}"; } |
+        sha256sum | cut -d' ' -f1
+}
+
+# install_package VENV EDITABLE EXTRAS: the smartbin-daemon package from this checkout, plus the
+# vision stack when pyproject.toml has a "vision" extra (and --no-vision is not given).
+install_package() {
+    local venv=$1 editable=$2 extras=$3
+    local -a vision_args=()
+    if vision_enabled; then extras+=",vision"; fi
+    local stamp_file=$venv/.smartbin-install-stamp-${extras//,/-} stamp
+    stamp=$(install_stamp "$extras")
+    if [[ $editable == 1 && -f $stamp_file && $(<"$stamp_file") == "$stamp" ]] &&
+        "$venv/bin/python" -c 'import smartbin_daemon' >/dev/null 2>&1; then
+        info "$venv is in sync with pyproject.toml ([$extras]): skipping pip"
+        return 0
+    fi
+    if vision_enabled; then vision_prepare "$venv" vision_args; fi
+    info "pip install smartbin-daemon[$extras] into $venv$([[ $editable == 1 ]] && echo ' (editable)')"
+    if [[ $editable == 1 ]]; then
+        pip_install "$venv" "${vision_args[@]}" -e "${REPO_DIR}[${extras}]"
+    else
+        # Built from a temporary copy: setuptools writes build/ and *.egg-info into the source
+        # tree, which would leave root-owned files in the checkout (or fail on a read-only one).
+        local src
+        if ((DRY_RUN)); then
+            src="<copy of $REPO_DIR>"
+            note "[dry-run] copy the checkout (without .git, .venv, var, models) to a temporary build directory"
+        else
+            src=$(mktemp -d "${TMPDIR:-/tmp}/smartbin-build.XXXXXX")
+            CLEANUP+=("$src")
+            stage_source "$src"
+        fi
+        pip_install "$venv" "${vision_args[@]}" "${src}[${extras}]"
+        if ((!DRY_RUN)); then rm -rf -- "$src"; fi
+    fi
+    if vision_enabled; then vision_finish "$venv"; fi
+    if [[ $editable == 1 ]]; then
+        if ((DRY_RUN)); then note "[dry-run] write $stamp_file"; else echo "$stamp" >"$stamp_file"; fi
+    fi
+    return 0
+}
+
+# ------------------------------------------------------------------------------------ vision stack
+# Active only when pyproject.toml has a "vision" extra (ultralytics, onnx, onnxruntime,
+# opencv-python-headless).
+#   generic (x86, Pi aarch64): torch comes from PyPI through `pip install torchvision` (which
+#     pulls the matching torch); ultralytics drags in opencv-python (GUI build, needs X11
+#     libraries), which is replaced by opencv-python-headless afterwards.
+#   jetson: torch, torchvision and OpenCV (CUDA/GStreamer builds) come from JetPack via
+#     --system-site-packages and must never be replaced from PyPI: torch/torchvision are pinned
+#     to the system versions with a constraints file (so pip can only accept them), numpy is kept
+#     below 2 (JetPack's builds use the numpy 1.x ABI), and the PyPI OpenCV wheels that the
+#     extra pulls in are removed from the venv so that JetPack's cv2 is the one imported.
+
+# vision_prepare VENV ARRAY_NAME: runs before the package install; puts extra pip arguments for
+# that install into the named array.
+vision_prepare() {
+    local venv=$1
+    local -n _out=$2
+    case $(uname -m) in
+        armv7l | armv6l | i?86) die "the vision stack (torch) needs a 64-bit OS; this is $(uname -m)" ;;
+    esac
+    if [[ $PLATFORM == jetson ]]; then
+        local constraints=$venv/smartbin-jetson-constraints.txt
+        if ((DRY_RUN)) && [[ ! -x $venv/bin/python ]]; then
+            note "[dry-run] would pin torch/torchvision to JetPack's versions and numpy<2 in $constraints"
+            _out=(--constraint "$constraints")
+            return
+        fi
+        local ver pins="numpy<2"$'\n' pkg
+        for pkg in torch torchvision; do
+            ver=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$pkg'))" 2>/dev/null) ||
+                die "Jetson: $pkg is not installed system-wide. Install NVIDIA's PyTorch for JetPack (and a matching torchvision) for the system python3 first; it must not come from PyPI."
+            pins+="$pkg==$ver"$'\n'
+        done
+        "$venv/bin/python" -c 'import cv2' 2>/dev/null ||
+            warn "Jetson: no system OpenCV (import cv2 failed); install JetPack's OpenCV (apt: nvidia-opencv)"
+        info "Jetson: pinning to JetPack's packages: $(tr '\n' ' ' <<<"$pins")"
+        if ((DRY_RUN)); then
+            note "[dry-run] write $constraints"
+        else
+            printf '%s' "$pins" >"$constraints"
+        fi
+        _out=(--constraint "$constraints")
+    else
+        info "vision: torch via pip install torchvision"
+        pip_install "$venv" torchvision
+    fi
+}
+
+# vision_finish VENV: runs after the package install.
+vision_finish() {
+    local venv=$1
+    if [[ $PLATFORM == jetson ]]; then
+        local pkg
+        for pkg in opencv-python opencv-python-headless opencv-contrib-python; do
+            if ((DRY_RUN)) || pip_has "$venv" "$pkg"; then
+                info "Jetson: removing PyPI $pkg from the venv (JetPack's cv2 is used)"
+                run "$venv/bin/python" -m pip uninstall --quiet --yes "$pkg"
+            fi
+        done
+        if ((!DRY_RUN)); then
+            "$venv/bin/python" -c 'import cv2, torch; print("    cv2", cv2.__version__, "from", cv2.__file__); print("    torch", torch.__version__, "CUDA available:", torch.cuda.is_available())' ||
+                warn "Jetson: importing cv2/torch from the venv failed"
+        fi
+        return 0
+    fi
+    # ultralytics requires opencv-python; both wheels ship the same cv2 package, so removing
+    # the GUI one deletes files of the headless one: reinstall that (same version, no deps).
+    if ((DRY_RUN)) || pip_has "$venv" opencv-python; then
+        local ver
+        ver=$(pip_version_of "$venv" opencv-python-headless || true)
+        info "vision: replacing opencv-python with opencv-python-headless${ver:+ $ver}"
+        run "$venv/bin/python" -m pip uninstall --quiet --yes opencv-python
+        pip_install "$venv" --force-reinstall --no-deps "opencv-python-headless${ver:+==$ver}"
+    fi
+}
+
+# ------------------------------------------------------------------------------------ install
+
+ensure_user_and_groups() {
+    local g
+    for g in dialout video gpio; do
+        if ! getent group "$g" >/dev/null; then
+            info "creating group $g"
+            sys_run groupadd --system "$g"
+        fi
+    done
+    if ! getent passwd "$APP_USER" >/dev/null; then
+        info "creating system user $APP_USER (home /var/lib/smartbin, no login)"
+        sys_run useradd --system --user-group --home-dir /var/lib/smartbin --no-create-home \
+            --shell /usr/sbin/nologin --comment "SmartBin daemon" "$APP_USER"
+    fi
+    # For `sudo -u smartbin ...` debugging; the unit sets the same groups itself.
+    local have
+    have=" $(id -nG "$APP_USER" 2>/dev/null || true) "
+    for g in dialout video gpio; do
+        [[ $have == *" $g "* ]] || sys_run usermod --append --groups "$g" "$APP_USER"
+    done
+}
+
+install_dirs() {
+    make_dir "$OPT_DIR" 0755
+    make_dir "$ETC_DIR" 0750 "root:$APP_USER"
+    make_dir "$STATE_DIR" 0750 "$APP_USER:$APP_USER"
+}
+
+# The config is the technician's: installed once, never overwritten. The current example is
+# always available as /opt/smartbin/share/config.example.yaml for comparison.
+install_config() {
+    local src=$REPO_DIR/config/smartbin.yaml
+    if [[ ! -f $src ]]; then
+        warn "config/smartbin.yaml missing in the checkout; $CONFIG_FILE not installed"
+        return
+    fi
+    write_file "$src" "$SHARE_DIR/config.example.yaml" 0644
+    if [[ -e $CONFIG_FILE ]]; then
+        info "keeping existing $CONFIG_FILE (never overwritten; new example: $SHARE_DIR/config.example.yaml)"
+    else
+        info "installing $CONFIG_FILE (edit it: mqtt.host, credentials, TLS files)"
+        write_file "$src" "$CONFIG_FILE" 0640 "root:$APP_USER"
+    fi
+}
+
+# Models shipped in the checkout go to /opt/smartbin/models: read-only for the service, owned by
+# the installer, replaced on every install/update and removed by --uninstall. Anything the daemon
+# produces itself (e.g. retrained models) belongs in /var/lib/smartbin.
+install_models() {
+    local src=$REPO_DIR/models
+    local -a files=()
+    if [[ -d $src ]]; then mapfile -t files < <(find "$src" -type f ! -name '.*' | sort); fi
+    info "installing ${#files[@]} model file(s) to $MODELS_DIR"
+    remove_path "$MODELS_DIR"
+    make_dir "$MODELS_DIR" 0755
+    local f rel
+    for f in "${files[@]}"; do
+        rel=${f#"$src"/}
+        if head -c 64 "$f" | grep -q '^version https://git-lfs'; then
+            warn "models/$rel is a Git LFS pointer, not the model (run: git lfs pull)"
+        fi
+        run install -D -m 0644 "$f" "$MODELS_DIR/$rel"
+    done
+}
+
+install_docs() {
+    if [[ -f $REPO_DIR/README.md ]]; then run install -D -m 0644 "$REPO_DIR/README.md" "$OPT_DIR/README.md"; fi
+    local f
+    for f in smartbin.service jetson.conf mqtt-credential.conf; do
+        write_file "$REPO_DIR/systemd/$f" "$SHARE_DIR/systemd/$f" 0644
+    done
+}
+
+install_unit() {
+    info "installing $UNIT_FILE"
+    write_file "$REPO_DIR/systemd/$UNIT_NAME" "$UNIT_FILE" 0644
+    if [[ $PLATFORM == jetson ]]; then
+        info "Jetson: installing drop-in $DROPIN_DIR/10-jetson.conf"
+        write_file "$REPO_DIR/systemd/jetson.conf" "$DROPIN_DIR/10-jetson.conf" 0644
+    fi
+}
+
+# Returns 0 when the installed daemon accepts the config (so the service can be started).
+check_installed_daemon() {
+    if ((DRY_RUN)); then
+        run "$VENV_DIR/bin/smartbin-daemon" version
+        run "$VENV_DIR/bin/smartbin-daemon" check-config "$CONFIG_FILE"
+        return 0
+    fi
+    local version
+    version=$("$VENV_DIR/bin/smartbin-daemon" version) || die "the installed daemon does not run: $VENV_DIR/bin/smartbin-daemon version failed"
+    info "installed: $version"
+    [[ -f $CONFIG_FILE ]] || return 1
+    local out rc=0
+    out=$("$VENV_DIR/bin/smartbin-daemon" check-config "$CONFIG_FILE" 2>&1 >/dev/null) || rc=$?
+    if ((rc != 0)); then
+        warn "$CONFIG_FILE does not validate yet (exit $rc):"
+        printf '%s\n' "$out" >&2
+        return 1
+    fi
+    info "$CONFIG_FILE is valid"
+}
+
+enable_service() {
+    local config_ok=$1
+    if [[ -n $PREFIX ]]; then
+        sys_run systemctl daemon-reload
+        sys_run systemctl enable "$UNIT_NAME"
+        if ((config_ok)); then sys_run systemctl restart "$UNIT_NAME"; fi
+        return 0
+    fi
+    if ! systemd_running; then
+        info "systemd is not running as PID 1 (container/chroot): skipping daemon-reload, enable and start"
+        note "on the target run: systemctl daemon-reload && systemctl enable --now $UNIT_NAME"
+        return
+    fi
+    sys_run systemctl daemon-reload
+    sys_run systemctl enable "$UNIT_NAME"
+    if ((!config_ok)); then
+        info "not starting $UNIT_NAME until the config validates (it would exit 78 = EX_CONFIG)"
+        note "edit $CONFIG_FILE, check it with: $VENV_DIR/bin/smartbin-daemon check-config $CONFIG_FILE"
+        note "then: systemctl restart $UNIT_NAME"
+        return
+    fi
+    # restart, not `enable --now`: --now does not restart a running service after an update.
+    info "starting $UNIT_NAME"
+    if ! sys_run systemctl restart "$UNIT_NAME"; then
+        "${SUDO[@]}" systemctl --no-pager --lines=20 status "$UNIT_NAME" >&2 || true
+        die "$UNIT_NAME failed to start; see: journalctl -u $UNIT_NAME -b"
+    fi
+    ((DRY_RUN)) || info "$UNIT_NAME is $(systemctl is-active "$UNIT_NAME" || true)"
+}
+
+do_install() {
+    info "production install$([[ -n $PREFIX ]] && echo " below $PREFIX (prefix mode)") on $PLATFORM$( ((DRY_RUN)) && echo ' (dry run)')"
+    # shellcheck disable=SC2046  # word splitting of the package list is intended
+    ensure_apt_packages $(python_build_packages)
+    check_python
+    ensure_user_and_groups
+    install_dirs
+    ensure_venv "$VENV_DIR"
+    install_package "$VENV_DIR" 0 systemd
+    install_config
+    install_models
+    install_docs
+    install_unit
+    local config_ok=1
+    check_installed_daemon || config_ok=0
+    enable_service "$config_ok"
+    info "done."
+    note "config:  $CONFIG_FILE     data: $STATE_DIR     models: $MODELS_DIR"
+    note "logs:    journalctl -u ${UNIT_NAME%.service} -f        status: systemctl status ${UNIT_NAME%.service}"
+}
+
+do_uninstall() {
+    info "uninstall$([[ -n $PREFIX ]] && echo " below $PREFIX")$( ((PURGE)) && echo ' with --purge')$( ((DRY_RUN)) && echo ' (dry run)')"
+    if [[ -n $PREFIX ]]; then
+        sys_run systemctl disable --now "$UNIT_NAME"
+    elif systemd_running; then
+        if [[ -e $UNIT_FILE ]] || systemctl cat "$UNIT_NAME" >/dev/null 2>&1; then
+            sys_run systemctl disable --now "$UNIT_NAME" || warn "could not stop/disable $UNIT_NAME"
+        fi
+    else
+        info "systemd is not running as PID 1: nothing to stop"
+    fi
+    remove_path "$UNIT_FILE"
+    remove_path "$UNIT_DIR/multi-user.target.wants/$UNIT_NAME"
+    if ((PURGE)); then
+        remove_path "$DROPIN_DIR"
+    else
+        # Keep the technician's own drop-ins (credentials, overrides); remove ours.
+        remove_path "$DROPIN_DIR/10-jetson.conf"
+        if [[ -d $DROPIN_DIR ]]; then run rmdir --ignore-fail-on-non-empty "$DROPIN_DIR"; fi
+    fi
+    if [[ -n $PREFIX ]] || systemd_running; then
+        sys_run systemctl daemon-reload
+        sys_run systemctl reset-failed "$UNIT_NAME" || true
+    fi
+    remove_path "$OPT_DIR"
+    if ((PURGE)); then
+        remove_path "$ETC_DIR"
+        remove_path "$STATE_DIR"
+        if [[ -n $PREFIX ]] || getent passwd "$APP_USER" >/dev/null; then
+            sys_run userdel "$APP_USER"
+        fi
+        if [[ -z $PREFIX ]] && getent group "$APP_USER" >/dev/null && ((!DRY_RUN)); then
+            sys_run groupdel "$APP_USER"
+        fi
+        note "groups dialout, video and gpio are left in place (other software uses them)"
+    else
+        info "kept $ETC_DIR (config, secrets) and $STATE_DIR (data); --uninstall --purge removes them and the user"
+    fi
+    info "done."
+}
+
+# ------------------------------------------------------------------------------------ dev modes
+
+broker_listening() { timeout 2 bash -c ": </dev/tcp/$SIM_BROKER_HOST/$SIM_BROKER_PORT" 2>/dev/null; }
+
+wait_for_broker() {
+    local _
+    for _ in $(seq 50); do
+        broker_listening && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# A broker on 127.0.0.1:1883 for config/simulation.yaml: the system's mosquitto service when
+# systemd runs, otherwise a background mosquitto with a generated config under ./var/mosquitto.
+ensure_local_broker() {
+    if broker_listening; then
+        info "an MQTT broker already listens on $SIM_BROKER_HOST:$SIM_BROKER_PORT"
+        return
+    fi
+    if systemd_running && systemctl cat mosquitto.service >/dev/null 2>&1; then
+        info "starting the system's mosquitto service"
+        sys_run systemctl start mosquitto.service
+        ((DRY_RUN)) || wait_for_broker || die "mosquitto.service started but nothing listens on $SIM_BROKER_HOST:$SIM_BROKER_PORT"
+        return
+    fi
+    local dir=$REPO_DIR/var/mosquitto mosq
+    mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+    info "starting a local mosquitto on $SIM_BROKER_HOST:$SIM_BROKER_PORT (files in ${dir#"$REPO_DIR"/})"
+    run mkdir -p "$dir"
+    if ((DRY_RUN)); then
+        note "[dry-run] write $dir/mosquitto.conf"
+    else
+        cat >"$dir/mosquitto.conf" <<EOF
+# Generated by install.sh --simulate.
+listener $SIM_BROKER_PORT $SIM_BROKER_HOST
+allow_anonymous true
+persistence false
+pid_file $dir/mosquitto.pid
+log_dest file $dir/mosquitto.log
+# Don't drop privileges to the "mosquitto" user when started as root (it couldn't write here).
+user $(id -un)
+EOF
+    fi
+    run "$mosq" -d -c "$dir/mosquitto.conf"
+    if ((!DRY_RUN)); then
+        wait_for_broker || die "mosquitto did not come up; see $dir/mosquitto.log"
+        note "stop it with: kill \$(cat ${dir#"$REPO_DIR"/}/mosquitto.pid)"
+    fi
+}
+
+# Build prerequisites + .venv with an editable install of this checkout.
+prepare_dev_venv() {
+    local extras=$1
+    shift
+    # shellcheck disable=SC2046  # word splitting of the package list is intended
+    ensure_apt_packages "$@" $(python_build_packages)
+    check_python
+    ensure_venv "$DEV_VENV"
+    install_package "$DEV_VENV" 1 "$extras"
+}
+
+do_simulate() {
+    info "simulation mode on $PLATFORM$( ((DRY_RUN)) && echo ' (dry run)')"
+    [[ -f $REPO_DIR/config/simulation.yaml ]] || die "config/simulation.yaml is missing"
+    prepare_dev_venv systemd mosquitto mosquitto-clients
+    ensure_local_broker
+    info "watch the bin's MQTT traffic in another terminal:"
+    note "mosquitto_sub -h $SIM_BROKER_HOST -p $SIM_BROKER_PORT -v -t 'smartbin/#' -t 'homeassistant/#'"
+    info "running the daemon (Ctrl-C stops it)"
+    cd "$REPO_DIR"
+    if ((DRY_RUN)); then
+        run .venv/bin/smartbin-daemon run --config config/simulation.yaml "${PASSTHRU[@]}"
+        return
+    fi
+    exec .venv/bin/smartbin-daemon run --config config/simulation.yaml "${PASSTHRU[@]}"
+}
+
+do_test() {
+    info "test mode on $PLATFORM$( ((DRY_RUN)) && echo ' (dry run)')"
+    local -a pkgs=(mosquitto mosquitto-clients openssl)
+    # systemd-analyze for tests/test_systemd_unit.py (a container image may not have systemd).
+    command -v systemd-analyze >/dev/null || pkgs+=(systemd)
+    prepare_dev_venv test "${pkgs[@]}"
+    cd "$REPO_DIR"
+    info "running pytest ${PASSTHRU[*]}"
+    if ((DRY_RUN)); then
+        run .venv/bin/python -m pytest "${PASSTHRU[@]}"
+        return
+    fi
+    exec .venv/bin/python -m pytest "${PASSTHRU[@]}"
+}
+
+# ------------------------------------------------------------------------------------ main
+
+main() {
+    parse_args "$@"
+    umask 022 # the service user must be able to read what root installs, whatever the caller's umask
+    set_paths
+    ensure_root_or_sudo
+    detect_platform
+    choose_python
+    case $MODE in
+        install) do_install ;;
+        uninstall) do_uninstall ;;
+        simulate) do_simulate ;;
+        test) do_test ;;
+    esac
+}
+
+main "$@"
