@@ -35,8 +35,9 @@ WorkerFactory = Callable[[Config], Worker]
 # Config paths that a worker restart applies; logging.* and runtime.* apply in place;
 # device.id and storage.* need a process restart.
 _WORKER_SECTIONS = {"mqtt": ("mqtt.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",),
-                    "arduino": ("arduino.",)}
-_PROCESS_SECTIONS = ("device.id", "storage.", "arduino.enabled", "arduino.backend", "arduino.simulator.")
+                    "arduino": ("arduino.",), "gpio": ("gpio.",)}
+_PROCESS_SECTIONS = ("device.id", "storage.", "arduino.enabled", "arduino.backend", "arduino.simulator.",
+                     "gpio.enabled", "gpio.lid.", "gpio.leds.", "gpio.buzzer.")  # request ownership is fixed at start
 
 
 def restart_policy(cfg: Config) -> RestartPolicy:
@@ -156,9 +157,18 @@ class App:
             from .hardware.arduino.link import ArduinoLink
 
             self._factories["arduino"] = lambda cfg: ArduinoLink(self.bus, cfg.arduino, Path(cfg.storage.path))
+        if self.cfg.gpio.enabled:
+            from .hardware.gpio import GpioWorker
+
+            self._factories["gpio"] = lambda cfg: GpioWorker(self.bus, cfg.gpio)
         workers = {name: factory(self.cfg) for name, factory in self._factories.items()}
+        # GPIO owns lid/led/buzzer when those devices are on the header; the Arduino owns the rest.
+        gpio_specs = workers["gpio"].requests() if "gpio" in workers else []  # type: ignore[attr-defined]
+        for spec in gpio_specs:
+            self.registry.register(spec)
         if "arduino" in workers:
-            for spec in workers["arduino"].requests(owns_actuators=True):  # type: ignore[attr-defined]
+            taken = frozenset(s.command for s in gpio_specs)
+            for spec in workers["arduino"].requests(exclude=taken):  # type: ignore[attr-defined]
                 self.registry.register(spec)
         for worker in workers.values():
             self.supervisor.add(worker)

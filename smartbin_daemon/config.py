@@ -541,6 +541,7 @@ class Config(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     arduino: ArduinoConfig = Field(default_factory=ArduinoConfig)
+    gpio: GpioConfig = Field(default_factory=GpioConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @property

@@ -1,0 +1,108 @@
+"""Domain messages components exchange on the bus, and the argument schemas of shared commands.
+
+Why one module: the GPIO and Arduino components can both own a lid, LEDs or a buzzer; the
+messages and request schemas are the contract between them and the rest, so they live below both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class PresenceChanged:
+    """An item appeared in / left the intake (debounced). `mono` is time.monotonic() at the edge."""
+
+    source: str  # "gpio" | "arduino" | "motion"
+    present: bool
+    mono: float
+
+
+@dataclass(frozen=True)
+class DoorChanged:
+    """The lid/door opened or closed (door switch or MCU lid sensor)."""
+
+    source: str
+    state: str  # open | closed | locked
+    mono: float
+
+
+@dataclass(frozen=True)
+class ButtonPressed:
+    """The service button: `short` (status blink) or `hold` (maintenance mode toggle)."""
+
+    kind: Literal["short", "hold"]
+    mono: float
+
+
+@dataclass(frozen=True)
+class DistanceReading:
+    """One raw ultrasonic distance of a compartment (mm; None = no echo)."""
+
+    source: str
+    compartment: int  # 1-based
+    mm: float | None
+    mono: float
+
+
+@dataclass(frozen=True)
+class ItemDropped:
+    """The MCU saw an item fall into a compartment (drop sensor or weight step)."""
+
+    compartment: int
+    mono: float
+
+
+@dataclass(frozen=True)
+class WeightReading:
+    """Load cell weight in grams."""
+
+    grams: float
+    mono: float
+
+
+@dataclass(frozen=True)
+class TemperatureReading:
+    """Ambient temperature near the sensors (°C), for speed-of-sound compensation."""
+
+    celsius: float
+    mono: float
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LidArgs(_Args):
+    """`lid` request."""
+
+    op: Literal["open", "close", "lock", "unlock"]
+
+
+LED_PATTERNS = ("off", "on", "blink", "pulse", "error", "ok")
+BUZZER_PATTERNS = ("off", "beep", "alarm", "ok")
+
+
+class LedArgs(_Args):
+    """`led` request."""
+
+    pattern: Literal["off", "on", "blink", "pulse", "error", "ok"]
+
+
+class BuzzerArgs(_Args):
+    """`buzzer` request."""
+
+    pattern: Literal["off", "beep", "alarm", "ok"]
+
+
+class RouteArgs(_Args):
+    """`route` request (manual routing, for technicians)."""
+
+    compartment: int = Field(ge=1, le=16)
+    command_id: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{1,8}$",
+        description="reuse the same id when retrying: the MCU executes one id at most once",
+    )
