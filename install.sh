@@ -19,6 +19,7 @@ PURGE=0
 PREFIX=""
 SYSTEM_SITE=0
 NO_VISION=0
+ARDUINO_USB=2341:0043   # Arduino Uno R3; an Uno R4 is 2341:0069, a CH340 clone 1a86:7523
 PASSTHRU=()
 ORIG_ARGS=("$@")
 
@@ -87,6 +88,9 @@ Options:
                       needed for apt-only packages such as python3-picamera2).
   --no-vision       Leave out the "vision" extra (torch, ultralytics, OpenCV): for a bin without a
                       camera, or a quick install.
+  --arduino-usb VID:PID
+                    USB id for the udev rule that creates /dev/smartbin-arduino (default 2341:0043,
+                    an Arduino Uno R3; see lsusb).
   -h, --help        This help.
 
 The dev .venv is only re-synced (pip) when pyproject.toml, the extras, the platform or the Python
@@ -199,6 +203,12 @@ parse_args() {
             --prefix=*) PREFIX=${1#--prefix=} ;;
             --system-site-packages) SYSTEM_SITE=1 ;;
             --no-vision) NO_VISION=1 ;;
+            --arduino-usb)
+                (($# >= 2)) || die "--arduino-usb needs VID:PID"
+                ARDUINO_USB=$2
+                shift
+                ;;
+            --arduino-usb=*) ARDUINO_USB=${1#--arduino-usb=} ;;
             -h | --help)
                 usage
                 exit 0
@@ -213,6 +223,8 @@ parse_args() {
         shift
     done
     if ((PURGE)) && [[ $MODE != uninstall ]]; then die "--purge only goes with --uninstall"; fi
+    [[ $ARDUINO_USB =~ ^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$ ]] || die "--arduino-usb: expected VID:PID in hex, e.g. 2341:0043"
+    ARDUINO_USB=${ARDUINO_USB,,}
     if ((${#PASSTHRU[@]})) && [[ $MODE != simulate && $MODE != test ]]; then
         die "arguments after -- only go with --simulate or --test"
     fi
@@ -236,6 +248,7 @@ set_paths() {
     UNIT_DIR=$PREFIX/etc/systemd/system
     UNIT_FILE=$UNIT_DIR/$UNIT_NAME
     DROPIN_DIR=$UNIT_DIR/$UNIT_NAME.d
+    UDEV_RULE=$PREFIX/etc/udev/rules.d/99-smartbin-arduino.rules
     DEV_VENV=$REPO_DIR/.venv
 }
 
@@ -617,6 +630,24 @@ install_unit() {
     fi
 }
 
+# A stable /dev/smartbin-arduino symlink for the configured USB VID:PID (config: arduino.port).
+install_udev_rule() {
+    local vid=${ARDUINO_USB%%:*} pid=${ARDUINO_USB##*:} tmp
+    info "installing udev rule $UDEV_RULE (/dev/smartbin-arduino for USB $vid:$pid)"
+    tmp=$(mktemp)
+    CLEANUP+=("$tmp")
+    cat >"$tmp" <<RULE
+# Installed by smartbin install.sh: a stable name for the bin's Arduino, whatever ttyACM/ttyUSB number
+# it gets. Change the board with: ./install.sh --arduino-usb VID:PID (see lsusb).
+SUBSYSTEM=="tty", ATTRS{idVendor}=="$vid", ATTRS{idProduct}=="$pid", SYMLINK+="smartbin-arduino", GROUP="dialout", MODE="0660"
+RULE
+    write_file "$tmp" "$UDEV_RULE" 0644
+    if [[ -n $PREFIX ]] || command -v udevadm >/dev/null 2>&1; then
+        sys_run udevadm control --reload-rules
+        sys_run udevadm trigger --subsystem-match=tty --action=add
+    fi
+}
+
 # Returns 0 when the installed daemon accepts the config (so the service can be started).
 check_installed_daemon() {
     if ((DRY_RUN)); then
@@ -681,6 +712,7 @@ do_install() {
     install_models
     install_docs
     install_unit
+    install_udev_rule
     local config_ok=1
     check_installed_daemon || config_ok=0
     enable_service "$config_ok"
@@ -702,6 +734,7 @@ do_uninstall() {
     fi
     remove_path "$UNIT_FILE"
     remove_path "$UNIT_DIR/multi-user.target.wants/$UNIT_NAME"
+    remove_path "$UDEV_RULE"
     if ((PURGE)); then
         remove_path "$DROPIN_DIR"
     else

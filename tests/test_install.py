@@ -154,6 +154,7 @@ class Layout:
         self.config = self.etc / "config.yaml"
         self.state = prefix / "var/lib/smartbin"
         self.unit = prefix / "etc/systemd/system/smartbin.service"
+        self.udev = prefix / "etc/udev/rules.d/99-smartbin-arduino.rules"
 
 
 BUILD_DIR_EXISTED: dict[str, bool] = {}
@@ -335,6 +336,18 @@ def test_vision_extra_switches_on_the_vision_stack(env: dict[str, str], tmp_path
     assert "smartbin-daemon[systemd] " in without.stdout and "torchvision" not in without.stdout
 
 
+def test_udev_rule_names_the_arduino_by_usb_id(installed: tuple[Layout, subprocess.CompletedProcess[str]], env: dict[str, str]) -> None:
+    lay, result = installed
+    rule = lay.udev.read_text()
+    assert 'ATTRS{idVendor}=="2341", ATTRS{idProduct}=="0043", SYMLINK+="smartbin-arduino"' in rule
+    assert "[prefix mode, skipped] udevadm control --reload-rules" in result.stdout
+    other = install_sh("--prefix", str(lay.prefix), "--system-site-packages", "--no-vision", "--arduino-usb", "1A86:7523", env=env)
+    assert 'ATTRS{idVendor}=="1a86", ATTRS{idProduct}=="7523"' in lay.udev.read_text(), other.stdout
+    install_sh("--prefix", str(lay.prefix), "--system-site-packages", "--no-vision", env=env)  # back to the default
+    bad = subprocess.run(["bash", str(INSTALL_SH), "--arduino-usb", "uno"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "VID:PID" in bad.stderr
+
+
 def test_uninstall_keeps_config_and_data_then_purge_removes_them(installed: tuple[Layout, subprocess.CompletedProcess[str]], env: dict[str, str]) -> None:
     lay, _ = installed
     (lay.unit.parent / "smartbin.service.d").mkdir(exist_ok=True)
@@ -343,6 +356,7 @@ def test_uninstall_keeps_config_and_data_then_purge_removes_them(installed: tupl
     result = install_sh("--uninstall", "--prefix", str(lay.prefix), env=env)
     assert not lay.opt.exists()
     assert not lay.unit.exists()
+    assert not lay.udev.exists()
     assert own_dropin.exists(), "a technician's drop-in survives a plain uninstall"
     assert lay.config.exists() and (lay.state / "outbox.db").exists()
     assert "kept" in result.stdout
