@@ -28,11 +28,14 @@ def ev(event_id: str, **fields: Any) -> dict[str, Any]:
 
 
 def component_of(logger_name: str) -> str:
-    """`smartbin_daemon.mqtt.client` -> `mqtt`; `smartbin_daemon.app` -> `app`; others keep their name."""
+    """`smartbin_daemon.mqtt.client` -> `mqtt`; `...hardware.arduino.link` -> `arduino`; others keep their first part."""
     if logger_name == PACKAGE:
         return "daemon"
     if logger_name.startswith(PACKAGE + "."):
-        return logger_name.split(".")[1]
+        parts = logger_name.split(".")
+        if parts[1] == "hardware" and len(parts) > 2:
+            return parts[2]  # smartbin_daemon.hardware.arduino.link -> arduino, .hardware.gpio -> gpio
+        return parts[1]
     return logger_name.split(".")[0]
 
 

@@ -181,7 +181,7 @@ class Probe:
                 try:
                     if predicate(m):
                         return m
-                except (ValueError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError, IndexError):
                     continue
             return None
         return wait_until(find, timeout, what=f"a matching message on {topic}")  # type: ignore[no-any-return]

@@ -110,10 +110,13 @@ def test_mqtt5_response_topic_and_correlation_data_are_honoured(running: tuple[D
     assert msg.properties.CorrelationData == b"corr-7"
 
 
-def test_health_state_is_retained_and_updates(running: tuple[DaemonProcess, Probe]) -> None:
+def test_health_state_is_retained_and_updates(running: tuple[DaemonProcess, Probe], broker: Broker,
+                                              probe_factory: Callable[..., Probe]) -> None:
     _, probe = running
-    first = probe.wait_for(f"{ROOT}/health")
-    assert first.retain or True  # the live copy is not flagged retained; the broker holds a retained one
+    probe.wait_for(f"{ROOT}/health")
+    late = probe_factory(broker.port)
+    late.subscribe(f"{ROOT}/health")
+    assert late.wait_for(f"{ROOT}/health").retain, "a late subscriber gets the retained copy"
     wait_until(lambda: len({m.json().get("ts") for m in probe.on(f"{ROOT}/health")}) >= 3, timeout=15,
                what="three distinct health updates")
     state = probe.on(f"{ROOT}/health")[-1].json()

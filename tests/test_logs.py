@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from smartbin_daemon.logs import ComponentFilter, RepeatFilter, component_of, ev, make_journal_handler, under_systemd
+from smartbin_daemon.logs import (
+    ComponentFilter,
+    RepeatFilter,
+    component_of,
+    ev,
+    make_journal_handler,
+    under_systemd,
+)
 
 
 class Recorder:
@@ -33,6 +40,8 @@ def test_component_is_taken_from_the_module_path() -> None:
     assert component_of("smartbin_daemon.mqtt.client") == "mqtt"
     assert component_of("smartbin_daemon.health.monitor") == "health"
     assert component_of("smartbin_daemon") == "daemon"
+    assert component_of("smartbin_daemon.hardware.arduino.link") == "arduino"
+    assert component_of("smartbin_daemon.hardware.gpio") == "gpio"
     assert component_of("paho.mqtt") == "paho"
 
 

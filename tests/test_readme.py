@@ -60,3 +60,10 @@ def test_every_entity_object_id_is_documented(tmp_path: Path) -> None:
     entities += list(health_entities(10, pi_present=True, gpu_present=True))
     for entity in entities:
         assert f"`{entity.object_id}`" in README, entity.object_id
+
+
+def test_every_smartbin_event_id_is_listed_for_technicians() -> None:
+    source = "\n".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "smartbin_daemon").rglob("*.py"))
+    ids = set(re.findall(r'\bev\(\s*"([a-z_]+)"', source))
+    listed = set(re.findall(r"`([a-z_]+)`", README[README.index("Stable `SMARTBIN_EVENT` ids"):][:4000]))
+    assert ids and not ids - listed, f"README lacks SMARTBIN_EVENT ids: {sorted(ids - listed)}"

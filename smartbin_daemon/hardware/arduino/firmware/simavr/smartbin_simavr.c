@@ -1,0 +1,84 @@
+/* smartbin_simavr: run the compiled smartbin_fw (.elf) on a simulated ATmega328P (simavr), with UART0 on
+   a pseudo-terminal published as /tmp/simavr-uart0, so host code and tests can talk to the real firmware
+   without a board (see ../README.md).
+
+   Models two inputs: the lid reed switch (PD3 = D3, closed while the lid servo pulse on PB2 = D10 is
+   below ~1100 us, i.e. the lid is down) and an item breaking the drop beam (PD2 = D2, a 2 ms LOW pulse
+   every 1.5 s). Ultrasonic echoes are absent (TEL d=-1, then FLT sensor_timeout) and the ADC reads 0
+   (t=-50.0). No bootloader runs, so opening the port does not reset the MCU; the RESET command does.
+
+   Build: gcc -O2 -Wall -I/usr/include/simavr -o smartbin_simavr smartbin_simavr.c \
+              -lsimavrparts -lsimavr -lpthread -lutil
+   Run:   ./smartbin_simavr build/smartbin_fw.ino.elf */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "sim_avr.h"
+#include "sim_elf.h"
+#include "sim_cycle_timers.h"
+#include "avr_ioport.h"
+#include "parts/uart_pty.h"
+
+static uart_pty_t uart_pty;
+static avr_irq_t *lid_switch, *drop_beam;
+static avr_cycle_count_t servo_rise;
+static int lid_closed = 1;
+
+static void lid_servo_pin(avr_irq_t *irq, uint32_t value, void *param) {
+  avr_t *avr = (avr_t *)param;
+  (void)irq;
+  if (value) { servo_rise = avr->cycle; return; }
+  uint32_t width_us = (uint32_t)((avr->cycle - servo_rise) / 16);
+  if (width_us > 300 && width_us < 3000) lid_closed = width_us < 1100;
+}
+
+static int beam_state = 1;
+static void drive_port_d(avr_t *avr) {
+  avr_ioport_external_t ext = {.name = 'D', .mask = (1 << 2) | (1 << 3),
+                               .value = (uint8_t)((beam_state << 2) | ((lid_closed ? 0 : 1) << 3))};
+  avr_ioctl(avr, AVR_IOCTL_IOPORT_SET_EXTERNAL('D'), &ext);
+  avr_raise_irq(lid_switch, lid_closed ? 0 : 1);
+  avr_raise_irq(drop_beam, beam_state);
+}
+
+static avr_cycle_count_t switch_tick(avr_t *avr, avr_cycle_count_t when, void *param) {
+  (void)param;
+  drive_port_d(avr);
+  return when + ((avr_cycle_count_t)(10000) * 16);
+}
+
+static avr_cycle_count_t beam_tick(avr_t *avr, avr_cycle_count_t when, void *param) {
+  (void)param;
+  beam_state = !beam_state;
+  drive_port_d(avr);
+  return when + (avr_cycle_count_t)(beam_state ? 1500000 : 2000) * 16;
+}
+
+int main(int argc, char **argv) {
+  elf_firmware_t f;
+  memset(&f, 0, sizeof f);
+  if (argc < 2 || elf_read_firmware(argv[1], &f) != 0) { fprintf(stderr, "usage: run fw.elf\n"); return 2; }
+  strcpy(f.mmcu, "atmega328p");
+  f.frequency = 16000000;
+  avr_t *avr = avr_make_mcu_by_name(f.mmcu);
+  avr_init(avr);
+  avr_load_firmware(avr, &f);
+  uart_pty_init(avr, &uart_pty);
+  uart_pty_connect(&uart_pty, '0');
+  lid_switch = avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ('D'), 3);
+  drop_beam = avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ('D'), 2);
+  avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ('B'), 2), lid_servo_pin, avr);
+  drive_port_d(avr);
+  avr_cycle_timer_register_usec(avr, 1000, switch_tick, NULL);
+  avr_cycle_timer_register_usec(avr, 1000, beam_tick, NULL);
+  for (unsigned long n = 0;; n++) {
+    /* a watchdog reset (the RESET command) clears all cycle timers: put ours back */
+    if ((n & 0xFFFF) == 0 && avr_cycle_timer_status(avr, beam_tick, NULL) == 0) {
+      avr_cycle_timer_register_usec(avr, 1000, switch_tick, NULL);
+      avr_cycle_timer_register_usec(avr, 1000, beam_tick, NULL);
+    }
+    int state = avr_run(avr);
+    if (state == cpu_Done || state == cpu_Crashed) { fprintf(stderr, "cpu state %d\n", state); break; }
+  }
+  return 0;
+}

@@ -1,0 +1,223 @@
+"""The link manager against the pty simulator: real pyserial, real protocol, scripted faults."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smartbin_daemon.config import ArduinoConfig
+from smartbin_daemon.hardware.arduino.link import ArduinoLink
+from smartbin_daemon.hardware.arduino.protocol import encode
+from smartbin_daemon.hardware.arduino.simulator import SimulatedArduino
+from smartbin_daemon.messages import DistanceReading, ItemDropped
+from smartbin_daemon.runtime.bus import Bus, Event, Request, Response
+
+from ..conftest import wait_until
+
+
+class Rig:
+    """A simulator on a pty and the link manager in its own thread, as the supervisor runs it."""
+
+    def __init__(self, tmp_path: Path, **cfg: Any) -> None:
+        self.link_path = tmp_path / "arduino.tty"
+        self.sim = SimulatedArduino(self.link_path, compartments=3, telemetry_interval_s=0.1, boot_delay_s=0.05)
+        self.sim.start()
+        self.bus = Bus()
+        self.seen = self.bus.subscribe("test", [Response, Event, DistanceReading, ItemDropped], maxsize=100_000)
+        options = {"enabled": True, "backend": "simulator", "boot_wait_s": 0.5, "ack_timeout_s": 0.3,
+                   "stale_after_s": 1.0, "reconnect_after_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
+                   "incompatible_retry_s": 60, "simulator": {"link": str(self.link_path)}}
+        options.update(cfg)
+        self.link = ArduinoLink(self.bus, ArduinoConfig.model_validate(options), tmp_path)
+        self.thread = threading.Thread(target=self.link.run, daemon=True)
+        self.thread.start()
+        self.messages: list[Any] = []
+
+    def drain(self) -> list[Any]:
+        while True:
+            msg = self.seen.get(0) if len(self.seen) else None
+            if msg is None:
+                return self.messages
+            self.messages.append(msg)
+
+    def request(self, command: str, args: dict[str, Any], timeout: float = 5.0) -> Response:
+        rid = uuid.uuid4().hex
+        self.bus.publish(Request("arduino", command, args, rid))
+
+        def answered() -> Response | None:
+            return next((m for m in self.drain() if isinstance(m, Response) and m.request_id == rid), None)
+
+        return wait_until(answered, timeout, what=f"response to {command}")  # type: ignore[no-any-return]
+
+    def connected(self, timeout: float = 5.0) -> None:
+        wait_until(lambda: self.link.status == "connected", timeout, what="link connected")
+
+    def close(self) -> None:
+        self.link.request_stop()
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "link thread did not stop"
+        self.sim.stop()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def test_handshake_reports_firmware_and_capabilities(rig: Rig) -> None:
+    rig.connected()
+    state = rig.link.own_state()
+    assert state["firmware"] == "smartbin-fw" and state["protocol"] == 1
+    assert state["compartments"] == 3
+    assert "us" in state["sensors"]
+    assert state["port"] == str(rig.link_path)
+
+
+def test_telemetry_becomes_distance_readings_per_compartment(rig: Rig) -> None:
+    rig.connected()
+    wait_until(lambda: {m.compartment for m in rig.drain() if isinstance(m, DistanceReading)} == {1, 2, 3},
+               what="distance readings of all three compartments")
+    assert rig.link.own_state()["lid"] in ("closed", "open", "locked")
+
+
+def test_route_is_acknowledged_and_moves_the_simulated_flap(rig: Rig) -> None:
+    rig.connected()
+    before = rig.sim.fill_mm(2)
+    resp = rig.request("route", {"compartment": 2, "command_id": None})
+    assert resp.ok, resp.error
+    assert resp.data["acked"] is True and resp.data["duplicate"] is False
+    assert [b for _, b in rig.sim.routes] == [2]
+    wait_until(lambda: any(isinstance(m, ItemDropped) and m.compartment == 2 for m in rig.drain()), what="drop event")
+    assert rig.sim.fill_mm(2) > before  # fill height rose by one item
+
+
+def test_a_lost_ack_is_retried_and_the_route_runs_once(rig: Rig) -> None:
+    rig.connected()
+    rig.sim.drop_acks(1)
+    resp = rig.request("route", {"compartment": 1, "command_id": None})
+    assert resp.ok, resp.error
+    assert resp.data["duplicate"] is True, "the retry was answered from the MCU's dedupe memory"
+    assert len(rig.sim.routes) == 1
+    assert rig.link.counters.retries == 1 and rig.link.counters.timeouts == 1
+
+
+def test_a_command_without_any_ack_fails_after_the_retries(rig: Rig) -> None:
+    rig.connected()
+    rig.sim.drop_acks(10)
+    t0 = time.monotonic()
+    resp = rig.request("led", {"pattern": "blink"})
+    assert not resp.ok and "no ACK" in (resp.error or "")
+    assert time.monotonic() - t0 >= 0.3 * 3 * 0.9  # 1 try + 2 retries of 0.3 s
+
+
+def test_nak_is_reported_with_the_mcu_reason(rig: Rig) -> None:
+    rig.connected()
+    assert rig.request("lid", {"op": "lock"}).ok
+    resp = rig.request("lid", {"op": "open"})
+    assert not resp.ok and "err=locked" in (resp.error or "")
+
+
+def test_unplug_turns_the_link_disconnected_and_replug_recovers_it(rig: Rig) -> None:
+    rig.connected()
+    rig.sim.unplug()
+    wait_until(lambda: rig.link.status == "disconnected", 3, what="disconnected after unplug")
+    resp = rig.request("route", {"compartment": 1, "command_id": None})
+    assert not resp.ok and "disconnected" in (resp.error or ""), "commands fail fast while unplugged"
+    t0 = time.monotonic()
+    rig.sim.replug()
+    rig.connected(timeout=5)
+    assert time.monotonic() - t0 < 5
+    assert rig.link.counters.reconnects >= 1
+    assert rig.request("route", {"compartment": 3, "command_id": None}).ok
+
+
+def test_repeated_unplugs_leak_no_threads(rig: Rig) -> None:
+    rig.connected()
+    threads_before = threading.active_count()
+    for _ in range(5):
+        rig.sim.unplug()
+        wait_until(lambda: rig.link.status == "disconnected", 3, what="disconnected")
+        rig.sim.replug()
+        rig.connected()
+    assert threading.active_count() <= threads_before
+
+
+def test_a_garbage_flood_is_counted_and_skipped(rig: Rig) -> None:
+    rig.connected()
+    rng = random.Random(7)
+    for _ in range(40):  # ~330 KB of noise, paced like a serial line so the pty buffer never overflows
+        junk = bytearray()
+        for _ in range(50):
+            kind = rng.randrange(4)
+            if kind == 0:
+                junk += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 60))) + b"\n"
+            elif kind == 1:
+                junk += encode(5, "TEL", {"d": "1,2,3"})[:-4] + b"00\n"  # bad checksum
+            elif kind == 2:
+                junk += b"x" * 300 + b"\n"  # oversize
+            else:
+                junk += b"$7 WHAT x=1*" + f"{0:02X}".encode() + b"\n"
+        rig.sim.inject_garbage(bytes(junk))
+        time.sleep(0.03)
+    wait_until(lambda: rig.link.own_state()["counters"]["bad_frames"] > 1000, 10, what="bad frames counted")
+    errors = rig.link.own_state()["counters"]["errors"]
+    assert errors["bad_checksum"] > 0 and errors["oversize"] > 0
+    assert rig.thread.is_alive()
+    rig.connected()
+    assert rig.request("route", {"compartment": 2, "command_id": None}).ok
+
+
+def test_a_protocol_version_mismatch_sends_no_commands(tmp_path: Path) -> None:
+    r = Rig(tmp_path)
+    try:
+        r.sim.set_protocol_version(2)
+        r.sim.reboot()
+        wait_until(lambda: r.link.status == "incompatible", 5, what="incompatible")
+        alerts = [m for m in r.drain() if isinstance(m, Event) and m.type == "alert"]
+        assert alerts and alerts[-1].data["code"] == "protocol_mismatch"
+        assert "speaks protocol 2" in (r.link.last_error or "")
+        frames_in_before = r.sim.frames_in
+        resp = r.request("route", {"compartment": 1, "command_id": None})
+        assert not resp.ok and "incompatible" in (resp.error or "")
+        time.sleep(0.5)
+        assert r.sim.frames_in == frames_in_before, "nothing was sent to an incompatible MCU"
+        assert r.sim.routes == []
+    finally:
+        r.close()
+
+
+def test_an_mcu_reboot_mid_session_is_handshaken_again(rig: Rig) -> None:
+    rig.connected()
+    rig.sim.reboot()
+    time.sleep(0.3)
+    rig.connected()
+    assert rig.request("route", {"compartment": 1, "command_id": None}).ok
+
+
+def test_a_silent_mcu_turns_the_link_stale_then_reconnects(rig: Rig) -> None:
+    rig.connected()
+    reconnects = rig.link.counters.reconnects
+    rig.sim.hang()
+    wait_until(lambda: rig.link.status == "stale", 3, what="stale after stale_after_s of silence")
+    wait_until(lambda: rig.link.counters.reconnects > reconnects, 5, what="reconnect after reconnect_after_s")
+    rig.sim.hang(False)
+    rig.connected(timeout=5)
+    assert rig.request("route", {"compartment": 1, "command_id": None}).ok
+
+
+def test_a_busy_flap_is_retried_with_the_same_id(rig: Rig) -> None:
+    rig.connected()
+    first = rig.request("route", {"compartment": 1, "command_id": "a1"})
+    second = rig.request("route", {"compartment": 2, "command_id": "b2"})  # arrives while the flap still moves
+    assert first.ok and second.ok, second.error
+    assert rig.sim.routes == [("a1", 1), ("b2", 2)]
+    assert rig.link.counters.naks >= 1, "the second ROUTE met NAK busy and was resent"

@@ -1,0 +1,70 @@
+"""The daemon in simulation over MQTT: a live Arduino link, routing moves the flap, unplug and recovery."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from smartbin_daemon.hardware.arduino.simulator import SimulatedArduino
+
+from .conftest import REPO, Broker, DaemonProcess, Probe, write_config
+
+ROOT = "smartbin/sim-bin"
+
+
+def simulation_config(tmp_path: Path, port: int) -> Path:
+    """config/simulation.yaml as shipped, pointed at the test broker and a private storage folder."""
+    doc = yaml.safe_load((REPO / "config" / "simulation.yaml").read_text())
+    doc["mqtt"]["port"] = port
+    doc["mqtt"]["host"] = "127.0.0.1"
+    doc["storage"]["path"] = str(tmp_path / "state")
+    path = tmp_path / "simulation.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_simulation_shows_a_live_link_and_routing_fills_a_compartment(
+        tmp_path: Path, broker: Broker, probe_factory: Callable[..., Probe],
+        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    probe = probe_factory(broker.port)
+    probe.subscribe("smartbin/#")
+    probe.subscribe("homeassistant/#")
+    daemon_factory(simulation_config(tmp_path, broker.port))
+    state = probe.wait_for(f"{ROOT}/arduino", lambda m: m.json()["status"] == "connected", timeout=20).json()
+    assert state["firmware"] == "smartbin-fw" and state["compartments"] == 3
+    before = probe.wait_for(f"{ROOT}/arduino", lambda m: len(m.json()["distances_mm"]) == 3 and m.json()["distances_mm"][1] is not None).json()["distances_mm"][1]
+    for _ in range(3):
+        resp = probe.request(ROOT, "route", {"args": {"compartment": 2}})
+        assert resp["status"] == "ok", resp
+        assert resp["data"]["acked"] is True
+    # 3 items x 12 mm: the compartment's distance drops by ~36 mm (telemetry noise is +-2 mm)
+    probe.wait_for(f"{ROOT}/arduino", lambda m: m.json()["distances_mm"][1] < before - 25, timeout=10)
+    gpio = probe.wait_for(f"{ROOT}/gpio").json()
+    assert gpio["pin_factory"] == "mock"
+    entity = probe.wait_for("homeassistant/binary_sensor/sim-bin/arduino_connected/config").json()
+    assert entity["state_topic"] == f"{ROOT}/arduino"
+
+
+def test_a_closed_pty_turns_the_link_disconnected_and_it_recovers(
+        tmp_path: Path, broker: Broker, probe_factory: Callable[..., Probe],
+        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    link = tmp_path / "arduino.tty"
+    with SimulatedArduino(link, compartments=3) as sim:
+        probe = probe_factory(broker.port)
+        probe.subscribe("smartbin/#")
+        cfg = write_config(tmp_path / "c.yaml", broker.port, tmp_path / "state",
+                           arduino={"enabled": True, "backend": "serial", "port": str(link), "boot_wait_s": 0.5,
+                                    "reconnect_min_s": 0.2, "reconnect_max_s": 1.0})
+        daemon_factory(cfg)
+        root = "smartbin/testbin"
+        probe.wait_for(f"{root}/arduino", lambda m: m.json()["status"] == "connected", timeout=20)
+        sim.unplug()
+        probe.wait_for(f"{root}/arduino", lambda m: m.json()["status"] == "disconnected", timeout=5)
+        sim.replug()
+        recovered = probe.wait_for(f"{root}/arduino", lambda m: m.json()["status"] == "connected"
+                                   and m.json()["counters"]["reconnects"] >= 1, timeout=10).json()
+        assert recovered["port"] == str(link)
+        assert probe.request(root, "route", {"args": {"compartment": 1}})["status"] == "ok"
+        assert [b for _, b in sim.routes] == [1]
