@@ -155,8 +155,10 @@ class App:
             self._factories["health"] = lambda cfg: HealthMonitor(self.bus, cfg.health, Path(cfg.storage.path))
         if self.cfg.arduino.enabled:
             from .hardware.arduino.link import ArduinoLink
+            from .hardware.gpio import owned_commands
 
-            self._factories["arduino"] = lambda cfg: ArduinoLink(self.bus, cfg.arduino, Path(cfg.storage.path))
+            self._factories["arduino"] = lambda cfg: ArduinoLink(self.bus, cfg.arduino, Path(cfg.storage.path),
+                                                                 exclude=frozenset(owned_commands(cfg.gpio)))
         if self.cfg.gpio.enabled:
             from .hardware.gpio import GpioWorker
 
@@ -167,8 +169,7 @@ class App:
         for spec in gpio_specs:
             self.registry.register(spec)
         if "arduino" in workers:
-            taken = frozenset(s.command for s in gpio_specs)
-            for spec in workers["arduino"].requests(exclude=taken):  # type: ignore[attr-defined]
+            for spec in workers["arduino"].requests():  # type: ignore[attr-defined]
                 self.registry.register(spec)
         for worker in workers.values():
             self.supervisor.add(worker)

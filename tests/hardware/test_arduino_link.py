@@ -221,3 +221,37 @@ def test_a_busy_flap_is_retried_with_the_same_id(rig: Rig) -> None:
     assert first.ok and second.ok, second.error
     assert rig.sim.routes == [("a1", 1), ("b2", 2)]
     assert rig.link.counters.naks >= 1, "the second ROUTE met NAK busy and was resent"
+
+
+def test_port_selection_prefers_the_configured_path_then_the_usb_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serial.tools.list_ports_common import ListPortInfo
+
+    from smartbin_daemon.hardware.arduino.link import find_port
+
+    explicit = ArduinoConfig.model_validate({"enabled": True, "port": "/dev/smartbin-arduino"})
+    assert find_port(explicit, tmp_path) == "/dev/smartbin-arduino"
+    sim = ArduinoConfig.model_validate({"enabled": True, "backend": "simulator"})
+    assert find_port(sim, tmp_path) == str(tmp_path / "arduino-sim.tty")
+
+    def port(device: str, vid: int, pid: int) -> ListPortInfo:
+        info = ListPortInfo(device, skip_link_detection=True)
+        info.vid, info.pid = vid, pid
+        return info
+
+    # serial.tools.list_ports reads sysfs USB devices, which this machine has none of: feed it a listing.
+    monkeypatch.setattr("serial.tools.list_ports.comports",
+                        lambda: [port("/dev/ttyUSB0", 0x1A86, 0x7523), port("/dev/ttyACM1", 0x2341, 0x0043)])
+    by_id = ArduinoConfig.model_validate({"enabled": True, "vid_pid": "2341:0043"})
+    assert find_port(by_id, tmp_path) == "/dev/ttyACM1"
+    missing = ArduinoConfig.model_validate({"enabled": True, "vid_pid": "2341:0069"})
+    assert find_port(missing, tmp_path) is None
+
+
+def test_lid_buttons_follow_ownership(tmp_path: Path) -> None:
+    cfg = ArduinoConfig.model_validate({"enabled": True, "backend": "simulator"})
+    owns = ArduinoLink(Bus(), cfg, tmp_path)
+    assert {"arduino_lid_open", "arduino_lid_close"} <= {e.object_id for e in owns.entities()}
+    assert "lid" in {s.command for s in owns.requests()}
+    gpio_has_lid = ArduinoLink(Bus(), cfg, tmp_path, exclude=frozenset({"lid"}))
+    assert not {"arduino_lid_open"} & {e.object_id for e in gpio_has_lid.entities()}
+    assert "lid" not in {s.command for s in gpio_has_lid.requests()}

@@ -103,9 +103,12 @@ class ArduinoLink(Worker):
 
     critical = True
 
-    def __init__(self, bus: Bus, cfg: ArduinoConfig, storage: Path, *, name: str = "arduino") -> None:
+    def __init__(self, bus: Bus, cfg: ArduinoConfig, storage: Path, *, name: str = "arduino",
+                 exclude: frozenset[str] = frozenset()) -> None:
         super().__init__(name, bus, tick_s=READ_TIMEOUT_S, inbox=(Request,))
         self.cfg = cfg
+        self.exclude = exclude
+        """Actuator commands another component (GPIO) owns."""
         self.storage = storage
         self.ser: serial.Serial | None = None
         self.port: str | None = None
@@ -131,7 +134,7 @@ class ArduinoLink(Worker):
 
     # -- catalogue -------------------------------------------------------------------------
 
-    def requests(self, exclude: frozenset[str] = frozenset()) -> list[RequestSpec]:
+    def requests(self) -> list[RequestSpec]:
         """Commands this component answers, less those another component owns (GPIO lid/led/buzzer)."""
         specs = [
             RequestSpec("route", self.name, "Move the flap to a compartment and release the item (manual test).",
@@ -143,12 +146,18 @@ class ArduinoLink(Worker):
             RequestSpec("led", self.name, "Set the status LED pattern.", LedArgs, example={"pattern": "blink"}),
             RequestSpec("buzzer", self.name, "Play a buzzer pattern.", BuzzerArgs, example={"pattern": "beep"}),
         ]
-        return [s for s in specs if s.command not in exclude]
+        return [s for s in specs if s.command not in self.exclude]
 
     def entities(self) -> tuple[Entity, ...]:
         """HA entities of the link."""
         diag = {"entity_category": "diagnostic"}
-        return (
+        lid_buttons: tuple[Entity, ...] = () if "lid" in self.exclude else tuple(
+            Entity("button", f"arduino_lid_{op}", f"Lid {op}", self.name, None,
+                   {"command_topic": "lid", "payload_press": f'{{"args": {{"op": "{op}"}}}}',
+                    "icon": "mdi:delete-empty" if op == "open" else "mdi:delete"})
+            for op in ("open", "close")
+        )
+        return lid_buttons + (
             Entity("binary_sensor", "arduino_connected", "Arduino connected", self.name,
                    "{{ 'ON' if value_json.status == 'connected' else 'OFF' }}",
                    {"device_class": "connectivity", **diag}),
