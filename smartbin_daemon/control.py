@@ -24,6 +24,8 @@ from .runtime.worker import Worker
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+STATE_FILE_INTERVAL_S = 30.0
+"""Rewrite the local state file at most this often: an SD card should not see a write per second."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class DaemonControl(Worker):
         now = time.monotonic()
         if now - self._last_publish >= self.cfg.mqtt.state_interval_s:
             self._publish()
-        if self._state_dirty and now - self._last_state_file >= 5.0:
+        if self._state_dirty and now - self._last_state_file >= STATE_FILE_INTERVAL_S:
             self._write_state_file()
 
     def handle(self, msg: Any) -> None:
