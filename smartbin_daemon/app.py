@@ -35,9 +35,11 @@ WorkerFactory = Callable[[Config], Worker]
 # Config paths that a worker restart applies; logging.* and runtime.* apply in place;
 # device.id and storage.* need a process restart.
 _WORKER_SECTIONS = {"mqtt": ("mqtt.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",),
-                    "arduino": ("arduino.",), "gpio": ("gpio.",)}
+                    "arduino": ("arduino.",), "gpio": ("gpio.",), "camera": ("camera.",),
+                    "detector": ("detector.", "evidence.", "camera.max_frame_age_s")}
 _PROCESS_SECTIONS = ("device.id", "storage.", "arduino.enabled", "arduino.backend", "arduino.simulator.",
-                     "gpio.enabled", "gpio.lid.", "gpio.leds.", "gpio.buzzer.")  # request ownership is fixed at start
+                     "gpio.enabled", "gpio.lid.", "gpio.leds.", "gpio.buzzer.",  # request ownership is fixed at start
+                     "camera.enabled", "detector.enabled")
 
 
 def restart_policy(cfg: Config) -> RestartPolicy:
@@ -163,14 +165,32 @@ class App:
             from .hardware.gpio import GpioWorker
 
             self._factories["gpio"] = lambda cfg: GpioWorker(self.bus, cfg.gpio)
+        if self.cfg.camera.enabled or self.cfg.detector.enabled:
+            from .vision.frames import LatestFrame
+
+            frames = LatestFrame()  # the camera writes the newest frame, the detector reads it
+            base_dir = self.config_path.parent if self.config_path is not None else Path.cwd()
+            if self.cfg.camera.enabled:
+                from .vision.camera import CameraWorker
+
+                self._factories["camera"] = lambda cfg: CameraWorker(self.bus, cfg.camera, frames, base_dir=base_dir)
+            if self.cfg.detector.enabled:
+                from .vision.model import configure_ultralytics
+
+                configure_ultralytics(Path(self.cfg.storage.path))
+                from .vision.detector import DetectorWorker
+
+                self._factories["detector"] = lambda cfg: DetectorWorker(
+                    self.bus, cfg.detector, cfg.camera, cfg.evidence, frames, Path(cfg.storage.path))
         workers = {name: factory(self.cfg) for name, factory in self._factories.items()}
         # GPIO owns lid/led/buzzer when those devices are on the header; the Arduino owns the rest.
         gpio_specs = workers["gpio"].requests() if "gpio" in workers else []  # type: ignore[attr-defined]
         for spec in gpio_specs:
             self.registry.register(spec)
-        if "arduino" in workers:
-            for spec in workers["arduino"].requests():  # type: ignore[attr-defined]
-                self.registry.register(spec)
+        for name in ("arduino", "detector"):
+            if name in workers:
+                for spec in workers[name].requests():  # type: ignore[attr-defined]
+                    self.registry.register(spec)
         for worker in workers.values():
             self.supervisor.add(worker)
         self.supervisor.start_all()
@@ -241,6 +261,10 @@ class App:
         parts = [f"mqtt {states.get('mqtt', {}).get('status', 'starting')}"]
         if "arduino" in self._factories:
             parts.append(f"arduino {states.get('arduino', {}).get('status', 'starting')}")
+        if "camera" in self._factories:
+            parts.append(f"camera {states.get('camera', {}).get('status', 'starting')}")
+        if "detector" in self._factories:
+            parts.append(f"detector {states.get('detector', {}).get('gate_state', 'starting')}")
         if "health" in self._factories:
             parts.append(f"health {states.get('health', {}).get('status', 'starting')}")
         counts = self.supervisor.counts()

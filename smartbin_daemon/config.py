@@ -521,6 +521,77 @@ class GpioConfig(_Model):
         return self
 
 
+# --------------------------------------------------------------------------- vision: camera
+
+
+class CameraConfig(_Model):
+    """Frame source and its watchdog."""
+
+    enabled: bool = False
+    source: str = Field(default="0", min_length=1, description=(
+        "V4L2 index or /dev/videoN; 'picamera2'; a GStreamer pipeline ending in appsink; rtsp:// or http(s):// "
+        "(MJPEG) URL; a video file; or a folder of images"))
+    kind: Literal["auto", "v4l2", "picamera2", "gstreamer", "url", "video", "images"] = Field(
+        default="auto", description="auto: guessed from `source`")
+    width: int | None = Field(default=640, ge=16, le=7680)
+    height: int | None = Field(default=480, ge=16, le=4320)
+    fps: float = Field(default=15.0, gt=0, le=240, description="capture rate asked of the device; files and folders are paced to it")
+    exposure: float | None = Field(default=None, description="manual exposure (V4L2 units / picamera2 µs); null = auto")
+    loop: bool = Field(default=True, description="video files and image folders start over at the end")
+    stall_timeout_s: float = Field(default=10.0, gt=0, le=600, description="no frame for this long: release and re-open")
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=60)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    max_frame_age_s: float = Field(default=1.0, gt=0, le=60, description="older frames are never analysed")
+
+
+# --------------------------------------------------------------------------- vision: detector and evidence
+
+
+class MotionGateConfig(_Model):
+    """Frame-difference motion detector, used as the presence gate when no sensor is fitted."""
+
+    width: int = Field(default=160, ge=32, le=640, description="frames are downscaled to this width first")
+    pixel_threshold: int = Field(default=25, ge=1, le=255, description="grey-level change that counts as motion")
+    min_area_pct: float = Field(default=2.0, gt=0, le=100, description="changed share of the view that means an item")
+    interval_s: float = Field(default=0.2, ge=0.02, le=5, description="how often a frame is checked while idle")
+    quiet_s: float = Field(default=1.5, gt=0, le=60, description="no motion this long = the item has gone")
+
+
+class DetectorConfig(_Model):
+    """YOLO detector: model, inference settings, gating and the multi-frame vote."""
+
+    enabled: bool = False
+    model: Path = Field(default=Path("/opt/smartbin/models/smartbin-waste-nano.onnx"),
+                        description="any format ultralytics loads (.onnx, .pt, NCNN/OpenVINO folder, .engine)")
+    classmap: Path | None = Field(default=None, description="default: <model stem>.classes.yaml beside the model")
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:[0-9]+)?|[0-9]+)$")
+    imgsz: int = Field(default=320, ge=32, le=1920)
+    conf: float = Field(default=0.25, gt=0, lt=1)
+    iou: float = Field(default=0.45, gt=0, lt=1)
+    max_det: int = Field(default=20, ge=1, le=300)
+    gate: Literal["presence", "motion", "continuous"] = Field(
+        default="presence", description="presence: GPIO/Arduino sensor; motion: frame difference; continuous: debug")
+    settle_s: float = Field(default=0.3, ge=0, le=10, description="wait after presence before the first frame")
+    frames_per_decision: int = Field(default=5, ge=1, le=50, description="K frames aggregated into one decision")
+    decision_timeout_s: float = Field(default=4.0, gt=0, le=60, description="decide with the frames gathered by then")
+    min_confidence: float = Field(default=0.5, ge=0, le=1, description="below this mean confidence: uncertain → residual")
+    min_margin: float = Field(default=0.15, ge=0, le=1, description="below this margin over the runner-up: uncertain")
+    motion: MotionGateConfig = Field(default_factory=MotionGateConfig)
+
+
+class EvidenceConfig(_Model):
+    """Annotated snapshots per decision and the active-learning dataset, both capped."""
+
+    snapshots: bool = True
+    snapshot_quota_mb: float = Field(default=200.0, gt=0, le=100_000)
+    snapshot_max_age_days: float = Field(default=30.0, gt=0, le=3650)
+    jpeg_quality: int = Field(default=85, ge=30, le=100)
+    publish_snapshot: bool = Field(default=True, description="publish the latest snapshot JPEG for HA (image entity)")
+    active_learning: bool = Field(default=True, description="save uncertain frames with predicted boxes as a YOLO dataset")
+    dataset_quota_mb: float = Field(default=500.0, gt=0, le=100_000)
+    dataset_max_images: int = Field(default=2000, ge=1, le=1_000_000)
+
+
 class RuntimeConfig(_Model):
     """Supervision of worker threads."""
 
@@ -542,6 +613,9 @@ class Config(_Model):
     health: HealthConfig = Field(default_factory=HealthConfig)
     arduino: ArduinoConfig = Field(default_factory=ArduinoConfig)
     gpio: GpioConfig = Field(default_factory=GpioConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @property
@@ -642,6 +716,11 @@ def _resolve_relative(cfg: Config, base_dir: Path) -> None:
     """Relative file paths in the config are relative to the config file's directory, not to the CWD."""
     if not cfg.storage.path.is_absolute():
         cfg.storage.path = (base_dir / cfg.storage.path).resolve()
+    det = cfg.detector
+    if not det.model.is_absolute():
+        det.model = (base_dir / det.model).resolve()
+    if det.classmap is not None and not det.classmap.is_absolute():
+        det.classmap = (base_dir / det.classmap).resolve()
     tls = cfg.mqtt.tls
     for name in ("ca", "cert", "key"):
         value = getattr(tls, name)

@@ -72,6 +72,45 @@ class TemperatureReading:
     mono: float
 
 
+@dataclass(frozen=True)
+class DetectedBox:
+    """One detector box in a frame: class, category, confidence and pixel box (x1, y1, x2, y2)."""
+
+    class_id: int
+    class_name: str
+    category: str
+    confidence: float
+    xyxy: tuple[float, float, float, float]
+
+    @property
+    def area(self) -> float:
+        """Box area in pixels."""
+        x1, y1, x2, y2 = self.xyxy
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an item is, decided from several frames; `uncertain` items go to residual."""
+
+    item_id: str
+    category: str
+    class_name: str | None
+    confidence: float
+    runner_up: str | None
+    runner_up_confidence: float
+    margin: float
+    uncertain: bool
+    reason: str | None
+    compartment: str | None
+    frames: int
+    votes: dict[str, float]
+    frame_seq: int | None
+    mono: float
+    boxes: tuple[DetectedBox, ...] = ()
+    snapshot: str | None = None
+
+
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -17,17 +17,17 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from ..clock import iso_utc
 from ..config import Config
 from ..logs import ev
-from ..runtime.bus import Bus, Discovery, Entity, EventsPending, Request, Response, StateUpdate
+from ..runtime.bus import BinaryPublish, Bus, Discovery, Entity, EventsPending, Request, Response, StateUpdate
 from ..runtime.commands import RequestError, RequestRegistry
 from ..runtime.worker import Worker
 from . import discovery as disco
 from .discovery import Topics
-from ..clock import iso_utc
 from .outbox import Outbox
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class MqttWorker(Worker):
     def __init__(self, bus: Bus, cfg: Config, outbox: Outbox, registry: RequestRegistry, *, name: str = "mqtt") -> None:
         super().__init__(
             name, bus, tick_s=LOOP_TIMEOUT_S,
-            inbox=(StateUpdate, EventsPending, Discovery, Response), inbox_size=5000,
+            inbox=(StateUpdate, EventsPending, Discovery, Response, BinaryPublish), inbox_size=5000,
         )
         self.cfg = cfg
         self.outbox = outbox
@@ -117,6 +117,7 @@ class MqttWorker(Worker):
         self._last_sent_seq = 0
         self._pending: dict[str, _Pending] = {}
         self._published_discovery: dict[str, dict[str, bytes]] = {}
+        self._binary: dict[str, BinaryPublish] = {}  # latest retained binary payloads, republished on reconnect
         self._last_state_publish = 0.0
         self._last_own_state: dict[str, Any] | None = None
         self._last_own_state_at = 0.0
@@ -294,6 +295,9 @@ class MqttWorker(Worker):
             self._publish_discovery(msg.component, msg.entities)
         elif isinstance(msg, Response):
             self._on_response(msg)
+        elif isinstance(msg, BinaryPublish):
+            self._binary[msg.subtopic] = msg
+            self._publish(self.topics.state(msg.subtopic), msg.payload, qos=0, retain=msg.retain)
 
     def _on_connack(self, msg: _Connack) -> None:
         if msg.failed:
@@ -335,6 +339,9 @@ class MqttWorker(Worker):
         for component, state in self.bus.states().items():
             if component != self.name:
                 self._publish_state(component, state)
+        for blob in self._binary.values():
+            if blob.retain:
+                self._publish(self.topics.state(blob.subtopic), blob.payload, qos=0, retain=True)
         self._publish_own_state(force=True)
         self._last_state_publish = time.monotonic()
 

@@ -96,12 +96,14 @@ def entity_config(cfg: Config, topics: Topics, entity: Entity) -> dict[str, Any]
         "origin": ORIGIN,
         "availability": [{"topic": topics.availability, "payload_available": "online", "payload_not_available": "offline"}],
     }
-    if entity.platform not in {"button"}:
+    if entity.platform not in {"button", "image"}:
         payload["state_topic"] = topics.state(entity.component)
     if entity.value_template is not None:
         key = "url_template" if entity.platform == "image" else "value_template"
         payload[key] = entity.value_template
     payload.update(entity.options)
+    if "image_topic" in payload and not payload["image_topic"].startswith(topics.root + "/"):
+        payload["image_topic"] = topics.state(payload["image_topic"])  # relative to <root>
     if entity.platform in _COMMAND_PLATFORMS and "command_topic" in payload:
         cmd = payload["command_topic"]
         if not cmd.startswith(topics.root + "/"):

@@ -47,6 +47,15 @@ class Event:
 
 
 @dataclass(frozen=True)
+class BinaryPublish:
+    """Raw bytes for `<root>/<subtopic>` (e.g. the latest snapshot JPEG for a Home Assistant image entity)."""
+
+    subtopic: str
+    payload: bytes
+    retain: bool = True
+
+
+@dataclass(frozen=True)
 class EventsPending:
     """Wake-up for the outbox consumer: new durable events are waiting."""
 

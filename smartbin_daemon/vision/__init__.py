@@ -1,0 +1,1 @@
+"""Camera capture, YOLO detection, decisions and evidence."""

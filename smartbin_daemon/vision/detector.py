@@ -1,0 +1,455 @@
+"""The detector worker: gated YOLO inference, K-frame decisions, evidence, and hot model swaps.
+
+Idle costs nothing: with the presence gate the worker sleeps on its inbox and touches no frame until
+a PresenceChanged(True) arrives; with the motion gate it looks at a 160-px grey frame a few times a
+second. Inference runs only while an item is being decided (or in continuous mode, for debugging).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..clock import iso_utc
+from ..config import CameraConfig, DetectorConfig, EvidenceConfig
+from ..logs import ev
+from ..messages import Decision, DetectedBox, PresenceChanged
+from ..runtime.bus import Alert, BinaryPublish, Bus, Discovery, Entity, Request, Response
+from ..runtime.commands import RequestSpec
+from ..runtime.worker import FatalWorkerError, Worker
+from .decision import VotePolicy, decide
+from .evidence import EvidenceStore
+from .frames import Frame, LatestFrame
+from .model import LoadedModel, ModelError, load_model, percentile
+from .motion import MotionGate
+
+logger = logging.getLogger(__name__)
+
+IDLE, SETTLING, COLLECTING = "idle", "settling", "collecting"
+STATS_WINDOW = 200
+
+
+class ReloadArgs(BaseModel):
+    """`model/reload` request."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = Field(default=None, description="new model file; default: reload the configured one")
+
+
+class SnapshotArgs(BaseModel):
+    """`snapshot` request."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: bool = Field(default=False, description="also save the frame, with its predicted boxes, to the training dataset")
+
+
+class DetectionArgs(BaseModel):
+    """`detection` request: switch detection and the continuous (debug) mode."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool | None = None
+    continuous: bool | None = None
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """Result of a background model load (posted into the worker's inbox)."""
+
+    request_id: str | None
+    model: LoadedModel | None
+    error: str | None
+
+
+@dataclass
+class _Item:
+    item_id: str
+    presence_mono: float
+    start_after: float
+    deadline: float
+    frames: list[tuple[int, list[DetectedBox]]]
+    best_image: Any = None
+    best_conf: float = -1.0
+    last_seq: int = 0
+
+
+class DetectorWorker(Worker):
+    """Owns the model; answers `model/reload`, `snapshot`, `detection`; publishes Decision and event/detection."""
+
+    critical = True
+
+    def __init__(self, bus: Bus, cfg: DetectorConfig, camera: CameraConfig, evidence_cfg: EvidenceConfig,
+                 frames: LatestFrame, storage: Path, *, name: str = "detector") -> None:
+        super().__init__(name, bus, tick_s=0.5, inbox=(PresenceChanged, Request, _Loaded))
+        self.cfg = cfg
+        self.camera = camera
+        self.evidence_cfg = evidence_cfg
+        self.frames = frames
+        self.storage = storage
+        self.model: LoadedModel | None = None
+        self.evidence: EvidenceStore | None = None
+        self.enabled = True
+        self.continuous = cfg.gate == "continuous"
+        self.gate_state = IDLE
+        self.item: _Item | None = None
+        self.motion = MotionGate(cfg.motion)
+        self._last_motion_seq = 0
+        self._next_motion_check = 0.0
+        self._loader: threading.Thread | None = None
+        self._pending_reload: Request | None = None
+        self.inferences = 0
+        self.decisions = 0
+        self.stale_frames = 0
+        self._inference_ms: collections.deque[float] = collections.deque(maxlen=STATS_WINDOW)
+        self._stage_ms: dict[str, collections.deque[float]] = {
+            k: collections.deque(maxlen=STATS_WINDOW) for k in ("capture_age", "preprocess", "inference", "postprocess", "decision")
+        }
+        self._decision_times: collections.deque[float] = collections.deque(maxlen=1000)
+        self.last_decision: Decision | None = None
+        self.warnings: list[str] = []
+        self._last_state_at = 0.0
+
+    # -- catalogue -----------------------------------------------------------------------------
+
+    def requests(self) -> list[RequestSpec]:
+        """Commands owned by the detector."""
+        return [
+            RequestSpec("model/reload", self.name, "Load (optionally another) model off the hot path, validate it with a "
+                        "test inference and the class-map check, swap atomically; roll back on any failure.",
+                        ReloadArgs, example={"path": "/opt/smartbin/models/smartbin-waste-nano.onnx"}),
+            RequestSpec("snapshot", self.name, "Capture the current frame, save it and publish it as the latest snapshot "
+                        "(optionally also into the active-learning dataset with its predicted boxes).",
+                        SnapshotArgs, example={"dataset": False}),
+            RequestSpec("detection", self.name, "Switch detection on/off and the continuous (debug) mode.",
+                        DetectionArgs, example={"enabled": True, "continuous": False}),
+        ]
+
+    def entities(self) -> tuple[Entity, ...]:
+        """HA entities of the detector."""
+        diag = {"entity_category": "diagnostic"}
+        return (
+            Entity("image", "detector_snapshot", "Last snapshot", self.name, None,
+                   {"image_topic": f"{self.name}/snapshot", "content_type": "image/jpeg"}),
+            Entity("sensor", "detector_last_class", "Last class", self.name, "{{ value_json.last.class_name }}",
+                   {"icon": "mdi:tag-outline"}),
+            Entity("sensor", "detector_last_category", "Last category", self.name, "{{ value_json.last.category }}",
+                   {"icon": "mdi:recycle"}),
+            Entity("sensor", "detector_last_confidence", "Last confidence", self.name,
+                   "{{ (value_json.last.confidence * 100) | round(1) if value_json.last else none }}",
+                   {"unit_of_measurement": "%", "state_class": "measurement", "icon": "mdi:percent"}),
+            Entity("sensor", "detector_inference_ms", "Inference time p50", self.name, "{{ value_json.inference_ms.p50 }}",
+                   {"unit_of_measurement": "ms", "state_class": "measurement", "icon": "mdi:timer-outline", **diag}),
+            Entity("switch", "detector_enabled", "Detection", self.name,
+                   "{{ 'ON' if value_json.enabled else 'OFF' }}",
+                   {"command_topic": "detection", "payload_on": '{"args": {"enabled": true}}',
+                    "payload_off": '{"args": {"enabled": false}}', "state_on": "ON", "state_off": "OFF",
+                    "entity_category": "config", "icon": "mdi:eye"}),
+            Entity("switch", "detector_continuous", "Continuous detection (debug)", self.name,
+                   "{{ 'ON' if value_json.continuous else 'OFF' }}",
+                   {"command_topic": "detection", "payload_on": '{"args": {"continuous": true}}',
+                    "payload_off": '{"args": {"continuous": false}}', "state_on": "ON", "state_off": "OFF",
+                    "entity_category": "config", "icon": "mdi:bug-outline"}),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.bus.publish(Discovery(self.name, self.entities()))
+        if self.model is None:
+            try:
+                self.model = self._load(self.cfg.model)
+                self.warnings = list(self.model.warnings)
+            except ModelError as exc:
+                self.bus.raise_alert(Alert(self.name, "model_invalid", "critical", str(exc)))
+                raise FatalWorkerError(f"detector.model: {exc}") from None
+        self.evidence = EvidenceStore(self.storage, self.evidence_cfg,
+                                      [c.name for c in sorted(self.model.classmap.classes, key=lambda c: c.index)])
+        self.gate_state = IDLE
+        self.item = None
+        self._publish_state(force=True)
+
+    def teardown(self) -> None:
+        loader = self._loader
+        if loader is not None and loader.is_alive():
+            loader.join(5)
+
+    def _load(self, path: Path) -> LoadedModel:
+        cfg = self.cfg
+        model = load_model(path, classmap=cfg.classmap if path == cfg.model else None, device=cfg.device,
+                           imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det)
+        for warning in model.warnings:
+            logger.warning("%s", warning, extra=ev("detector_device_fallback"))
+        logger.info("model %s loaded on %s in %.1fs (%d classes)", model.name, model.device, model.load_s,
+                    len(model.classmap.classes), extra=ev("model_loaded"))
+        return model
+
+    # -- main loop ----------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if self.gate_state == IDLE and not self.continuous:
+            wait = self.tick_s
+            if self.enabled and self.cfg.gate == "motion":
+                wait = max(0.0, min(wait, self._next_motion_check - now))
+            msg = self.next_message(wait)
+            if msg is not None:
+                self.handle(msg)
+            if self.enabled and self.cfg.gate == "motion" and self.gate_state == IDLE:
+                self._check_motion(time.monotonic())
+        else:
+            self._drain(0)
+            if self.continuous and self.gate_state == IDLE and self.enabled:
+                self._start_item(time.monotonic(), settle=False)
+            self._collect()
+        self._publish_state()
+
+    def _drain(self, limit_s: float) -> None:
+        assert self.inbox is not None
+        for _ in range(50):
+            msg = self.inbox.get(limit_s) if len(self.inbox) else None
+            if msg is None:
+                return
+            self.handle(msg)
+
+    def handle(self, msg: Any) -> None:
+        if isinstance(msg, PresenceChanged):
+            if msg.present and self.enabled and self.cfg.gate == "presence" and self.gate_state == IDLE:
+                self._start_item(msg.mono, settle=True)
+        elif isinstance(msg, Request):
+            self._on_request(msg)
+        elif isinstance(msg, _Loaded):
+            self._on_loaded(msg)
+
+    def _check_motion(self, now: float) -> None:
+        if now < self._next_motion_check:
+            return
+        self._next_motion_check = now + self.cfg.motion.interval_s
+        frame = self.frames.latest()
+        if frame is None or frame.seq == self._last_motion_seq:
+            return
+        self._last_motion_seq = frame.seq
+        if self.motion.update(frame.image, now) is True:
+            logger.debug("motion %.1f%%: item assumed present", self.motion.changed_pct)
+            self._start_item(now, settle=True)
+
+    def _start_item(self, presence_mono: float, settle: bool) -> None:
+        now = time.monotonic()
+        start = max(now, presence_mono + (self.cfg.settle_s if settle else 0.0))
+        latest = self.frames.latest()
+        self.item = _Item(uuid.uuid4().hex[:12], presence_mono, start, start + self.cfg.decision_timeout_s, [],
+                          last_seq=latest.seq if latest is not None and settle else 0)
+        self.gate_state = SETTLING if start > now else COLLECTING
+
+    def _collect(self) -> None:
+        item = self.item
+        if item is None or self.model is None:
+            self.gate_state = IDLE
+            return
+        now = time.monotonic()
+        if now < item.start_after:
+            self._drain(min(self.tick_s, item.start_after - now))
+            return
+        self.gate_state = COLLECTING
+        if len(item.frames) < self.cfg.frames_per_decision and now < item.deadline:
+            frame = self.frames.wait_newer(item.last_seq, min(self.tick_s, item.deadline - now))
+            if frame is None:
+                return
+            item.last_seq = frame.seq
+            if not self._fresh(frame):
+                self.stale_frames += 1
+                return
+            self._infer(item, frame)
+            if len(item.frames) < self.cfg.frames_per_decision:
+                return
+        self._decide(item)
+
+    def _fresh(self, frame: Frame) -> bool:
+        return frame.age() <= self.camera.max_frame_age_s
+
+    def _infer(self, item: _Item, frame: Frame) -> None:
+        assert self.model is not None
+        capture_age = frame.age() * 1000.0
+        t0 = time.monotonic()
+        boxes, speed = self.model.predict(frame.image)
+        total = (time.monotonic() - t0) * 1000.0
+        self.inferences += 1
+        self._inference_ms.append(speed.get("inference", total))
+        self._stage_ms["capture_age"].append(capture_age)
+        for stage in ("preprocess", "inference", "postprocess"):
+            if stage in speed:
+                self._stage_ms[stage].append(speed[stage])
+        item.frames.append((frame.seq, boxes))
+        top = max((b.confidence for b in boxes), default=0.0)
+        if top > item.best_conf or item.best_image is None:
+            item.best_conf, item.best_image = top, frame.image
+
+    def _decide(self, item: _Item) -> None:
+        assert self.model is not None
+        t0 = time.monotonic()
+        policy = VotePolicy(self.cfg.min_confidence, self.cfg.min_margin)
+        decision = decide(item.item_id, item.frames, policy, self.model.classmap.category_compartments(), t0)
+        self._stage_ms["decision"].append((time.monotonic() - t0) * 1000.0)
+        self.item = None
+        self.gate_state = IDLE
+        snapshot_path = None
+        if self.evidence is not None and item.best_image is not None:
+            saved = self.evidence.save_snapshot(item.best_image, decision)
+            snapshot_path = str(saved) if saved is not None else None
+            if self.evidence_cfg.publish_snapshot and self.evidence.latest_snapshot_jpeg:
+                self.bus.publish(BinaryPublish(f"{self.name}/snapshot", self.evidence.latest_snapshot_jpeg))
+            if decision.uncertain and self.evidence_cfg.active_learning:
+                self.evidence.save_for_training(item.best_image, decision.boxes, decision.reason or "uncertain",
+                                                item_id=decision.item_id)
+        decision = replace(decision, snapshot=snapshot_path)
+        self.decisions += 1
+        self._decision_times.append(time.monotonic())
+        self.last_decision = decision
+        latency_ms = (time.monotonic() - item.presence_mono) * 1000.0
+        self.bus.publish(decision)
+        if not self.continuous:
+            self.bus.emit_event("detection", self._event_data(decision, latency_ms), self.name)
+        logger.info("item %s: %s (%s %.2f, runner-up %s, margin %.2f)%s", decision.item_id, decision.category,
+                    decision.class_name, decision.confidence, decision.runner_up, decision.margin,
+                    f" uncertain: {decision.reason}" if decision.uncertain else "", extra=ev("detection"))
+        self._publish_state(force=True)
+
+    def _event_data(self, d: Decision, latency_ms: float) -> dict[str, Any]:
+        assert self.model is not None
+        return {
+            "item_id": d.item_id, "category": d.category, "class_name": d.class_name,
+            "confidence": d.confidence, "runner_up": d.runner_up, "runner_up_confidence": d.runner_up_confidence,
+            "margin": d.margin, "uncertain": d.uncertain, "reason": d.reason, "compartment": d.compartment,
+            "frames": d.frames, "votes": d.votes, "snapshot": d.snapshot, "model": self.model.name,
+            "presence_to_decision_ms": round(latency_ms, 1),
+            "boxes": [{"category": b.category, "confidence": round(b.confidence, 3),
+                       "xyxy": [round(v, 1) for v in b.xyxy]} for b in d.boxes],
+        }
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def _reply(self, req: Request, ok: bool, data: Any = None, error: str | None = None) -> None:
+        self.bus.publish(Response(req.request_id, req.command, ok, data, error))
+
+    def _on_request(self, req: Request) -> None:
+        if req.command == "detection":
+            if req.args.get("enabled") is not None:
+                self.enabled = bool(req.args["enabled"])
+                if not self.enabled:
+                    self.item, self.gate_state = None, IDLE
+            if req.args.get("continuous") is not None:
+                self.continuous = bool(req.args["continuous"])
+                if not self.continuous and self.item is not None and self.gate_state == COLLECTING:
+                    self.item, self.gate_state = None, IDLE
+            self._publish_state(force=True)
+            self._reply(req, True, {"enabled": self.enabled, "continuous": self.continuous})
+        elif req.command == "snapshot":
+            frame = self.frames.latest()
+            if frame is None or not self._fresh(frame):
+                self._reply(req, False, error="no fresh camera frame (camera disconnected?)")
+                return
+            assert self.evidence is not None
+            path = self.evidence.save_frame_snapshot(frame.image)
+            if path is None or not self.evidence.latest_snapshot_jpeg:
+                self._reply(req, False, error="snapshot could not be saved (see evidence.skipped in the detector state)")
+                return
+            self.bus.publish(BinaryPublish(f"{self.name}/snapshot", self.evidence.latest_snapshot_jpeg))
+            data: dict[str, Any] = {"path": str(path), "frame_seq": frame.seq, "bytes": len(self.evidence.latest_snapshot_jpeg)}
+            if req.args.get("dataset") and self.model is not None:
+                boxes, _ = self.model.predict(frame.image)
+                self.inferences += 1
+                saved = self.evidence.save_for_training(frame.image, boxes, "request", force=True)
+                data["dataset_image"] = str(saved) if saved is not None else None
+            self._reply(req, True, data)
+        elif req.command == "model/reload":
+            if self._loader is not None and self._loader.is_alive():
+                self._reply(req, False, error="a model reload is already in progress")
+                return
+            path = Path(req.args["path"]) if req.args.get("path") else self.cfg.model
+            self._pending_reload = req
+            self._loader = threading.Thread(target=self._load_in_background, args=(path, req), daemon=True,
+                                            name="smartbin-model-loader")
+            self._loader.start()
+        else:
+            self._reply(req, False, error=f"detector does not handle {req.command!r}")
+
+    def _load_in_background(self, path: Path, req: Request) -> None:
+        """Runs in a short-lived thread: load + warm-up + checks, then hand the result to the worker."""
+        try:
+            model = self._load(path)
+        except ModelError as exc:
+            result = _Loaded(req.request_id, None, str(exc))
+        except Exception as exc:  # noqa: BLE001 - anything else is a failed reload too
+            result = _Loaded(req.request_id, None, f"{type(exc).__name__}: {exc}")
+        else:
+            result = _Loaded(req.request_id, model, None)
+        assert self.inbox is not None
+        self.inbox.put(result)
+
+    def _on_loaded(self, msg: _Loaded) -> None:
+        req, self._pending_reload = self._pending_reload, None
+        old = self.model
+        if msg.model is None:
+            logger.error("model reload failed, keeping %s: %s", old.name if old else None, msg.error,
+                         extra=ev("model_reload_failed"))
+            if req is not None:
+                self._reply(req, False, {"model": old.name if old else None, "rolled_back": True},
+                            f"reload failed, kept the previous model: {msg.error}")
+            return
+        self.model = msg.model  # atomic swap: the next inference uses the new model
+        self.warnings = list(msg.model.warnings)
+        self.item, self.gate_state = None, IDLE
+        logger.info("model swapped: %s -> %s", old.name if old else None, msg.model.name, extra=ev("model_swapped"))
+        if req is not None:
+            self._reply(req, True, {"model": msg.model.name, "previous": old.name if old else None,
+                                    "device": msg.model.device, "load_s": round(msg.model.load_s, 2)})
+        self._publish_state(force=True)
+
+    # -- state ----------------------------------------------------------------------------------------------
+
+    def own_state(self) -> dict[str, Any]:
+        """The `detector` state."""
+        now = time.monotonic()
+        per_min = sum(1 for t in self._decision_times if now - t <= 60.0)
+        last = self.last_decision
+        stages = {k: {"p50": _r(percentile(v, 50)), "p95": _r(percentile(v, 95))} for k, v in self._stage_ms.items()}
+        return {
+            "enabled": self.enabled,
+            "continuous": self.continuous,
+            "gate": self.cfg.gate,
+            "gate_state": self.gate_state,
+            "model": self.model.name if self.model else None,
+            "device": self.model.device if self.model else None,
+            "imgsz": self.cfg.imgsz,
+            "warnings": self.warnings,
+            "inferences": self.inferences,
+            "decisions": self.decisions,
+            "decisions_per_minute": per_min,
+            "stale_frames": self.stale_frames,
+            "inference_ms": {"p50": _r(percentile(self._inference_ms, 50)), "p95": _r(percentile(self._inference_ms, 95))},
+            "stages_ms": stages,
+            "last": None if last is None else {
+                "item_id": last.item_id, "category": last.category, "class_name": last.class_name,
+                "confidence": last.confidence, "uncertain": last.uncertain, "snapshot": last.snapshot,
+                "at": iso_utc(time.time() - (now - last.mono)),
+            },
+            "evidence": self.evidence.stats() if self.evidence is not None else None,
+        }
+
+    def _publish_state(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_state_at >= 5.0:
+            self._last_state_at = now
+            if self.evidence is not None:
+                self.evidence.housekeeping()  # age limits also apply while the bin is idle
+            self.bus.set_state(self.name, self.own_state())
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
