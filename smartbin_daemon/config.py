@@ -533,15 +533,23 @@ class CameraConfig(_Model):
         "(MJPEG) URL; a video file; or a folder of images"))
     kind: Literal["auto", "v4l2", "picamera2", "gstreamer", "url", "video", "images"] = Field(
         default="auto", description="auto: guessed from `source`")
-    width: int | None = Field(default=640, ge=16, le=7680)
+    width: int | None = Field(default=640, ge=16, le=7680,
+                              description="asked of V4L2 and picamera2 devices; streams, files and pipelines keep their size")
     height: int | None = Field(default=480, ge=16, le=4320)
-    fps: float = Field(default=15.0, gt=0, le=240, description="capture rate asked of the device; files and folders are paced to it")
+    fps: float = Field(default=15.0, gt=0, le=240,
+                       description="asked of devices; paces files and folders; caps decoded MJPEG frames (surplus dropped)")
     exposure: float | None = Field(default=None, description="manual exposure (V4L2 units / picamera2 µs); null = auto")
     loop: bool = Field(default=True, description="video files and image folders start over at the end")
     stall_timeout_s: float = Field(default=10.0, gt=0, le=600, description="no frame for this long: release and re-open")
     reconnect_min_s: float = Field(default=1.0, gt=0, le=60)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     max_frame_age_s: float = Field(default=1.0, gt=0, le=60, description="older frames are never analysed")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CameraConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
 
 
 # --------------------------------------------------------------------------- vision: detector and evidence

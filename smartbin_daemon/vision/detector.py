@@ -25,6 +25,7 @@ from ..messages import Decision, DetectedBox, PresenceChanged
 from ..runtime.bus import Alert, BinaryPublish, Bus, Discovery, Entity, Request, Response
 from ..runtime.commands import RequestSpec
 from ..runtime.worker import FatalWorkerError, Worker
+from .camera import is_fresh
 from .decision import VotePolicy, decide
 from .evidence import EvidenceStore
 from .frames import Frame, LatestFrame
@@ -271,7 +272,7 @@ class DetectorWorker(Worker):
         self._decide(item)
 
     def _fresh(self, frame: Frame) -> bool:
-        return frame.age() <= self.camera.max_frame_age_s
+        return is_fresh(frame, self.camera)
 
     def _infer(self, item: _Item, frame: Frame) -> None:
         assert self.model is not None
