@@ -36,10 +36,10 @@ WorkerFactory = Callable[[Config], Worker]
 # device.id and storage.* need a process restart.
 _WORKER_SECTIONS = {"mqtt": ("mqtt.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",),
                     "arduino": ("arduino.",), "gpio": ("gpio.",), "camera": ("camera.",),
-                    "detector": ("detector.", "evidence.", "camera.max_frame_age_s")}
+                    "detector": ("detector.", "evidence.", "camera.max_frame_age_s"), "simulation": ("simulation.",)}
 _PROCESS_SECTIONS = ("device.id", "storage.", "arduino.enabled", "arduino.backend", "arduino.simulator.",
                      "gpio.enabled", "gpio.lid.", "gpio.leds.", "gpio.buzzer.",  # request ownership is fixed at start
-                     "camera.enabled", "detector.enabled")
+                     "camera.enabled", "detector.enabled", "simulation.enabled")
 
 
 def restart_policy(cfg: Config) -> RestartPolicy:
@@ -182,6 +182,10 @@ class App:
 
                 self._factories["detector"] = lambda cfg: DetectorWorker(
                     self.bus, cfg.detector, cfg.camera, cfg.evidence, frames, Path(cfg.storage.path))
+        if self.cfg.simulation.enabled:
+            from .simulation import ItemFeeder
+
+            self._factories["simulation"] = lambda cfg: ItemFeeder(self.bus, cfg.simulation, Path(cfg.storage.path))
         workers = {name: factory(self.cfg) for name, factory in self._factories.items()}
         # GPIO owns lid/led/buzzer when those devices are on the header; the Arduino owns the rest.
         gpio_specs = workers["gpio"].requests() if "gpio" in workers else []  # type: ignore[attr-defined]

@@ -600,6 +600,29 @@ class EvidenceConfig(_Model):
     dataset_max_images: int = Field(default=2000, ge=1, le=1_000_000)
 
 
+# --------------------------------------------------------------------------- simulation
+
+
+class SimulationConfig(_Model):
+    """Simulated items for the demo/simulation: sample images shown to the camera, presence on the mock pin."""
+
+    enabled: bool = False
+    samples: Path = Field(default=Path("../tests/data/samples"),
+                          description="folder of sample images (+ samples.yaml with expected categories); relative to this file")
+    scene: Path = Field(default=Path("sim-scene"),
+                        description="folder (relative to storage.path) the feeder writes the current view into; point camera.source at it")
+    item_interval_s: float = Field(default=8.0, gt=0.5, le=3600, description="a new item arrives this often")
+    item_dwell_s: float = Field(default=3.0, gt=0.1, le=600, description="how long an item stays in view")
+    presence: Literal["gpio", "none"] = Field(default="gpio", description="gpio: drive the mock presence pin; none: rely on the motion gate")
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _dwell_fits(self) -> SimulationConfig:
+        if self.item_dwell_s >= self.item_interval_s:
+            raise ValueError("item_dwell_s must be shorter than item_interval_s")
+        return self
+
+
 class RuntimeConfig(_Model):
     """Supervision of worker threads."""
 
@@ -624,6 +647,7 @@ class Config(_Model):
     camera: CameraConfig = Field(default_factory=CameraConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @property
@@ -724,6 +748,8 @@ def _resolve_relative(cfg: Config, base_dir: Path) -> None:
     """Relative file paths in the config are relative to the config file's directory, not to the CWD."""
     if not cfg.storage.path.is_absolute():
         cfg.storage.path = (base_dir / cfg.storage.path).resolve()
+    if not cfg.simulation.samples.is_absolute():
+        cfg.simulation.samples = (base_dir / cfg.simulation.samples).resolve()
     det = cfg.detector
     if not det.model.is_absolute():
         det.model = (base_dir / det.model).resolve()

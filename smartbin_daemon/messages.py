@@ -73,6 +73,13 @@ class TemperatureReading:
 
 
 @dataclass(frozen=True)
+class SimulatedPresence:
+    """Simulation only: the item feeder asks the GPIO component to drive its mock presence pin."""
+
+    present: bool
+
+
+@dataclass(frozen=True)
 class DetectedBox:
     """One detector box in a frame: class, category, confidence and pixel box (x1, y1, x2, y2)."""
 

@@ -54,6 +54,7 @@ from ..messages import (
     LedArgs,
     LidArgs,
     PresenceChanged,
+    SimulatedPresence,
 )
 from ..runtime.bus import Bus, Discovery, Entity, Request, Response
 from ..runtime.commands import RequestSpec
@@ -276,7 +277,7 @@ class GpioWorker(Worker):
     critical = True
 
     def __init__(self, bus: Bus, cfg: GpioConfig, *, name: str = "gpio", factory: Factory | None = None) -> None:
-        super().__init__(name, bus, tick_s=0.1, inbox=(Request,))
+        super().__init__(name, bus, tick_s=0.1, inbox=(Request, SimulatedPresence))
         self.cfg = cfg
         self._injected_factory = factory
         self.factory: Factory | None = factory
@@ -356,6 +357,20 @@ class GpioWorker(Worker):
         """Answer requests; edge notices are drained by `_service`."""
         if isinstance(msg, Request):
             self._answer(msg)
+        elif isinstance(msg, SimulatedPresence):
+            self._simulate_presence(msg.present)
+
+    def _simulate_presence(self, present: bool) -> None:
+        """Drive the mock presence pin like a broken/restored beam (only with the `mock` pin factory).
+
+        Why through the pin: the edge then takes the real path (gpiozero callback, debounce, settle).
+        """
+        if self.cfg.pin_factory != "mock" or self.presence_dev is None:
+            logger.warning("gpio: ignoring simulated presence (needs pin_factory mock and a presence pin)")
+            return
+        pin = self.presence_dev.pin
+        level_high = present == bool(self.presence_dev.active_state)
+        pin.drive_high() if level_high else pin.drive_low()
 
     def teardown(self) -> None:
         """Close every device (also after a crash) and a factory we built ourselves."""
