@@ -104,6 +104,14 @@ def test_the_exported_tiny_model_goes_through_the_production_loader(tiny: Path) 
     assert all(b.category in {"plastic", "glass", "residual"} for b in boxes)
 
 
+def test_a_pytorch_checkpoint_loads_through_the_same_code(tiny: Path) -> None:
+    pt = tiny.with_suffix(".pt")
+    model = load_model(pt, classmap=None, device="cpu", imgsz=IMGSZ, conf=0.01, iou=0.45, max_det=10)
+    boxes, speed = model.predict(np.zeros((120, 160, 3), dtype=np.uint8))
+    assert model.name == "tiny.pt" and "inference" in speed
+    assert dict(model.yolo.names) == {0: "plastic", 1: "glass", 2: "residual"}
+
+
 def test_cuda_requested_but_missing_falls_back_to_cpu_with_a_warning(tiny: Path) -> None:
     model = load_model(tiny, classmap=None, device="cuda:0", imgsz=IMGSZ, conf=0.25, iou=0.45, max_det=10)
     assert model.device == "cpu"

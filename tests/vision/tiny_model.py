@@ -44,6 +44,8 @@ def build_tiny_onnx(workdir: Path) -> Path:
     spec_path.write_text(yaml.safe_dump(spec))
     model = YOLO(str(spec_path), task="detect")
     model.model.names = dict(enumerate(CATEGORIES))
+    model.save(str(workdir / "tiny.pt"))  # the PyTorch checkpoint, loadable like a trained one
+    classes_yaml(workdir / "tiny.classes.yaml", "tiny.pt")
     exported = Path(model.export(format="onnx", imgsz=IMGSZ, simplify=False, dynamic=False, verbose=False))
     target = workdir / "tiny.onnx"
     shutil.move(str(exported), target)
