@@ -29,6 +29,11 @@ class Worker:
     critical: bool = True
     """A critical worker's stale heartbeat withholds the systemd watchdog ping (so systemd restarts us)."""
 
+    state_min_interval_s: float = 1.0
+    """`publish_state()` sends a changed state at most this often (unless forced)."""
+    state_max_interval_s: float = 10.0
+    """... and an unchanged one at least this often."""
+
     def __init__(self, name: str, bus: Bus, *, tick_s: float = 1.0, inbox: Iterable[type] = (), inbox_size: int = 1000) -> None:
         self.name = name
         self.bus = bus
@@ -37,6 +42,8 @@ class Worker:
         self.inbox: Subscription | None = bus.subscribe(name, inbox, inbox_size) if inbox else None
         self.last_beat = time.monotonic()
         self.started_at = time.monotonic()
+        self._last_state: dict[str, Any] | None = None
+        self._last_state_at = 0.0
 
     # -- lifecycle hooks ----------------------------------------------------
 
@@ -100,6 +107,17 @@ class Worker:
         if self.inbox is not None:
             self.inbox.wake()
 
-    def state_extra(self) -> dict[str, Any]:
-        """Optional worker-specific fields for the daemon's worker table (must be thread-safe to read)."""
-        return {}
+    def own_state(self) -> dict[str, Any]:
+        """This component's full state for `<root>/<name>` (override to use publish_state)."""
+        raise NotImplementedError(f"{type(self).__name__} has no state")
+
+    def publish_state(self, force: bool = False) -> None:
+        """Publish own_state() when forced, when it changed (rate-limited), or when it is getting old."""
+        now = time.monotonic()
+        if not force and now - self._last_state_at < self.state_min_interval_s:
+            return
+        state = self.own_state()
+        if force or state != self._last_state or now - self._last_state_at >= self.state_max_interval_s:
+            self._last_state = state
+            self._last_state_at = now
+            self.bus.set_state(self.name, state)

@@ -30,9 +30,7 @@ from .sources import FrameSource, SourceEnded, SourceError, SourceStalled, make_
 logger = logging.getLogger(__name__)
 
 CONNECTED, DISCONNECTED, RECONNECTING, ENDED = "connected", "disconnected", "reconnecting", "ended"
-STATE_MIN_INTERVAL_S = 1.0
-STATE_MAX_INTERVAL_S = 10.0
-EXPIRE_AFTER_S = int(3 * STATE_MAX_INTERVAL_S)
+EXPIRE_AFTER_S = int(3 * Worker.state_max_interval_s)
 FPS_WINDOW_S = 5.0
 HOUR_S = 3600.0
 IDLE_SLEEP_S = 0.02
@@ -103,8 +101,6 @@ class CameraWorker(Worker):
         self._source_stats: dict[str, int] = {}
         self._unavailable_since: float | None = None
         self._alert_active = False
-        self._last_state: dict[str, Any] | None = None
-        self._last_state_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -118,7 +114,7 @@ class CameraWorker(Worker):
         # A worker replaced on reload inherits an alert its predecessor raised, so it clears it later.
         self._alert_active = bool(self.bus.states().get(self.name, {}).get("unavailable_alert", False))
         self.bus.publish(Discovery(self.name, camera_entities(self.name)))
-        self._publish_state(force=True)
+        self.publish_state(force=True)
 
     def teardown(self) -> None:
         self._close()
@@ -126,7 +122,7 @@ class CameraWorker(Worker):
         if self.status != ENDED:
             self.status = DISCONNECTED
         self._fps_stamps.clear()
-        self._publish_state(force=True)
+        self.publish_state(force=True)
 
     def step(self) -> None:
         if self.source is None:
@@ -139,7 +135,7 @@ class CameraWorker(Worker):
         else:
             self._read_once()
         self._check_alert()
-        self._publish_state()
+        self.publish_state()
 
     # -- connection --------------------------------------------------------------------------
 
@@ -214,7 +210,7 @@ class CameraWorker(Worker):
             self._unavailable_since = now
         self.status = RECONNECTING
         self._retry_later(reason, log=not logged)
-        self._publish_state(force=True)
+        self.publish_state(force=True)
 
     def _ended(self, reason: str) -> None:
         self._close()
@@ -223,7 +219,7 @@ class CameraWorker(Worker):
         self.status = ENDED
         self._unavailable_since = None
         logger.info("camera source finished: %s", reason, extra=ev("camera_ended"))
-        self._publish_state(force=True)
+        self.publish_state(force=True)
 
     # -- frames ------------------------------------------------------------------------------
 
@@ -268,7 +264,7 @@ class CameraWorker(Worker):
             self._alert_active = False
             self.bus.raise_alert(Alert(self.name, "camera_unavailable", "info", f"camera is back: {self.description}",
                                        active=False))
-        self._publish_state(force=True)
+        self.publish_state(force=True)
 
     def _check_alert(self) -> None:
         since = self._unavailable_since
@@ -279,7 +275,7 @@ class CameraWorker(Worker):
             self._alert_active = True
             self.bus.raise_alert(Alert(self.name, "camera_unavailable", "warning",
                                        f"no camera image for {down:.0f}s: {self.last_error or 'no frames'}"))
-            self._publish_state(force=True)
+            self.publish_state(force=True)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -326,18 +322,3 @@ class CameraWorker(Worker):
             "unavailable_alert": self._alert_active,
             "source_stats": self._source_stats,
         }
-
-    def _publish_state(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_state_at < STATE_MIN_INTERVAL_S:
-            return
-        state = self.own_state()
-        if force or state != self._last_state or now - self._last_state_at >= STATE_MAX_INTERVAL_S:
-            self._last_state = state
-            self._last_state_at = now
-            self.bus.set_state(self.name, state)
-
-    def state_extra(self) -> dict[str, Any]:
-        """Status and fps for the worker table (from the last published state)."""
-        state = self._last_state or {}
-        return {"camera": state.get("status"), "fps": state.get("fps")}
