@@ -28,13 +28,16 @@ def ev(event_id: str, **fields: Any) -> dict[str, Any]:
 
 
 def component_of(logger_name: str) -> str:
-    """`smartbin_daemon.mqtt.client` -> `mqtt`; `...hardware.arduino.link` -> `arduino`; others keep their first part."""
+    """`smartbin_daemon.mqtt.client` -> `mqtt`; `...hardware.arduino.link` -> `arduino`; `...vision.sources` ->
+    `camera`, other vision modules -> `detector`; others keep their first part."""
     if logger_name == PACKAGE:
         return "daemon"
     if logger_name.startswith(PACKAGE + "."):
         parts = logger_name.split(".")
         if parts[1] == "hardware" and len(parts) > 2:
             return parts[2]  # smartbin_daemon.hardware.arduino.link -> arduino, .hardware.gpio -> gpio
+        if parts[1] == "vision" and len(parts) > 2:
+            return "camera" if parts[2] in ("camera", "sources") else "detector"
         return parts[1]
     return logger_name.split(".")[0]
 

@@ -111,7 +111,7 @@ class ItemFeeder(Worker):
     def _show(self, image: np.ndarray) -> None:
         """Atomically replace the scene the camera reads (tmp + rename: the camera never sees half a file)."""
         target = self.scene_dir / SCENE_FILE
-        tmp = self.scene_dir / ".current.tmp.jpg"
+        tmp = self.scene_dir / ".current.jpg.tmp"  # no image suffix: the camera never lists it
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         if not ok:
             raise RuntimeError("cannot encode the simulated scene")

@@ -42,6 +42,8 @@ def test_component_is_taken_from_the_module_path() -> None:
     assert component_of("smartbin_daemon") == "daemon"
     assert component_of("smartbin_daemon.hardware.arduino.link") == "arduino"
     assert component_of("smartbin_daemon.hardware.gpio") == "gpio"
+    assert component_of("smartbin_daemon.vision.sources") == "camera"
+    assert component_of("smartbin_daemon.vision.evidence") == "detector"
     assert component_of("paho.mqtt") == "paho"
 
 

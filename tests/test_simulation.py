@@ -20,6 +20,10 @@ def simulation_config(tmp_path: Path, port: int) -> Path:
     doc["mqtt"]["port"] = port
     doc["mqtt"]["host"] = "127.0.0.1"
     doc["storage"]["path"] = str(tmp_path / "state")
+    # relative paths in the shipped file are relative to config/: keep them pointing into the repo
+    doc["detector"]["model"] = str((REPO / "config" / doc["detector"]["model"]).resolve())
+    doc["simulation"]["samples"] = str((REPO / "config" / doc["simulation"]["samples"]).resolve())
+    doc["camera"]["source"] = str(tmp_path / "state" / "sim-scene")
     path = tmp_path / "simulation.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -68,3 +72,28 @@ def test_a_closed_pty_turns_the_link_disconnected_and_it_recovers(
         assert recovered["port"] == str(link)
         assert probe.request(root, "route", {"args": {"compartment": 1}})["status"] == "ok"
         assert [b for _, b in sim.routes] == [1]
+
+
+def test_simulated_items_trigger_detections_with_the_shipped_model(
+        tmp_path: Path, broker: Broker, probe_factory: Callable[..., Probe],
+        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    """The whole vision path in simulation: sample image → file camera → mock presence pin → detector → MQTT."""
+    probe = probe_factory(broker.port)
+    probe.subscribe("smartbin/#")
+    path = simulation_config(tmp_path, broker.port)
+    doc = yaml.safe_load(path.read_text())
+    doc["simulation"].update(item_interval_s=3, item_dwell_s=1.5, seed=1)
+    path.write_text(yaml.safe_dump(doc))
+    daemon = daemon_factory(path)
+    event = probe.wait_for(f"{ROOT}/event/detection", timeout=60).json()["data"]
+    assert event["category"] in {"plastic", "metal", "glass", "paper_cardboard", "organic", "e_waste", "hazardous", "residual"}
+    assert event["frames"] == 5 and event["model"] == "smartbin-waste-nano.onnx"
+    assert event["snapshot"] and Path(event["snapshot"]).is_file(), "the event references a saved snapshot"
+    snapshot = probe.wait_for(f"{ROOT}/detector/snapshot")
+    assert snapshot.payload[:2] == b"\xff\xd8", "a JPEG for the HA image entity"
+    detector = probe.wait_for(f"{ROOT}/detector", lambda m: m.json()["decisions"] >= 1).json()
+    assert detector["inference_ms"]["p50"] is not None and detector["gate"] == "presence"
+    assert probe.wait_for(f"{ROOT}/simulation", lambda m: m.json()["items"] >= 1).json()["samples"] >= 10
+    camera = probe.wait_for(f"{ROOT}/camera", lambda m: m.json()["status"] == "connected").json()
+    assert camera["kind"] == "images"
+    assert "Traceback" not in daemon.log()

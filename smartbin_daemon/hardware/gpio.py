@@ -369,8 +369,11 @@ class GpioWorker(Worker):
             logger.warning("gpio: ignoring simulated presence (needs pin_factory mock and a presence pin)")
             return
         pin = self.presence_dev.pin
-        level_high = present == bool(self.presence_dev.active_state)
-        pin.drive_high() if level_high else pin.drive_low()
+        active_high = not self.presence_dev.pull_up  # inputs are built with pull_up=True exactly when active-low
+        if present == active_high:
+            pin.drive_high()
+        else:
+            pin.drive_low()
 
     def teardown(self) -> None:
         """Close every device (also after a crash) and a factory we built ourselves."""

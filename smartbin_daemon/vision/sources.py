@@ -371,7 +371,8 @@ class ImageFolderSource:
 
     def _scan(self) -> None:
         try:
-            entries = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            entries = sorted(p for p in self.folder.iterdir()
+                             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
         except OSError as exc:
             raise SourceError(f"cannot list {self.folder}: {exc}") from exc
         self.files = entries

@@ -1,0 +1,390 @@
+"""Command line of the training pipeline: ``smartbin-train {prepare,train,evaluate,export,samples,card,all}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from smartbin_daemon.training import DEFAULT_ARCH, DEFAULT_IMGSZ, DEFAULT_MODEL_NAME, DEFAULT_WORKDIR
+from smartbin_daemon.training.classmap import ClassMap, ClassMapError, load_classmap
+from smartbin_daemon.training.dataset import (
+    PrepareReport,
+    SourceDataset,
+    discover_sources,
+    load_source,
+    parse_dataset_arg,
+    prepare_dataset,
+)
+from smartbin_daemon.training.env import configure_ultralytics_env
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CLASSMAP = Path("config/training/waste_classmap.yaml")
+DEFAULT_SAMPLES = Path("tests/data/samples")
+
+
+def _repo_path(path: Path) -> Path:
+    """A relative path as given if it exists from the CWD, else relative to the source checkout."""
+    if path.is_absolute() or path.exists():
+        return path
+    candidate = REPO_ROOT / path
+    return candidate if candidate.exists() else path
+
+
+def default_datasets_dir() -> Path:
+    """$SMARTBIN_DATASETS, else <repo>/../shared/datasets."""
+    env = os.environ.get("SMARTBIN_DATASETS")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets"
+
+
+class Paths:
+    """Work-dir layout of one named model."""
+
+    def __init__(self, workdir: Path, name: str) -> None:
+        """Derive all paths from the work dir and model name."""
+        self.root = Path(workdir).resolve() / name
+        self.dataset = self.root / "dataset"
+        self.data_yaml = self.dataset / "data.yaml"
+        self.balance = self.dataset / "balance.json"
+        self.project = self.root / "runs"
+        self.run_dir = self.project / "train"
+        self.best = self.run_dir / "weights" / "best.pt"
+        self.last = self.run_dir / "weights" / "last.pt"
+        self.eval_dir = self.root / "eval"
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    """Options shared by every subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--classmap", type=Path, default=DEFAULT_CLASSMAP, help="class-map YAML (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(DEFAULT_WORKDIR),
+        help="work dir outside the repo (default: %(default)s)",
+    )
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name (default: %(default)s)")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("models"),
+        help="where shipped artefacts go (default: %(default)s)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, 0 / cuda:0 (default: %(default)s)")
+    p.add_argument("--imgsz", type=int, default=DEFAULT_IMGSZ, help="image size (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _add_prepare(p: argparse.ArgumentParser) -> None:
+    """Dataset options."""
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="YOLO dataset folder (repeatable); default: every class-map dataset under --datasets-dir",
+    )
+    p.add_argument(
+        "--datasets-dir",
+        type=Path,
+        default=None,
+        help="folder holding the datasets (default: $SMARTBIN_DATASETS or ../shared/datasets)",
+    )
+    p.add_argument(
+        "--link",
+        choices=("hardlink", "symlink", "copy"),
+        default="hardlink",
+        help="how images are placed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="at most N labelled images per dataset and split (smoke tests)",
+    )
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    """Training options."""
+    p.add_argument("--model", default=DEFAULT_ARCH, help="architecture YAML or .pt (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache", choices=("ram", "disk", "none"), default="none")
+    p.add_argument(
+        "--time-hours",
+        type=float,
+        default=None,
+        help="hard cap on training time; ultralytics fits the schedule to it",
+    )
+    p.add_argument("--patience", type=int, default=100)
+    p.add_argument("--close-mosaic", type=int, default=10)
+    p.add_argument("--optimizer", default="auto", help="auto, SGD, AdamW, MuSGD, ... (default: %(default)s)")
+    p.add_argument(
+        "--lr0", type=float, default=None, help="initial learning rate (ignored by optimizer=auto)"
+    )
+    p.add_argument(
+        "--nbs",
+        type=int,
+        default=64,
+        help="nominal batch size; batch < nbs accumulates gradients (default: %(default)s)",
+    )
+    p.add_argument("--warmup-epochs", type=float, default=3.0)
+    p.add_argument(
+        "--no-val", action="store_true", help="skip validation after each epoch (final epoch still validates)"
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="LAST_PT",
+        help="resume an interrupted run from its last.pt (default: the work dir's run)",
+    )
+
+
+def _add_finish(p: argparse.ArgumentParser) -> None:
+    """Evaluation/export/card options."""
+    p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the run's best.pt)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--eval-batch", type=int, default=16)
+    p.add_argument(
+        "--bench-frames", type=int, default=30, help="valid frames for the ONNX-vs-pt timing (0 = skip)"
+    )
+    p.add_argument(
+        "--samples-dir", type=Path, default=DEFAULT_SAMPLES, help="sample images to score (skipped if absent)"
+    )
+    p.add_argument("--notes", type=Path, default=None, help="markdown appended to the card")
+    p.add_argument("--status", default="", help="status line at the top of the card (e.g. partial run)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree."""
+    common = _common_parser()
+    parser = argparse.ArgumentParser(
+        prog="smartbin-train", description="Train, evaluate and export the smart bin's waste detector."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", parents=[common], help="merge datasets into category labels")
+    _add_prepare(p)
+    p = sub.add_parser("train", parents=[common], help="train (or --resume) on the merged dataset")
+    _add_train(p)
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="mAP per category + confusions on the valid split -> JSON"
+    )
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--eval-batch", type=int, default=16)
+    p.add_argument(
+        "--out", type=Path, default=None, help="metrics JSON (default: <workdir>/<name>/eval/<weights>.json)"
+    )
+    p = sub.add_parser("export", parents=[common], help="export ONNX into --models-dir")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--opset", type=int, default=17)
+    p = sub.add_parser("samples", parents=[common], help="pick sample images from the valid splits by rule")
+    _add_prepare(p)
+    p.add_argument("--out", type=Path, default=DEFAULT_SAMPLES)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--per-category", type=int, default=3)
+    p = sub.add_parser(
+        "card", parents=[common], help="export, evaluate, time, score samples and write the model card"
+    )
+    _add_finish(p)
+    p = sub.add_parser("all", parents=[common], help="prepare + train + card end to end")
+    _add_prepare(p)
+    _add_train(p)
+    _add_finish(p)
+    return parser
+
+
+def _sources(args: argparse.Namespace, classmap: ClassMap) -> list[SourceDataset]:
+    """Datasets from --dataset or discovered under --datasets-dir."""
+    if args.dataset:
+        out = []
+        for value in args.dataset:
+            name, path = parse_dataset_arg(value)
+            out.append(load_source(path, name))
+        return out
+    return discover_sources(args.datasets_dir or default_datasets_dir(), classmap)
+
+
+def cmd_prepare(args: argparse.Namespace, classmap: ClassMap, paths: Paths) -> PrepareReport:
+    """Merge the datasets."""
+    return prepare_dataset(_sources(args, classmap), classmap, paths.dataset, args.link, args.max_images)
+
+
+def cmd_train(args: argparse.Namespace, paths: Paths, command: str) -> Path:
+    """Train or resume; return best.pt."""
+    from smartbin_daemon.training.train import TrainSettings, train
+
+    settings = TrainSettings(
+        data_yaml=paths.data_yaml,
+        project=paths.project,
+        run_name="train",
+        model=args.model,
+        imgsz=args.imgsz,
+        epochs=args.epochs,
+        batch=args.batch,
+        device=args.device,
+        seed=args.seed,
+        workers=args.workers,
+        cache=False if args.cache == "none" else args.cache,
+        time_hours=args.time_hours,
+        patience=args.patience,
+        close_mosaic=args.close_mosaic,
+        optimizer=args.optimizer,
+        lr0=args.lr0,
+        nbs=args.nbs,
+        warmup_epochs=args.warmup_epochs,
+        val_every_epoch=not args.no_val,
+    )
+    resume = None
+    if args.resume:
+        resume = paths.last if args.resume == "auto" else Path(args.resume)
+        if not resume.is_file():
+            raise FileNotFoundError(f"nothing to resume: {resume} does not exist")
+    elif not paths.data_yaml.is_file():
+        raise FileNotFoundError(f"{paths.data_yaml} missing: run 'smartbin-train prepare' first")
+    return train(settings, command, resume_from=resume).best
+
+
+def _weights(args: argparse.Namespace, paths: Paths) -> Path:
+    """--weights or the run's best.pt (last.pt if no best yet)."""
+    w = args.weights or (paths.best if paths.best.is_file() else paths.last)
+    if not Path(w).is_file():
+        raise FileNotFoundError(f"no checkpoint at {w}: train first or pass --weights")
+    return Path(w)
+
+
+def cmd_finish(args: argparse.Namespace, classmap: ClassMap, paths: Paths) -> dict[str, Any]:
+    """Export ONNX, evaluate pt + ONNX, time both, score samples, write classes.yaml, metrics.json and card."""
+    from smartbin_daemon.training.card import write_card, write_classes_yaml
+    from smartbin_daemon.training.evaluate import evaluate
+    from smartbin_daemon.training.export import benchmark, export_onnx, save_json
+    from smartbin_daemon.training.samples import SAMPLES_YAML, score_samples
+    from smartbin_daemon.training.train import read_train_info
+
+    weights = _weights(args, paths)
+    run_dir = weights.parent.parent
+    train_info = read_train_info(run_dir)
+    imgsz = int(train_info.get("settings", {}).get("imgsz", args.imgsz))
+    models_dir = Path(args.models_dir)
+    onnx_path = export_onnx(weights, imgsz, models_dir / f"{args.name}.onnx", opset=args.opset)
+    eval_pt = evaluate(
+        weights, paths.data_yaml, imgsz, args.eval_batch, args.device, 0, paths.eval_dir / "pt.json"
+    )
+    eval_onnx = evaluate(onnx_path, paths.data_yaml, imgsz, 1, "cpu", 0, paths.eval_dir / "onnx.json")
+    bench = None
+    if args.bench_frames > 0:
+        frames = sorted((paths.dataset / "images" / "val").iterdir())[: args.bench_frames]
+        bench = benchmark(weights, onnx_path, frames, imgsz)
+    samples = None
+    samples_dir = _repo_path(args.samples_dir)
+    if (samples_dir / SAMPLES_YAML).is_file():
+        samples = score_samples(onnx_path, samples_dir, imgsz)
+    else:
+        logger.warning("no %s in %s: sample images not scored", SAMPLES_YAML, samples_dir)
+    balance = (
+        json.loads(paths.balance.read_text(encoding="utf-8"))
+        if paths.balance.is_file()
+        else {"categories": [], "splits": {}}
+    )
+    metrics = {
+        "name": args.name,
+        "weights": str(weights),
+        "onnx": onnx_path.name,
+        "onnx_bytes": onnx_path.stat().st_size,
+        "imgsz": imgsz,
+        "train": {
+            k: train_info.get(k)
+            for k in ("epochs_done", "epochs_planned", "train_seconds_total", "hardware", "command", "date")
+        },
+        "eval_onnx": eval_onnx,
+        "eval_pt": eval_pt,
+        "benchmark": bench,
+        "samples": samples,
+        "balance": balance,
+    }
+    save_json(metrics, models_dir / f"{args.name}.metrics.json")
+    write_classes_yaml(models_dir / f"{args.name}.classes.yaml", classmap, onnx_path.name, imgsz)
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+    write_card(
+        models_dir / f"{args.name}.md",
+        args.name,
+        classmap,
+        balance,
+        train_info,
+        eval_pt,
+        eval_onnx,
+        bench,
+        samples,
+        onnx_path,
+        run_dir,
+        notes=notes,
+        status=args.status,
+    )
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``smartbin-train``; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    configure_ultralytics_env(Path(args.workdir).resolve() / "yolo-config")
+    command = "smartbin-train " + shlex.join(argv)
+    paths = Paths(args.workdir, args.name)
+    try:
+        classmap = load_classmap(_repo_path(args.classmap))
+        if args.command == "prepare":
+            cmd_prepare(args, classmap, paths)
+        elif args.command == "train":
+            cmd_train(args, paths, command)
+        elif args.command == "evaluate":
+            from smartbin_daemon.training.evaluate import evaluate, format_confusions, format_metrics_table
+
+            weights = _weights(args, paths)
+            out = args.out or paths.eval_dir / f"{weights.stem}.json"
+            result = evaluate(weights, paths.data_yaml, args.imgsz, args.eval_batch, args.device, 0, out)
+            print(format_metrics_table(result) + "\n\n" + format_confusions(result))
+        elif args.command == "export":
+            from smartbin_daemon.training.export import export_onnx
+
+            export_onnx(
+                _weights(args, paths),
+                args.imgsz,
+                Path(args.models_dir) / f"{args.name}.onnx",
+                opset=args.opset,
+            )
+        elif args.command == "samples":
+            from smartbin_daemon.training.samples import select_samples
+
+            select_samples(_sources(args, classmap), classmap, args.out, args.count, args.per_category)
+        elif args.command == "card":
+            cmd_finish(args, classmap, paths)
+        elif args.command == "all":
+            cmd_prepare(args, classmap, paths)
+            cmd_train(args, paths, command)
+            cmd_finish(args, classmap, paths)
+    except (ClassMapError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""Pure helpers: confusion summary, sample scoring rule, dataset argument parsing, balance table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from smartbin_daemon.training.dataset import label_path_for, parse_dataset_arg
+from smartbin_daemon.training.evaluate import top_confusions
+from smartbin_daemon.training.samples import predicted_category
+
+
+def test_top_confusions_orders_off_diagonal_and_background() -> None:
+    names = ["plastic", "glass"]
+    # [predicted, true] with background last: 3 glass called plastic, 5 plastic missed, 2 false glass boxes.
+    matrix = np.array([[10, 3, 0], [0, 7, 2], [5, 0, 0]], dtype=float)
+    top = top_confusions(matrix, names)
+    assert [(c["true"], c["predicted"], c["count"]) for c in top] == [
+        ("plastic", "background", 5),
+        ("glass", "plastic", 3),
+        ("background", "glass", 2),
+    ]
+    assert top[0]["share_of_true"] == round(5 / 15, 4)
+    assert top[2]["share_of_true"] is None
+    only_classes = top_confusions(matrix, names, include_background=False)
+    assert [(c["true"], c["predicted"]) for c in only_classes] == [("glass", "plastic")]
+
+
+def test_predicted_category_sums_confidence() -> None:
+    boxes = [("metal", 0.5), ("plastic", 0.3), ("plastic", 0.3), ("glass", 0.05)]
+    assert predicted_category(boxes, conf=0.1) == "plastic"
+    assert predicted_category([("glass", 0.05)], conf=0.1) is None
+
+
+def test_parse_dataset_arg_and_label_path(tmp_path: Path) -> None:
+    assert parse_dataset_arg("waste-detect=/data/wd") == ("waste-detect", Path("/data/wd"))
+    assert parse_dataset_arg(str(tmp_path)) == (None, tmp_path)
+    assert label_path_for(Path("/d/train/images/a.b.jpg")) == Path("/d/train/labels/a.b.txt")
