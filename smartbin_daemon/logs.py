@@ -65,7 +65,7 @@ class RepeatFilter(logging.Filter):
     "repeated N times" line, so nothing is silently lost and the journal is not flooded.
     """
 
-    def __init__(self, window_s: float, emit: Callable[[logging.LogRecord], None] | None = None) -> None:
+    def __init__(self, window_s: float, emit: Callable[[logging.LogRecord], object] | None = None) -> None:
         super().__init__()
         self.window_s = window_s
         self._emit = emit
@@ -121,7 +121,7 @@ class RepeatFilter(logging.Filter):
 
 def make_journal_handler(sender: Callable[..., Any] | None = None) -> logging.Handler:
     """A systemd JournalHandler that sends only the uppercase structured fields (SMARTBIN_*, CODE_*...)."""
-    from systemd import journal  # imported lazily: only needed under systemd
+    from systemd import journal  # type: ignore[attr-defined]  # lazily: only needed under systemd
 
     class _Handler(journal.JournalHandler):  # type: ignore[misc]
         def emit(self, record: logging.LogRecord) -> None:

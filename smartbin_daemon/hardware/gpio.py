@@ -317,7 +317,7 @@ class GpioWorker(Worker):
         self._lid: dict[str, Any] | None = None
         self._servo_detach_at: float | None = None
         self._dirty = False
-        self._last_state = 0.0
+        self._last_state_mono = 0.0
         self._edges.clear()
         self._wake_sent.clear()
 
@@ -533,7 +533,7 @@ class GpioWorker(Worker):
         deadlines += [t for t in (self._led_restore_at, self._buzzer_done_at, self._servo_detach_at) if t is not None]
         if self.distance_devs:
             deadlines.append(self._next_distance)
-        deadlines.append(self._last_state + (STATE_MIN_INTERVAL_S if self._dirty else self.cfg.state_interval_s))
+        deadlines.append(self._last_state_mono + (STATE_MIN_INTERVAL_S if self._dirty else self.cfg.state_interval_s))
         return max(0.0, min(self.tick_s, min(deadlines) - now))
 
     def _service(self, now: float) -> None:
@@ -563,7 +563,7 @@ class GpioWorker(Worker):
         if self.distance_devs and now >= self._next_distance:
             self._next_distance = now + self.cfg.distance_interval_s
             self._read_distances(now)
-        due = self._last_state + (STATE_MIN_INTERVAL_S if self._dirty else self.cfg.state_interval_s)
+        due = self._last_state_mono + (STATE_MIN_INTERVAL_S if self._dirty else self.cfg.state_interval_s)
         if now >= due:
             self._publish_state(now)
 
@@ -814,7 +814,7 @@ class GpioWorker(Worker):
 
     def _publish_state(self, now: float) -> None:
         """Publish the state now and restart the rate-limit and periodic clocks."""
-        self._last_state = now
+        self._last_state_mono = now
         self._dirty = False
         self._published_distances = dict(self._distances)
         self.bus.set_state(self.name, self.own_state())

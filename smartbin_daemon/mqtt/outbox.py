@@ -70,7 +70,7 @@ class Outbox:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 store.execute(statement)
-        self._count = int(store.query("SELECT COUNT(*) FROM outbox")[0][0])  # type: ignore[arg-type]
+        self._count = int(str(store.query("SELECT COUNT(*) FROM outbox")[0][0]))
 
     # -- writing ----------------------------------------------------------------
 
@@ -123,7 +123,7 @@ class Outbox:
                 payload = json.loads(str(data))
             except ValueError:
                 payload = {"_corrupt": str(data)[:200]}
-            out.append(StoredEvent(int(seq), str(id_), str(type_), str(component), float(ts), payload))  # type: ignore[arg-type]
+            out.append(StoredEvent(int(str(seq)), str(id_), str(type_), str(component), float(str(ts)), payload))
         return out
 
     def ack(self, seq: int) -> None:

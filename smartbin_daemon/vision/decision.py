@@ -71,11 +71,11 @@ def decide(
     uncertain = reason is not None
     category = policy.fallback_category if uncertain else winner
     class_name = None
-    boxes: tuple[DetectedBox, ...] = ()
-    seq = None
+    best_boxes: tuple[DetectedBox, ...] = ()
+    best_seq: int | None = None
     if best is not None:
-        seq, boxes = best[1], tuple(best[2])
-        winners = [b for b in boxes if b.category == winner]
+        best_seq, best_boxes = best[1], tuple(best[2])
+        winners = [b for b in best_boxes if b.category == winner]
         class_name = max(winners, key=lambda b: b.confidence).class_name if winners else best[3].class_name
     return Decision(
         item_id=item_id,
@@ -90,7 +90,7 @@ def decide(
         compartment=compartments.get(category),
         frames=len(frames),
         votes={c: round(w, 4) for c, w in ranked},
-        frame_seq=seq,
+        frame_seq=best_seq,
         mono=mono,
-        boxes=boxes,
+        boxes=best_boxes,
     )

@@ -6,6 +6,7 @@ See PROTOCOL.md beside this file; the firmware in firmware/smartbin_fw implement
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 PROTOCOL_VERSION = 1
@@ -75,7 +76,7 @@ class Frame:
         return encode(self.seq, self.type, self.args, self.subject)
 
 
-def encode(seq: int, type_: str, args: dict[str, object] | None = None, subject: str | None = None) -> bytes:
+def encode(seq: int, type_: str, args: Mapping[str, object] | None = None, subject: str | None = None) -> bytes:
     """Build `$<seq> <TYPE>[ <subject>][ k=v]...*CC\\n`; raises ValueError on anything the MCU could not parse."""
     if not 0 <= seq <= 65535:
         raise ValueError(f"seq out of range: {seq}")

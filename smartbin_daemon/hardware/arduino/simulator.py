@@ -522,8 +522,8 @@ class SimulatedArduino:
                 return
             self._finish_boot(now)
         while self._out and self._out[0][0] <= now:
-            _, _, action = heapq.heappop(self._out)
-            action(now)
+            _, _, send = heapq.heappop(self._out)
+            send(now)
             if self._booting:  # a RESET action ran
                 return
         if now >= self._next_tel:
