@@ -68,7 +68,9 @@ class TrainSettings:
             "warmup_epochs": self.warmup_epochs,
             "val": self.val_every_epoch,
             "plots": self.plots,
-            "pretrained": False,
+            # A .pt start point must keep its weights (ultralytics drops them with pretrained=False);
+            # a YAML architecture starts from random weights and must never fetch hub weights.
+            "pretrained": str(self.model).endswith(".pt"),
             "amp": self.device != "cpu",
         }
         if self.lr0 is not None:

@@ -37,3 +37,12 @@ def test_parse_dataset_arg_and_label_path(tmp_path: Path) -> None:
     assert parse_dataset_arg("waste-detect=/data/wd") == ("waste-detect", Path("/data/wd"))
     assert parse_dataset_arg(str(tmp_path)) == (None, tmp_path)
     assert label_path_for(Path("/d/train/images/a.b.jpg")) == Path("/d/train/labels/a.b.txt")
+
+
+def test_a_pt_start_point_keeps_its_weights_and_a_yaml_fetches_none(tmp_path: Path) -> None:
+    from smartbin_daemon.training.train import TrainSettings
+
+    scratch = TrainSettings(data_yaml=tmp_path / "data.yaml", project=tmp_path, model="yolo11n.yaml")
+    assert scratch.ultralytics_args()["pretrained"] is False
+    finetune = TrainSettings(data_yaml=tmp_path / "data.yaml", project=tmp_path, model=str(tmp_path / "best.pt"))
+    assert finetune.ultralytics_args()["pretrained"] is True
