@@ -6,6 +6,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .conftest import Broker, DaemonProcess, Probe, wait_until, write_config
@@ -19,14 +20,21 @@ def edit(path: Path, change: Callable[[dict], None]) -> None:
     path.write_text(yaml.safe_dump(doc))
 
 
-def test_sighup_applies_live_changes_and_reports_restart_required(
-        tmp_path: Path, broker: Broker, probe_factory: Callable[..., Probe],
-        daemon_factory: Callable[..., DaemonProcess]) -> None:
+@pytest.fixture
+def running(tmp_path: Path, broker: Broker, probe_factory: Callable[..., Probe],
+            daemon_factory: Callable[..., DaemonProcess]) -> tuple[DaemonProcess, Probe, Path]:
+    """A daemon online on a test broker, a probe subscribed to its topics, and its config file."""
     probe = probe_factory(broker.port)
     probe.subscribe("smartbin/#")
     cfg = write_config(tmp_path / "c.yaml", broker.port, tmp_path / "s")
     daemon = daemon_factory(cfg)
     probe.wait_for(f"{ROOT}/availability", lambda m: m.payload == b"online", timeout=20)
+    return daemon, probe, cfg
+
+
+def test_sighup_applies_live_changes_and_reports_restart_required(
+        running: tuple[DaemonProcess, Probe, Path]) -> None:
+    daemon, probe, cfg = running
 
     def change(doc: dict) -> None:
         doc["health"]["thresholds"] = {"cpu_pct": 99}
@@ -46,13 +54,8 @@ def test_sighup_applies_live_changes_and_reports_restart_required(
 
 
 def test_sighup_with_a_broken_config_keeps_the_running_one(
-        tmp_path: Path, broker: Broker, probe_factory: Callable[..., Probe],
-        daemon_factory: Callable[..., DaemonProcess]) -> None:
-    probe = probe_factory(broker.port)
-    probe.subscribe("smartbin/#")
-    cfg = write_config(tmp_path / "c.yaml", broker.port, tmp_path / "s")
-    daemon = daemon_factory(cfg)
-    probe.wait_for(f"{ROOT}/availability", lambda m: m.payload == b"online", timeout=20)
+        running: tuple[DaemonProcess, Probe, Path], broker: Broker) -> None:
+    daemon, probe, cfg = running
     edit(cfg, lambda doc: doc["mqtt"].update(port=-5))
     daemon.signal(signal.SIGHUP)
     wait_until(lambda: "config reload rejected" in daemon.log(), what="the rejection in the log")

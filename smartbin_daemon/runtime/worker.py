@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .bus import Bus, Subscription
@@ -107,16 +107,13 @@ class Worker:
         if self.inbox is not None:
             self.inbox.wake()
 
-    def own_state(self) -> dict[str, Any]:
-        """This component's full state for `<root>/<name>` (override to use publish_state)."""
-        raise NotImplementedError(f"{type(self).__name__} has no state")
-
-    def publish_state(self, force: bool = False) -> None:
-        """Publish own_state() when forced, when it changed (rate-limited), or when it is getting old."""
+    def publish_state(self, build: Callable[[], dict[str, Any]], force: bool = False) -> None:
+        """Publish `build()` as this component's state when forced, when it changed (rate-limited), or
+        when the last copy is getting old; `build` only runs when a publish may be due."""
         now = time.monotonic()
         if not force and now - self._last_state_at < self.state_min_interval_s:
             return
-        state = self.own_state()
+        state = build()
         if force or state != self._last_state or now - self._last_state_at >= self.state_max_interval_s:
             self._last_state = state
             self._last_state_at = now

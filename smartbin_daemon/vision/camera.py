@@ -114,7 +114,7 @@ class CameraWorker(Worker):
         # A worker replaced on reload inherits an alert its predecessor raised, so it clears it later.
         self._alert_active = bool(self.bus.states().get(self.name, {}).get("unavailable_alert", False))
         self.bus.publish(Discovery(self.name, camera_entities(self.name)))
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     def teardown(self) -> None:
         self._close()
@@ -122,7 +122,7 @@ class CameraWorker(Worker):
         if self.status != ENDED:
             self.status = DISCONNECTED
         self._fps_stamps.clear()
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     def step(self) -> None:
         if self.source is None:
@@ -135,7 +135,7 @@ class CameraWorker(Worker):
         else:
             self._read_once()
         self._check_alert()
-        self.publish_state()
+        self.publish_state(self.own_state)
 
     # -- connection --------------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class CameraWorker(Worker):
             self._unavailable_since = now
         self.status = RECONNECTING
         self._retry_later(reason, log=not logged)
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     def _ended(self, reason: str) -> None:
         self._close()
@@ -219,7 +219,7 @@ class CameraWorker(Worker):
         self.status = ENDED
         self._unavailable_since = None
         logger.info("camera source finished: %s", reason, extra=ev("camera_ended"))
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     # -- frames ------------------------------------------------------------------------------
 
@@ -264,7 +264,7 @@ class CameraWorker(Worker):
             self._alert_active = False
             self.bus.raise_alert(Alert(self.name, "camera_unavailable", "info", f"camera is back: {self.description}",
                                        active=False))
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     def _check_alert(self) -> None:
         since = self._unavailable_since
@@ -275,7 +275,7 @@ class CameraWorker(Worker):
             self._alert_active = True
             self.bus.raise_alert(Alert(self.name, "camera_unavailable", "warning",
                                        f"no camera image for {down:.0f}s: {self.last_error or 'no frames'}"))
-            self.publish_state(force=True)
+            self.publish_state(self.own_state, force=True)
 
     # -- state -------------------------------------------------------------------------------
 

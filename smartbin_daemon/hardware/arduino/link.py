@@ -184,7 +184,7 @@ class ArduinoLink(Worker):
         assert self.inbox is not None
         self.inbox.set_waker(self._wake_reader)
         self.bus.publish(Discovery(self.name, self.entities()))
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     def teardown(self) -> None:
         if self.inbox is not None:
@@ -192,7 +192,7 @@ class ArduinoLink(Worker):
         self._fail_all_pending("link stopped")
         self._close("stopping")
         self.status = DISCONNECTED
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     def _wake_reader(self) -> None:
         ser = self.ser
@@ -208,12 +208,12 @@ class ArduinoLink(Worker):
                 msg = self.next_message(min(self.tick_s, self._next_attempt - now))
                 if msg is not None:
                     self.handle(msg)
-            self.publish_state()
+            self.publish_state(self.own_state)
             return
         self._read_once()
         self._drain_requests()
         self._timers()
-        self.publish_state()
+        self.publish_state(self.own_state)
 
     # -- connection --------------------------------------------------------------------------
 
@@ -237,7 +237,7 @@ class ArduinoLink(Worker):
         self.status = CONNECTING
         logger.info("opened %s; waiting up to %.1fs for the boot banner", port, self.cfg.boot_wait_s,
                     extra=ev("arduino_port_opened"))
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     def _retry_later(self, error: str, delay: float | None = None) -> None:
         self.last_error = error
@@ -246,7 +246,7 @@ class ArduinoLink(Worker):
             self._backoff = min(self.cfg.reconnect_max_s, self._backoff * 2)
         self._next_attempt = time.monotonic() + delay
         logger.warning("arduino: %s; retrying in %.1fs", error, delay, extra=ev("arduino_connect_failed"))
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     def _close(self, reason: str) -> None:
         ser, self.ser = self.ser, None
@@ -389,7 +389,7 @@ class ArduinoLink(Worker):
             self._close("incompatible")
             self.last_error = error
             self._next_attempt = time.monotonic() + self.cfg.incompatible_retry_s
-            self.publish_state(force=True)
+            self.publish_state(self.own_state, force=True)
             return
         self.status = CONNECTED
         self.last_error = None
@@ -398,7 +398,7 @@ class ArduinoLink(Worker):
         logger.info("arduino connected on %s: %s %s, protocol %d, %d compartments, sensors %s", self.port,
                     self.firmware["name"], self.firmware["version"], proto, bins,
                     ",".join(self.firmware["sensors"]) or "none", extra=ev("arduino_connected"))
-        self.publish_state(force=True)
+        self.publish_state(self.own_state, force=True)
 
     def _on_telemetry(self, frame: Frame) -> None:
         now = time.monotonic()
@@ -577,7 +577,7 @@ class ArduinoLink(Worker):
         if self.status == CONNECTED and silent >= self.cfg.stale_after_s:
             self.status = STALE
             logger.warning("arduino silent for %.1fs: link stale", silent, extra=ev("arduino_stale"))
-            self.publish_state(force=True)
+            self.publish_state(self.own_state, force=True)
         if self.status in (STALE, CONNECTING) and silent >= self.cfg.reconnect_after_s:
             self._lost(f"silent for {silent:.1f}s")
             return
