@@ -1,0 +1,1 @@
+"""Bin operation: fill tracking per compartment and the sorting workflow."""
