@@ -36,10 +36,11 @@ WorkerFactory = Callable[[Config], Worker]
 # device.id and storage.* need a process restart.
 _WORKER_SECTIONS = {"mqtt": ("mqtt.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",),
                     "arduino": ("arduino.",), "gpio": ("gpio.",), "camera": ("camera.",),
-                    "detector": ("detector.", "evidence.", "camera.max_frame_age_s"), "simulation": ("simulation.",)}
+                    "detector": ("detector.", "evidence.", "camera.max_frame_age_s"), "simulation": ("simulation.", "bins."),
+                     "fill": ("bins.",), "workflow": ("bins.",)}
 _PROCESS_SECTIONS = ("device.id", "storage.", "arduino.enabled", "arduino.backend", "arduino.simulator.",
                      "gpio.enabled", "gpio.lid.", "gpio.leds.", "gpio.buzzer.",  # request ownership is fixed at start
-                     "camera.enabled", "detector.enabled", "simulation.enabled")
+                     "camera.enabled", "detector.enabled", "simulation.enabled", "bins.enabled")
 
 
 def restart_policy(cfg: Config) -> RestartPolicy:
@@ -49,6 +50,18 @@ def restart_policy(cfg: Config) -> RestartPolicy:
         backoff_min_s=r.restart_backoff_min_s, backoff_max_s=r.restart_backoff_max_s, max_restarts=r.max_restarts,
         window_s=r.restart_window_s, heartbeat_timeout_s=r.heartbeat_timeout_s, stop_timeout_s=r.stop_timeout_s,
     )
+
+
+def actuator_owners(cfg: Config) -> dict[str, str | None]:
+    """Which component executes route / lid / led / buzzer for the workflow (None: no such actuator)."""
+    from .hardware.gpio import owned_commands
+
+    gpio_owned = set(owned_commands(cfg.gpio)) if cfg.gpio.enabled else set()
+    arduino = "arduino" if cfg.arduino.enabled else None
+    owners: dict[str, str | None] = {"route": arduino}
+    for command in ("lid", "led", "buzzer"):
+        owners[command] = "gpio" if command in gpio_owned else arduino
+    return owners
 
 
 class App:
@@ -182,16 +195,29 @@ class App:
 
                 self._factories["detector"] = lambda cfg: DetectorWorker(
                     self.bus, cfg.detector, cfg.camera, cfg.evidence, frames, Path(cfg.storage.path))
+        if self.cfg.bins.enabled:
+            from .bins.tracker import FillTracker
+            from .bins.workflow import SortingWorkflow
+
+            assert self.store is not None
+            store = self.store
+            owners = actuator_owners(self.cfg)
+            vision = {"camera": self.cfg.camera.enabled, "detector": self.cfg.detector.enabled}
+            self._factories["fill"] = lambda cfg: FillTracker(self.bus, cfg.bins, store)
+            self._factories["workflow"] = lambda cfg: SortingWorkflow(self.bus, cfg.bins, store, owners=owners,
+                                                                      vision=vision)
         if self.cfg.simulation.enabled:
             from .simulation import ItemFeeder
 
-            self._factories["simulation"] = lambda cfg: ItemFeeder(self.bus, cfg.simulation, Path(cfg.storage.path))
+            sim_arduino = self.simulated_arduino
+            self._factories["simulation"] = lambda cfg: ItemFeeder(self.bus, cfg.simulation, Path(cfg.storage.path),
+                                                                   bins=cfg.bins, arduino=sim_arduino)
         workers = {name: factory(self.cfg) for name, factory in self._factories.items()}
         # GPIO owns lid/led/buzzer when those devices are on the header; the Arduino owns the rest.
         gpio_specs = workers["gpio"].requests() if "gpio" in workers else []  # type: ignore[attr-defined]
         for spec in gpio_specs:
             self.registry.register(spec)
-        for name in ("arduino", "detector"):
+        for name in ("arduino", "detector", "fill", "workflow"):
             if name in workers:
                 for spec in workers[name].requests():  # type: ignore[attr-defined]
                     self.registry.register(spec)
@@ -269,6 +295,8 @@ class App:
             parts.append(f"camera {states.get('camera', {}).get('status', 'starting')}")
         if "detector" in self._factories:
             parts.append(f"detector {states.get('detector', {}).get('gate_state', 'starting')}")
+        if "workflow" in self._factories:
+            parts.append(f"sorting {states.get('workflow', {}).get('state', 'starting')}")
         if "health" in self._factories:
             parts.append(f"health {states.get('health', {}).get('status', 'starting')}")
         counts = self.supervisor.counts()

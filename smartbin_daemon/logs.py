@@ -29,13 +29,16 @@ def ev(event_id: str, **fields: Any) -> dict[str, Any]:
 
 def component_of(logger_name: str) -> str:
     """`smartbin_daemon.mqtt.client` -> `mqtt`; `...hardware.arduino.link` -> `arduino`; `...vision.sources` ->
-    `camera`, other vision modules -> `detector`; others keep their first part."""
+    `camera`, other vision modules -> `detector`; `...bins.workflow` -> `workflow`, other bins modules -> `fill`;
+    others keep their first part."""
     if logger_name == PACKAGE:
         return "daemon"
     if logger_name.startswith(PACKAGE + "."):
         parts = logger_name.split(".")
         if parts[1] == "hardware" and len(parts) > 2:
             return parts[2]  # smartbin_daemon.hardware.arduino.link -> arduino, .hardware.gpio -> gpio
+        if parts[1] == "bins" and len(parts) > 2:
+            return "workflow" if parts[2] == "workflow" else "fill"
         if parts[1] == "vision" and len(parts) > 2:
             return "camera" if parts[2] in ("camera", "sources") else "detector"
         return parts[1]

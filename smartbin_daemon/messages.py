@@ -118,6 +118,33 @@ class Decision:
     snapshot: str | None = None
 
 
+@dataclass(frozen=True)
+class FillLevel:
+    """A compartment's filtered fill (published by the fill tracker when it changes)."""
+
+    compartment: str
+    fill_pct: float | None
+    level: str | None  # ok | almost_full | full | None (no reading yet)
+    mono: float
+
+
+@dataclass(frozen=True)
+class ItemSorted:
+    """The workflow put an item into a compartment (the fill tracker counts it)."""
+
+    compartment: str
+    item_id: str
+    mono: float
+
+
+@dataclass(frozen=True)
+class MaintenanceChanged:
+    """Maintenance mode switched on or off (events are labelled with it)."""
+
+    on: bool
+    mono: float
+
+
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -1,5 +1,7 @@
 """Simulated items: the feeder puts a sample image in front of the (file-based) camera and breaks the
-mock presence beam, so the real camera, GPIO, detector and MQTT paths run on real frames.
+mock presence beam, so the real camera, GPIO, detector and MQTT paths run on real frames. A simulated
+operator empties a compartment some time after it reads full, by emptying the simulated Arduino's
+compartment: the fill tracker then sees it through the real serial telemetry.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 import yaml
 
-from .config import SimulationConfig
+from .config import BinsConfig, SimulationConfig
 from .logs import ev
 from .messages import SimulatedPresence
 from .runtime.bus import Bus
@@ -47,14 +49,27 @@ def load_samples(folder: Path) -> list[tuple[Path, str | None]]:
     return [(p, expected.get(p.name)) for p in images]
 
 
+class EmptiableBin(Protocol):
+    """The part of the simulated Arduino the simulated operator uses."""
+
+    def empty(self, compartment: int) -> None:
+        """Empty compartment 1..n."""
+
+
 class ItemFeeder(Worker):
-    """Every `item_interval_s`, shows the next sample for `item_dwell_s` and reports presence while it is there."""
+    """Every `item_interval_s`, shows the next sample for `item_dwell_s` and reports presence while it is there;
+    empties full compartments of the simulated Arduino after `empty_after_s`."""
 
     critical = False
 
-    def __init__(self, bus: Bus, cfg: SimulationConfig, storage: Path, *, name: str = "simulation") -> None:
+    def __init__(self, bus: Bus, cfg: SimulationConfig, storage: Path, *, bins: BinsConfig | None = None,
+                 arduino: EmptiableBin | None = None, name: str = "simulation") -> None:
         super().__init__(name, bus, tick_s=0.2)
         self.cfg = cfg
+        self.bins = bins
+        self.arduino = arduino
+        self.emptied = 0
+        self._full_since: dict[str, float] = {}
         self.scene_dir = cfg.scene if cfg.scene.is_absolute() else storage / cfg.scene
         self.samples: list[tuple[Path, str | None]] = []
         self.items = 0
@@ -100,7 +115,27 @@ class ItemFeeder(Worker):
             logger.info("simulated item %d: %s (expected %s)", self.items, self.current[0].name, self.current[1],
                         extra=ev("simulated_item"))
             self._publish()
+        self._simulated_operator(now)
         self.sleep(self.tick_s)
+
+    def _simulated_operator(self, now: float) -> None:
+        """Empty a compartment that has read full for `empty_after_s` (the bag is changed)."""
+        if self.cfg.empty_after_s is None or self.bins is None or not self.bins.enabled or self.arduino is None:
+            return
+        compartments = (self.bus.states().get("fill") or {}).get("compartments") or {}
+        for c in self.bins.compartments:
+            if c.sensor is None or c.sensor.source != "arduino":
+                continue
+            if (compartments.get(c.id) or {}).get("level") != "full":
+                self._full_since.pop(c.id, None)
+                continue
+            since = self._full_since.setdefault(c.id, now)
+            if now - since >= self.cfg.empty_after_s:
+                self.arduino.empty(c.sensor.channel)
+                self.emptied += 1
+                self._full_since[c.id] = now + 3600.0  # do not empty it again before the tracker notices
+                logger.info("simulated operator emptied compartment %s", c.id, extra=ev("simulated_emptying"))
+                self._publish()
 
     def _pick(self) -> tuple[Path, str | None]:
         if not self._order:
@@ -125,5 +160,6 @@ class ItemFeeder(Worker):
             "current": None if self.current is None else self.current[0].name,
             "expected_category": None if self.current is None else self.current[1],
             "interval_s": self.cfg.item_interval_s,
+            "emptied": self.emptied,
         }
         self.bus.set_state(self.name, state)

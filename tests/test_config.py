@@ -48,7 +48,7 @@ def errors_of(doc: object) -> list[str]:
         ({"health": {"thresholds": {"cpu_pct": 150}}}, "health.thresholds.cpu_pct:"),
         ({"logging": {"level": "LOUD"}}, "logging.level:"),
         ({"storage": []}, "storage:"),
-        ({"sorting": {}}, "sorting: unknown key; allowed keys here: arduino, camera, detector, device, evidence, gpio, health"),
+        ({"sorting": {}}, "sorting: unknown key; allowed keys here: arduino, bins, camera, detector, device, evidence, gpio, health"),
         (["not", "a", "mapping"], "<root>: the file must hold a mapping of sections, got list"),
     ],
 )
