@@ -296,9 +296,9 @@ class FillTracker(Worker):
     def _on_level(self, c: _Compartment, previous: str | None, now: float) -> None:
         data = {"compartment": c.id, "name": c.cfg.name, "level": c.level, "previous": previous,
                 "fill_pct": c.fill_pct, "maintenance": self.maintenance}
-        if previous is None:
+        if previous is None and c.level == "ok":
             logger.info("fill: %s starts at %s%% (%s)", c.id, c.fill_pct, c.level, extra=ev("bin_level"))
-            return  # the first reading after a fresh start is not a transition
+            return  # a fresh start on an ok compartment is not news; almost_full / full are
         logger.info("fill: %s %s -> %s at %s%%", c.id, previous, c.level, c.fill_pct, extra=ev("bin_level"))
         self.bus.emit_event("bin_level", data, self.name)
         if c.level == "full":
