@@ -173,6 +173,7 @@ class SortingWorkflow(Worker):
         self.deadline = None
         self._led = None
         self._report_interrupted()
+        self._seed_from_cache()
         self.bus.publish(Discovery(self.name, self.entities()))
         if self.maintenance:
             self._set_state(MAINTENANCE, "restored after restart")
@@ -183,6 +184,16 @@ class SortingWorkflow(Worker):
         else:
             self._set_state(IDLE, "started")
         self._show()
+
+    def _seed_from_cache(self) -> None:
+        """Levels and vision states published before this worker (re)started come from the bus's last-value cache."""
+        states = self.bus.states()
+        for cid, comp in ((states.get("fill") or {}).get("compartments") or {}).items():
+            self.levels[cid] = comp.get("level")
+            self.fill[cid] = comp.get("fill_pct")
+        for name in ("camera", "detector"):
+            if name in states:
+                self._components[name] = states[name]
 
     def _report_interrupted(self) -> None:
         """A row left in workflow_item means the daemon died mid-item: report it, never drop it silently."""
