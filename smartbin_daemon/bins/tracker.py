@@ -181,6 +181,7 @@ class FillTracker(Worker):
             for sql in SCHEMA:
                 db.execute(sql)
         self._load()
+        self.maintenance = bool((self.bus.states().get("workflow") or {}).get("maintenance", self.maintenance))
         self.bus.publish(Discovery(self.name, self.entities()))
         now = time.monotonic()
         self._next_history = now + self.cfg.fill.history_interval_s
@@ -286,8 +287,9 @@ class FillTracker(Worker):
             if level != previous_level:
                 c.level = level
                 self._on_level(c, previous_level, now)
+            peak = c.emptying.peak_pct
             if c.emptying.update(pct, now):
-                self._emptied(c, "sensor")
+                self._emptied(c, "sensor", peak)
             if pct != previous_pct or level != previous_level:
                 self.bus.publish(FillLevel(c.id, pct, level, now))
                 if level != previous_level:
@@ -309,9 +311,10 @@ class FillTracker(Worker):
                                        f"compartment {c.cfg.name} is no longer full ({c.fill_pct}%)", active=False))
         self._update_forecast(c)
 
-    def _emptied(self, c: _Compartment, source: str) -> None:
+    def _emptied(self, c: _Compartment, source: str, peak: float | None = None) -> None:
         now_ts = time.time()
-        data = {"compartment": c.id, "name": c.cfg.name, "items": c.items, "peak_fill_pct": round(c.emptying.peak_pct, 1),
+        peak = c.emptying.peak_pct if peak is None else peak
+        data = {"compartment": c.id, "name": c.cfg.name, "items": c.items, "peak_fill_pct": round(peak, 1),
                 "fill_pct": c.fill_pct, "emptied_at": iso_utc(now_ts), "source": source, "maintenance": self.maintenance}
         logger.info("fill: %s emptied (%s; %d item(s) since the last emptying)", c.id, source, c.items,
                     extra=ev("bin_emptied"))

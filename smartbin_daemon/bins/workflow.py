@@ -124,6 +124,8 @@ class SortingWorkflow(Worker):
         self._led: str | None = None
         self._actions: set[str] = set()
         self._maintenance_pending = False
+        self._presence_seen = False
+        """A presence sensor exists (it has reported): decisions never start items on their own then."""
 
     # -- catalogue --------------------------------------------------------------------------
 
@@ -176,6 +178,7 @@ class SortingWorkflow(Worker):
         self._seed_from_cache()
         self.bus.publish(Discovery(self.name, self.entities()))
         if self.maintenance:
+            self.bus.publish(MaintenanceChanged(True, time.monotonic()))
             self._set_state(MAINTENANCE, "restored after restart")
             self._actuate("lid", {"op": "unlock"})
         elif self.error is not None:
@@ -232,6 +235,7 @@ class SortingWorkflow(Worker):
 
     def handle(self, msg: Any) -> None:
         if isinstance(msg, PresenceChanged):
+            self._presence_seen = True
             if msg.present:
                 self._on_presence(msg.mono)
         elif isinstance(msg, Decision):
@@ -322,6 +326,11 @@ class SortingWorkflow(Worker):
         self._classified(item, RESIDUAL, None, None, True, "vision_down")
 
     def _on_decision(self, d: Decision) -> None:
+        if self.state == IDLE and self._presence_seen:
+            # With a presence sensor every item starts with presence: an idle-time decision is a late one
+            # (it arrived after the decision timeout already sent its item to residual).
+            logger.info("late decision %s (%s) after its item timed out; ignored", d.item_id, d.category)
+            return
         if self.state == IDLE and not self.maintenance:
             # No presence sensor (motion gate): the decision itself announces the item.
             self.item = _Item(uuid.uuid4().hex[:12], time.time(), d.mono)
@@ -546,12 +555,13 @@ class SortingWorkflow(Worker):
     def _set_maintenance(self, on: bool, why: str) -> None:
         if on == self.maintenance and not (on and self._maintenance_pending):
             return
-        if on and self.state in (ROUTING, CONFIRMING):
+        if on and self.item is not None and self.state in (ROUTING, CONFIRMING):
             self._maintenance_pending = True  # the flap is moving: finish this item first
             logger.info("maintenance requested; entering it after the current item", extra=ev("maintenance_pending"))
             return
         if on and self.item is not None:
-            self._item_event("item_interrupted", self.item, {"outcome": "interrupted", "note": "maintenance mode"})
+            self._item_event("item_interrupted", self.item, {"outcome": "interrupted", "note": "maintenance mode",
+                                                             "maintenance": True})
             self.counts["interrupted"] += 1
             self._clear_item()
         self.maintenance = on
@@ -566,6 +576,8 @@ class SortingWorkflow(Worker):
             if self.error is not None:
                 self._set_state(ERROR, "maintenance off; the error is still not cleared")
                 self._actuate("lid", {"op": "lock"})
+            elif self.blocked is not None:
+                self._unblock(f"{why} (maintenance over)")
             else:
                 self._set_state(IDLE, why)
                 self._actuate("lid", {"op": "close"})

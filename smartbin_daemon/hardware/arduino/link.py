@@ -326,6 +326,7 @@ class ArduinoLink(Worker):
             # A reset mid-session (brown-out, watchdog): handshake again before sending anything else.
             self._fail_all_pending("arduino rebooted")
             self.status = CONNECTING
+            self.publish_state(self.own_state, force=True)  # consumers re-assert LED/lock once it is back
         self._send_hello()
 
     def _send_hello(self) -> None:
