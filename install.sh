@@ -846,6 +846,8 @@ do_test() {
     local -a pkgs=(mosquitto mosquitto-clients openssl)
     # systemd-analyze for tests/test_systemd_unit.py (a container image may not have systemd).
     command -v systemd-analyze >/dev/null || pkgs+=(systemd)
+    # node runs the example Node-RED flow's request-signing code in tests/test_nodered.py.
+    command -v node >/dev/null || pkgs+=(nodejs)
     prepare_dev_venv test "${pkgs[@]}"
     cd "$REPO_DIR"
     info "running pytest ${PASSTHRU[*]}"

@@ -51,6 +51,8 @@ TEMPERATURE_MAX_AGE_S = 120.0
 CLOCK_SANE_AFTER = 1_600_000_000.0
 """Wall times before Sept 2020 mean the clock is not set yet (a Pi without RTC before NTP): no history then."""
 PRUNE_EVERY_S = 3600.0
+EXPIRE_AFTER_S = int(3 * Worker.state_max_interval_s)
+"""HA marks the entities unavailable after three missed state publications."""
 FORECAST_MAX_POINTS = 500
 
 SCHEMA = (
@@ -154,20 +156,21 @@ class FillTracker(Worker):
     def entities(self) -> tuple[Entity, ...]:
         """Per compartment: fill %, level, items, predicted full, full, and an `emptied` button."""
         out: list[Entity] = []
+        expire = {"expire_after": EXPIRE_AFTER_S}
         for c in self.cfg.compartments:
             base = f"value_json.compartments['{c.id}']"
             out += [
                 Entity("sensor", f"bin_{c.id}_fill", f"{c.name} fill", self.name, f"{{{{ {base}.fill_pct }}}}",
                        {"unit_of_measurement": "%", "state_class": "measurement", "icon": "mdi:delete-variant",
-                        "suggested_display_precision": 0}),
+                        "suggested_display_precision": 0, **expire}),
                 Entity("sensor", f"bin_{c.id}_level", f"{c.name} level", self.name, f"{{{{ {base}.level }}}}",
-                       {"device_class": "enum", "options": list(LEVELS), "icon": "mdi:gauge"}),
+                       {"device_class": "enum", "options": list(LEVELS), "icon": "mdi:gauge", **expire}),
                 Entity("sensor", f"bin_{c.id}_items", f"{c.name} items", self.name, f"{{{{ {base}.items }}}}",
-                       {"state_class": "total_increasing", "icon": "mdi:counter", "unit_of_measurement": "items"}),
+                       {"state_class": "total_increasing", "icon": "mdi:counter", "unit_of_measurement": "items", **expire}),
                 Entity("sensor", f"bin_{c.id}_predicted_full", f"{c.name} predicted full", self.name,
-                       f"{{{{ {base}.predicted_full_at }}}}", {"device_class": "timestamp", "icon": "mdi:calendar-clock"}),
+                       f"{{{{ {base}.predicted_full_at }}}}", {"device_class": "timestamp", "icon": "mdi:calendar-clock", **expire}),
                 Entity("binary_sensor", f"bin_{c.id}_full", f"{c.name} full", self.name,
-                       f"{{{{ 'ON' if {base}.level == 'full' else 'OFF' }}}}", {"device_class": "problem"}),
+                       f"{{{{ 'ON' if {base}.level == 'full' else 'OFF' }}}}", {"device_class": "problem", **expire}),
                 Entity("button", f"bin_{c.id}_emptied", f"{c.name} emptied", self.name, None,
                        {"command_topic": "bin/emptied", "payload_press": f'{{"args": {{"compartment": "{c.id}"}}}}',
                         "icon": "mdi:delete-empty", "entity_category": "config"}),

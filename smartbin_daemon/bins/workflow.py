@@ -48,6 +48,8 @@ ERROR, BLOCKED, MAINTENANCE = "error", "blocked", "maintenance"
 STATES = (IDLE, ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING, ERROR, BLOCKED, MAINTENANCE)
 IN_FLIGHT = (ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING)
 RESIDUAL = "residual"
+EXPIRE_AFTER_S = int(3 * Worker.state_max_interval_s)
+"""HA marks the entities unavailable after three missed state publications."""
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS workflow_item (id TEXT PRIMARY KEY, state TEXT NOT NULL, data TEXT NOT NULL, updated_at REAL)",
@@ -143,15 +145,17 @@ class SortingWorkflow(Worker):
         """Whole-bin entities: workflow state, last item, clear-error button, maintenance switch."""
         return (
             Entity("sensor", "workflow_state", "Sorting state", self.name, "{{ value_json.state }}",
-                   {"device_class": "enum", "options": list(STATES), "icon": "mdi:state-machine"}),
+                   {"device_class": "enum", "options": list(STATES), "icon": "mdi:state-machine", "expire_after": EXPIRE_AFTER_S}),
             Entity("sensor", "workflow_last_item", "Last item", self.name,
                    "{{ value_json.last_item.category if value_json.last_item else 'None' }}",
                    {"icon": "mdi:recycle", "json_attributes_topic": "workflow",
                     "json_attributes_template": "{{ (value_json.last_item or {}) | tojson }}"}),
             Entity("sensor", "workflow_items_sorted", "Items sorted", self.name, "{{ value_json.counts.sorted }}",
-                   {"state_class": "total_increasing", "icon": "mdi:counter", "unit_of_measurement": "items"}),
+                   {"state_class": "total_increasing", "icon": "mdi:counter", "unit_of_measurement": "items",
+                    "expire_after": EXPIRE_AFTER_S}),
             Entity("binary_sensor", "workflow_error", "Sorting fault", self.name,
-                   "{{ 'ON' if value_json.state in ['error', 'blocked'] else 'OFF' }}", {"device_class": "problem"}),
+                   "{{ 'ON' if value_json.state in ['error', 'blocked'] else 'OFF' }}",
+                   {"device_class": "problem", "expire_after": EXPIRE_AFTER_S}),
             Entity("button", "workflow_clear_error", "Clear sorting error", self.name, None,
                    {"command_topic": "workflow/clear_error", "payload_press": "{}", "icon": "mdi:restart-alert"}),
             Entity("switch", "workflow_maintenance", "Maintenance mode", self.name,
