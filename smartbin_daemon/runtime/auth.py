@@ -1,0 +1,94 @@
+"""HMAC-SHA256 request signatures for privileged commands (shared by the daemon and `smartbinctl`).
+
+A signed request carries `"auth": {"ts": <unix seconds>, "nonce": "<hex>", "sig": "<hex>"}` beside
+`transaction` and `args`. The signature covers the device id, the command, the canonical JSON of the
+args, the timestamp and the nonce, one per line, so a signature cannot be replayed for another bin,
+another command or other arguments; the timestamp window and the nonce memory stop replays of the
+same request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
+SIG_RE = re.compile(r"^[0-9a-f]{64}$")
+CLOCK_SANE_AFTER = 1_600_000_000.0
+"""A device wall clock before Sept 2020 is unset (a Pi without RTC before NTP): timestamps cannot be judged."""
+
+
+class AuthError(Exception):
+    """A privileged request whose signature is missing, malformed, stale, replayed or wrong."""
+
+
+def canonical_args(args: dict[str, Any] | None) -> str:
+    """The args as signed: compact JSON with sorted keys (an absent args object signs as `{}`)."""
+    return json.dumps(args or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def signing_string(device_id: str, command: str, args: dict[str, Any] | None, ts: float, nonce: str) -> bytes:
+    """What the HMAC covers: device id, command, canonical args, timestamp and nonce, one per line."""
+    return "\n".join([device_id, command, canonical_args(args), repr(float(ts)), nonce]).encode("utf-8")
+
+
+def sign(secret: str, device_id: str, command: str, args: dict[str, Any] | None, *, ts: float | None = None,
+         nonce: str | None = None) -> dict[str, Any]:
+    """The `auth` object for a request (fresh timestamp and nonce unless given)."""
+    ts = time.time() if ts is None else float(ts)
+    nonce = nonce or secrets.token_hex(16)
+    digest = hmac.new(secret.encode("utf-8"), signing_string(device_id, command, args, ts, nonce), hashlib.sha256)
+    return {"ts": ts, "nonce": nonce, "sig": digest.hexdigest()}
+
+
+@dataclass
+class Verifier:
+    """Checks `auth` objects: signature, timestamp window (wall clock) and nonce reuse (remembered 2 x window)."""
+
+    secret: str
+    device_id: str
+    max_skew_s: float = 300.0
+    max_nonces: int = 10_000
+
+    def __post_init__(self) -> None:
+        self._nonces: OrderedDict[str, float] = OrderedDict()
+
+    def verify(self, command: str, args: dict[str, Any] | None, auth: Any, now: float | None = None) -> None:
+        """Raise AuthError naming the problem; return quietly when the request is authentic and fresh."""
+        if auth is None:
+            raise AuthError(f"{command!r} is privileged: sign it (auth: {{ts, nonce, sig}}, HMAC-SHA256; see the README)")
+        if not isinstance(auth, dict) or set(auth) != {"ts", "nonce", "sig"}:
+            raise AuthError("auth: must be an object with exactly ts, nonce and sig")
+        ts, nonce, sig = auth["ts"], auth["nonce"], auth["sig"]
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise AuthError("auth.ts: must be a number (unix seconds)")
+        if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
+            raise AuthError("auth.nonce: must be 16-64 lower-case hex characters")
+        if not isinstance(sig, str) or not SIG_RE.match(sig):
+            raise AuthError("auth.sig: must be 64 lower-case hex characters (HMAC-SHA256)")
+        expected = sign(self.secret, self.device_id, command, args, ts=ts, nonce=nonce)["sig"]
+        if not hmac.compare_digest(expected, sig):
+            raise AuthError("auth.sig: signature does not match (wrong secret, device, command or args)")
+        now = time.time() if now is None else now
+        if now < CLOCK_SANE_AFTER:
+            raise AuthError("the bin's clock is not set yet (no NTP since boot): signed requests cannot be checked")
+        if abs(now - float(ts)) > self.max_skew_s:
+            raise AuthError(f"auth.ts: stale or from the future ({now - float(ts):+.0f}s off; allowed ±{self.max_skew_s:.0f}s)")
+        self._forget_older_than(now - 2 * self.max_skew_s)
+        if nonce in self._nonces:
+            raise AuthError("auth.nonce: already used (replayed request)")
+        self._nonces[nonce] = float(ts)
+        while len(self._nonces) > self.max_nonces:
+            self._nonces.popitem(last=False)
+
+    def _forget_older_than(self, cutoff: float) -> None:
+        for nonce, ts in list(self._nonces.items()):
+            if ts < cutoff:
+                del self._nonces[nonce]
