@@ -151,6 +151,40 @@ class MqttConfig(_Model):
         return f"{self.base_topic}/{device_id}"
 
 
+class SecurityConfig(_Model):
+    """Who may send privileged requests (HMAC signatures or the broker's ACL) and request rate limits."""
+
+    hmac_secret: SecretStr | None = Field(default=None, description="shared signing secret (prefer hmac_secret_file)")
+    hmac_secret_file: Path | None = Field(
+        default=None, description="file holding the secret; relative: $CREDENTIALS_DIRECTORY first, then next to the config")
+    privileged: Literal["hmac", "broker_acl"] = Field(
+        default="hmac",
+        description="hmac: privileged requests must be signed; broker_acl: the broker's ACL alone decides who may send them")
+    max_skew_s: float = Field(default=300.0, gt=0, le=86400, description="allowed difference between auth.ts and the bin's clock")
+    rate_limit_per_min: int = Field(default=60, ge=0, le=100_000, description="requests per minute per command; 0 disables")
+    privileged_rate_limit_per_min: int = Field(default=30, ge=0, le=100_000,
+                                               description="privileged requests per minute per command; 0 disables")
+
+    @field_validator("rate_limit_per_min", "privileged_rate_limit_per_min", mode="before")
+    @classmethod
+    def _int_not_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a whole number of requests per minute")
+        return v
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> SecurityConfig:
+        if self.hmac_secret is not None and self.hmac_secret_file is not None:
+            raise ValueError("hmac_secret_file: give hmac_secret or hmac_secret_file, not both\n")
+        if self.hmac_secret is not None and not self.hmac_secret.get_secret_value().strip():
+            raise ValueError("hmac_secret: must not be empty\n")
+        return self
+
+    def secret(self) -> str | None:
+        """The signing secret (already read from hmac_secret_file by the loader), or None."""
+        return self.hmac_secret.get_secret_value() if self.hmac_secret is not None else None
+
+
 class StorageConfig(_Model):
     """Where state (SQLite, evidence, bundles) lives."""
 
@@ -806,6 +840,7 @@ class Config(_Model):
 
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
@@ -974,6 +1009,19 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
             if not secret:
                 errors.append(f"mqtt.password_file: {str(cfg.mqtt.password_file)!r} is empty")
             cfg.mqtt.password = SecretStr(secret)
+    if cfg.security.hmac_secret_file is not None:
+        try:
+            secret = _read_secret_file(cfg.security.hmac_secret_file, base_dir)
+        except OSError as exc:
+            errors.append(f"security.hmac_secret_file: cannot read {str(cfg.security.hmac_secret_file)!r}: "
+                          f"{exc.strerror or exc}")
+        except UnicodeDecodeError:
+            errors.append(f"security.hmac_secret_file: {str(cfg.security.hmac_secret_file)!r} is not UTF-8 text")
+        else:
+            if not secret:
+                errors.append(f"security.hmac_secret_file: {str(cfg.security.hmac_secret_file)!r} is empty")
+            else:
+                cfg.security.hmac_secret = SecretStr(secret)
     if errors:
         raise ConfigError(source, errors)
     return cfg
@@ -1028,6 +1076,8 @@ def config_diff(old: Config, new: Config) -> list[str]:
 
     if secret(old) != secret(new) and "mqtt.password" not in out:
         out.append("mqtt.password")
+    if old.security.secret() != new.security.secret() and "security.hmac_secret" not in out:
+        out.append("security.hmac_secret")  # the path only: a secret's value never leaves this function
     return out
 
 

@@ -60,7 +60,8 @@ def test_a_closed_pty_turns_the_link_disconnected_and_it_recovers(
         probe.subscribe("smartbin/#")
         cfg = write_config(tmp_path / "c.yaml", broker.port, tmp_path / "state",
                            arduino={"enabled": True, "backend": "serial", "port": str(link), "boot_wait_s": 0.5,
-                                    "reconnect_min_s": 0.2, "reconnect_max_s": 1.0})
+                                    "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+                           security={"privileged": "broker_acl"})  # unsigned route requests (auth: tests/test_auth.py)
         daemon_factory(cfg)
         root = "smartbin/testbin"
         probe.wait_for(f"{root}/arduino", lambda m: m.json()["status"] == "connected", timeout=20)

@@ -170,9 +170,9 @@ def owned_commands(cfg: GpioConfig) -> list[str]:
 def gpio_request_specs(cfg: GpioConfig, owner: str = "gpio") -> list[RequestSpec]:
     """Catalogue entries of the commands in `owned_commands(cfg)`."""
     specs: dict[str, RequestSpec] = {
-        # lid is not privileged yet; unlocking a relay lid will be (a later issue).
+        # opening a servo lid or unlocking a relay lid gives access to the bin: privileged (signed or broker ACL)
         "lid": RequestSpec("lid", owner, "Open or close the lid servo, or lock/unlock the lid relay (GPIO).",
-                           LidArgs, privileged=False, example={"op": "open"}),
+                           LidArgs, example={"op": "open"}, privileged_when=RequestSpec.arg_in("op", "open", "unlock")),
         "led": RequestSpec("led", owner, "Set the status LED pattern (error/ok also drive the fault LED) (GPIO).",
                            LedArgs, example={"pattern": "blink"}),
         "buzzer": RequestSpec("buzzer", owner, "Play a buzzer pattern; alarm sounds until 'off' (GPIO).",

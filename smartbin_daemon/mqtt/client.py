@@ -23,8 +23,9 @@ from paho.mqtt.properties import Properties
 from ..clock import iso_utc
 from ..config import Config
 from ..logs import ev
+from ..runtime.auth import AuthError, Verifier
 from ..runtime.bus import BinaryPublish, Bus, Discovery, Entity, EventsPending, Request, Response, StateUpdate
-from ..runtime.commands import RequestError, RequestRegistry
+from ..runtime.commands import ParsedRequest, RateLimiter, RequestError, RequestRegistry, valid_command
 from ..runtime.worker import Worker
 from . import discovery as disco
 from .discovery import Topics
@@ -83,6 +84,8 @@ class _Counters:
     disconnects: int = 0
     requests: int = 0
     request_errors: int = 0
+    unauthorized: int = 0
+    rate_limited: int = 0
     events_sent: int = 0
     events_acked: int = 0
     events_rejected: int = 0
@@ -124,6 +127,13 @@ class MqttWorker(Worker):
         self._last_prune = 0.0
         self._connect_deadline = 0.0
         self.counters = _Counters()
+        sec = cfg.security
+        secret = sec.secret()
+        self.verifier: Verifier | None = None
+        if secret is not None:
+            # not_before: a request signed before this worker existed may already have been seen by its predecessor
+            self.verifier = Verifier(secret, cfg.device.id, max_skew_s=sec.max_skew_s, not_before=time.time())
+        self.limiter = RateLimiter(sec.rate_limit_per_min, sec.privileged_rate_limit_per_min)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -351,6 +361,10 @@ class MqttWorker(Worker):
                  properties: Properties | None = None) -> paho.MQTTMessageInfo | None:
         if self._client is None or self.status != CONNECTED:
             return None
+        problem = disco.publish_topic_problem(topic)
+        if problem is not None:  # never hand paho a topic it would raise on or the broker would drop us for
+            logger.error("not publishing to an unsafe topic %r: %s", topic[:200], problem, extra=ev("mqtt_unsafe_topic"))
+            return None
         return self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
 
     def _publish_state(self, component: str, state: dict[str, Any]) -> None:
@@ -361,13 +375,19 @@ class MqttWorker(Worker):
             return
         before = self._published_discovery.get(component, {})
         now: dict[str, bytes] = {}
+        hide_privileged = self.cfg.security.privileged == "hmac"
         for entity in entities:
             topic = self.topics.discovery(entity)
-            now[topic] = disco.encode(disco.entity_config(self.cfg, self.topics, entity))
+            if hide_privileged and disco.entity_privileged(entity, self.registry, self.topics):
+                # HA cannot sign: an empty retained config removes a button that could only be refused
+                now[topic] = b""
+            else:
+                now[topic] = disco.encode(disco.entity_config(self.cfg, self.topics, entity))
             if force or before.get(topic) != now[topic]:
                 self._publish(topic, now[topic], qos=1, retain=True)
         for stale in set(before) - set(now):
-            self._publish(stale, b"", qos=1, retain=True)  # empty retained config removes the entity
+            if before[stale]:
+                self._publish(stale, b"", qos=1, retain=True)  # empty retained config removes the entity
         self._published_discovery[component] = now
 
     def _flush_outbox(self) -> None:
@@ -414,20 +434,80 @@ class MqttWorker(Worker):
             return
         command = msg.topic[len(self.topics.request_prefix):]
         self.counters.requests += 1
+        rt_problem = self._response_topic_problem(msg.response_topic)
+        response_topic = msg.response_topic if rt_problem is None else None
+        if not valid_command(command):
+            # The name would go back into <root>/response/<command>: answer only a (valid) MQTT 5 response topic.
+            self._reply(command, None, False, None,
+                        "invalid command name: use lower-case letters, digits and '_' in '/'-separated levels "
+                        "(send 'help' for the catalogue)", response_topic, msg.correlation, on_command_topic=False)
+            return
         try:
             parsed = self.registry.parse(command, msg.payload, self.cfg.mqtt.request_max_bytes)
         except RequestError as exc:
-            self._reply(command, exc.transaction, False, None, str(exc), msg.response_topic, msg.correlation)
+            self._reply(command, exc.transaction, False, None, str(exc), response_topic, msg.correlation)
+            return
+        if rt_problem is not None:
+            self._reply(command, parsed.transaction, False, None, f"response_topic: {rt_problem}", None, None)
+            return
+        refusal = self._admit(parsed)
+        if refusal is not None:
+            self._reply(command, parsed.transaction, False, None, refusal, response_topic, msg.correlation)
             return
         request_id = uuid.uuid4().hex
         delivered = self.bus.publish(Request(target=parsed.spec.owner, command=command, args=parsed.args, request_id=request_id))
         if not delivered:
             self._reply(command, parsed.transaction, False, None,
-                        f"component {parsed.spec.owner!r} is not running", msg.response_topic, msg.correlation)
+                        f"component {parsed.spec.owner!r} is not running", response_topic, msg.correlation)
             return
         self._pending[request_id] = _Pending(command, parsed.transaction,
                                              time.monotonic() + self.cfg.mqtt.request_timeout_s,
-                                             msg.response_topic, msg.correlation)
+                                             response_topic, msg.correlation)
+
+    def _response_topic_problem(self, topic: str | None) -> str | None:
+        """Why a requester's MQTT 5 response topic must not be published to (None: absent or fine)."""
+        if topic is None:
+            return None
+        problem = disco.publish_topic_problem(topic)
+        if problem is not None:
+            return problem
+        if topic.startswith("$"):
+            return "must not start with '$' (broker-reserved topics)"
+        own = (self.topics.root + "/", self.topics.discovery_prefix + "/")
+        if (topic.startswith(own) or topic in (self.topics.root, self.topics.discovery_prefix)) \
+                and not topic.startswith(self.topics.root + "/response/"):
+            return "must not point at this bin's own topics or at the discovery prefix (only <root>/response/... there)"
+        return None
+
+    def _admit(self, parsed: ParsedRequest) -> str | None:
+        """Authorisation of privileged requests, then the per-command rate limit; the refusal, or None."""
+        command = parsed.spec.command
+        privileged = parsed.spec.is_privileged(parsed.args)
+        sec = self.cfg.security
+        if privileged and sec.privileged == "hmac":
+            problem: str | None = None
+            if self.verifier is None:
+                problem = (f"privileged request refused: {command!r} must be signed, but this bin has no signing secret; "
+                           "set security.hmac_secret_file (a file holding a long random secret, e.g. from "
+                           "`openssl rand -hex 32`) and sign requests with it, or set security.privileged: broker_acl "
+                           f"if the broker's ACL alone restricts who may publish to {self.topics.command(command)}")
+            else:
+                try:
+                    self.verifier.verify(command, parsed.raw_args, parsed.auth)
+                except AuthError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                self.counters.unauthorized += 1
+                logger.warning("refused privileged request %s: %s", command, problem, extra=ev("request_unauthorized"))
+                return problem
+        retry_in = self.limiter.take(command, privileged, time.monotonic())
+        if retry_in is not None:
+            self.counters.rate_limited += 1
+            limit = self.limiter.limit(privileged)
+            logger.warning("rate limited %s requests (at most %d per minute)", command, limit,
+                           extra=ev("request_rate_limited"))
+            return f"rate limited: at most {limit} {command} requests per minute; retry in {retry_in:.1f}s"
+        return None
 
     def _on_response(self, resp: Response) -> None:
         pending = self._pending.pop(resp.request_id, None)
@@ -437,13 +517,15 @@ class MqttWorker(Worker):
                     pending.response_topic, pending.correlation)
 
     def _reply(self, command: str, transaction: Any, ok: bool, data: Any, error: str | None,
-               response_topic: str | None, correlation: bytes | None) -> None:
+               response_topic: str | None, correlation: bytes | None, *, on_command_topic: bool = True) -> None:
         if not ok:
             self.counters.request_errors += 1
-            logger.info("request %s failed: %s", command, (error or "")[:200], extra=ev("request_error"))
+            shown = command if valid_command(command) else repr(command[:200])  # no control characters in the log
+            logger.info("request %s failed: %s", shown, (error or "")[:200], extra=ev("request_error"))
         body = {"transaction": transaction, "status": "ok" if ok else "error", "data": data, "error": error}
         payload = _json(body)
-        self._publish(self.topics.response(command), payload, qos=1)
+        if on_command_topic:
+            self._publish(self.topics.response(command), payload, qos=1)
         if response_topic and self.cfg.mqtt.protocol == "5":
             props = Properties(PacketTypes.PUBLISH)
             if correlation is not None:
@@ -488,6 +570,8 @@ class MqttWorker(Worker):
             "last_error": c.last_error,
             "requests": c.requests,
             "request_errors": c.request_errors,
+            "requests_unauthorized": c.unauthorized,
+            "requests_rate_limited": c.rate_limited,
             "outbox": {
                 "pending": len(self.outbox),
                 "inflight": len(self._inflight),

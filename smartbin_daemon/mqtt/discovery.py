@@ -6,9 +6,32 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from .. import __version__
 from ..config import Config
 from ..runtime.bus import Entity
+from ..runtime.commands import RequestRegistry
+
+TOPIC_MAX_BYTES = 65535
+
+
+def publish_topic_problem(topic: str) -> str | None:
+    """Why a topic cannot be published to (wildcards, NUL, empty, too long, not UTF-8), or None when it can."""
+    if not topic:
+        return "must not be empty"
+    if "+" in topic or "#" in topic:
+        return "must not contain '+' or '#' (MQTT wildcards)"
+    if "\x00" in topic:
+        return "must not contain NUL characters"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "must be valid UTF-8"
+    if size > TOPIC_MAX_BYTES:
+        return f"too long ({size} bytes; MQTT allows {TOPIC_MAX_BYTES})"
+    return None
+
 
 ORIGIN = {"name": "smartbin-daemon", "sw_version": __version__, "support_url": "https://github.com/smartbin/smartbin_daemon"}
 
@@ -109,6 +132,45 @@ def entity_config(cfg: Config, topics: Topics, entity: Entity) -> dict[str, Any]
         if not cmd.startswith(topics.root + "/"):
             payload["command_topic"] = topics.command(cmd)
     return payload
+
+
+_PAYLOAD_KEYS = ("payload_press", "payload_on", "payload_off")
+
+
+def entity_privileged(entity: Entity, registry: RequestRegistry, topics: Topics) -> bool:
+    """Whether an HA control would send a privileged request (HA cannot sign, so such controls are hidden).
+
+    Fixed payloads (buttons, switches) are judged by their args; a control whose payload HA builds
+    (select, number, text) counts as privileged when the command can be privileged at all.
+    """
+    if entity.platform not in _COMMAND_PLATFORMS:
+        return False
+    target = entity.options.get("command_topic")
+    if not isinstance(target, str):
+        return False
+    if target.startswith(topics.request_prefix):
+        target = target[len(topics.request_prefix):]
+    elif target.startswith(topics.root + "/"):
+        return False
+    spec = registry.get(target)
+    if spec is None:
+        return False
+    if spec.privileged:
+        return True
+    if spec.privileged_when is None:
+        return False
+    payloads = [entity.options[k] for k in _PAYLOAD_KEYS if k in entity.options]
+    if not payloads:
+        return True
+    for raw in payloads:
+        try:
+            body = json.loads(raw) if isinstance(raw, str) else raw
+            args = body.get("args") or {}
+            if spec.is_privileged(spec.args.model_validate(args).model_dump(mode="json")):
+                return True
+        except (ValueError, AttributeError, TypeError, ValidationError):
+            return True  # cannot tell: do not advertise a control that may only ever be refused
+    return False
 
 
 def encode(payload: dict[str, Any]) -> bytes:

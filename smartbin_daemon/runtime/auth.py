@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
@@ -52,10 +53,13 @@ def sign(secret: str, device_id: str, command: str, args: dict[str, Any] | None,
 class Verifier:
     """Checks `auth` objects: signature, timestamp window (wall clock) and nonce reuse (remembered 2 x window)."""
 
-    secret: str
+    secret: str = field(repr=False)
     device_id: str
     max_skew_s: float = 300.0
     max_nonces: int = 10_000
+    not_before: float | None = None
+    """Refuse timestamps older than this (wall clock): the nonce memory starts empty, so a request signed
+    before this verifier existed (daemon or worker restart) could otherwise be replayed once more."""
 
     def __post_init__(self) -> None:
         self._nonces: OrderedDict[str, float] = OrderedDict()
@@ -63,12 +67,13 @@ class Verifier:
     def verify(self, command: str, args: dict[str, Any] | None, auth: Any, now: float | None = None) -> None:
         """Raise AuthError naming the problem; return quietly when the request is authentic and fresh."""
         if auth is None:
-            raise AuthError(f"{command!r} is privileged: sign it (auth: {{ts, nonce, sig}}, HMAC-SHA256; see the README)")
+            raise AuthError(f"unsigned privileged request refused: {command!r} must carry auth {{ts, nonce, sig}} "
+                            "(HMAC-SHA256 with security.hmac_secret; see the README, Security)")
         if not isinstance(auth, dict) or set(auth) != {"ts", "nonce", "sig"}:
             raise AuthError("auth: must be an object with exactly ts, nonce and sig")
         ts, nonce, sig = auth["ts"], auth["nonce"], auth["sig"]
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise AuthError("auth.ts: must be a number (unix seconds)")
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            raise AuthError("auth.ts: must be a finite number (unix seconds)")
         if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
             raise AuthError("auth.nonce: must be 16-64 lower-case hex characters")
         if not isinstance(sig, str) or not SIG_RE.match(sig):
@@ -81,6 +86,10 @@ class Verifier:
             raise AuthError("the bin's clock is not set yet (no NTP since boot): signed requests cannot be checked")
         if abs(now - float(ts)) > self.max_skew_s:
             raise AuthError(f"auth.ts: stale or from the future ({now - float(ts):+.0f}s off; allowed ±{self.max_skew_s:.0f}s)")
+        if self.not_before is not None and now < self.not_before:
+            self.not_before = None  # the clock was stepped back (NTP fixing a fast RTC): do not lock everyone out
+        if self.not_before is not None and float(ts) < self.not_before:
+            raise AuthError("auth.ts: signed before the daemon (re)started its replay memory; sign the request again")
         self._forget_older_than(now - 2 * self.max_skew_s)
         if nonce in self._nonces:
             raise AuthError("auth.nonce: already used (replayed request)")

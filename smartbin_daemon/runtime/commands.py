@@ -7,13 +7,22 @@ importing the MQTT component; the MQTT component only parses, validates and rout
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 COMMAND_RE = re.compile(r"^[a-z][a-z0-9_]*(/[a-z][a-z0-9_]*)*$")
+COMMAND_MAX_LEN = 128
+"""Command names are topic levels: lower-case, '/'-separated, never '+', '#', NUL or empty levels."""
+
+
+def valid_command(command: str) -> bool:
+    """True when a command name (from a topic) is well-formed and safe to put back into a topic."""
+    return len(command) <= COMMAND_MAX_LEN and COMMAND_RE.match(command) is not None
 
 
 class NoArgs(BaseModel):
@@ -32,10 +41,48 @@ class RequestSpec:
     args: type[BaseModel] = NoArgs
     privileged: bool = False
     example: dict[str, Any] = field(default_factory=dict)
+    privileged_when: Callable[[dict[str, Any]], bool] | None = None
+    """Privilege that depends on the (validated) args, e.g. `lid` only for open/unlock; see `arg_in`."""
 
     def schema(self) -> dict[str, Any]:
         """JSON schema of the args object."""
         return self.args.model_json_schema()
+
+    def is_privileged(self, args: dict[str, Any]) -> bool:
+        """Whether a request with these validated args needs a signature (or the broker's ACL)."""
+        if self.privileged:
+            return True
+        return self.privileged_when is not None and bool(self.privileged_when(args))
+
+    def privilege(self) -> bool | str:
+        """What `help` says: true, false, or the condition (e.g. "when op is open or unlock")."""
+        if self.privileged:
+            return True
+        if self.privileged_when is None:
+            return False
+        return str(getattr(self.privileged_when, "description", None) or "depends on the args")
+
+    @staticmethod
+    def arg_in(name: str, *values: Any) -> ArgIn:
+        """A `privileged_when` condition: privileged when `args[name]` is one of `values`."""
+        return ArgIn(name, tuple(values))
+
+
+@dataclass(frozen=True)
+class ArgIn:
+    """Privileged when one argument takes one of some values (describes itself for `help`)."""
+
+    name: str
+    values: tuple[Any, ...]
+
+    def __call__(self, args: dict[str, Any]) -> bool:
+        """True when the argument holds one of the values."""
+        return args.get(self.name) in self.values
+
+    @property
+    def description(self) -> str:
+        """E.g. "when op is open or unlock"."""
+        return f"when {self.name} is {' or '.join(str(v) for v in self.values)}"
 
 
 class RequestError(Exception):
@@ -53,6 +100,10 @@ class ParsedRequest:
     spec: RequestSpec
     args: dict[str, Any]
     transaction: Any
+    raw_args: dict[str, Any] = field(default_factory=dict)
+    """The args exactly as sent (what a signature covers); `args` is the validated form with defaults."""
+    auth: Any = None
+    """The `auth` object as sent, unchecked (None when absent)."""
 
 
 class RequestRegistry:
@@ -63,7 +114,7 @@ class RequestRegistry:
 
     def register(self, spec: RequestSpec) -> None:
         """Add a command; names are validated so they are safe inside topics."""
-        if not COMMAND_RE.match(spec.command):
+        if not valid_command(spec.command):
             raise ValueError(f"invalid command name {spec.command!r}")
         if spec.command in self._specs:
             raise ValueError(f"command {spec.command!r} registered twice")
@@ -83,7 +134,7 @@ class RequestRegistry:
             s.command: {
                 "owner": s.owner,
                 "summary": s.summary,
-                "privileged": s.privileged,
+                "privileged": s.privilege(),
                 "args_schema": s.schema(),
                 "example": {"transaction": "t1", "args": s.example},
             }
@@ -123,7 +174,46 @@ class RequestRegistry:
             model = spec.args.model_validate(args)
         except ValidationError as exc:
             raise RequestError("; ".join(_field_errors(exc)), transaction) from None
-        return ParsedRequest(spec=spec, args=model.model_dump(mode="json"), transaction=transaction)
+        return ParsedRequest(spec=spec, args=model.model_dump(mode="json"), transaction=transaction, raw_args=args,
+                             auth=body.get("auth"))
+
+
+class RateLimiter:
+    """Token buckets per key (command, privileged): `per_min` requests a minute, bursts of ceil(per_min / 6).
+
+    Time is monotonic and passed in, so tests need no sleeping; a limit of 0 disables limiting.
+    Keys come only from registered commands, so the number of buckets is bounded.
+    """
+
+    def __init__(self, per_min: int, privileged_per_min: int) -> None:
+        self.per_min = per_min
+        self.privileged_per_min = privileged_per_min
+        self._buckets: dict[tuple[str, bool], list[float]] = {}  # key -> [tokens, last refill]
+
+    @staticmethod
+    def burst(per_min: int) -> int:
+        """Bucket size: a sixth of the per-minute limit, rounded up, at least 1."""
+        return max(1, math.ceil(per_min / 6))
+
+    def limit(self, privileged: bool) -> int:
+        """Requests per minute allowed for this kind of request (0: unlimited)."""
+        return self.privileged_per_min if privileged else self.per_min
+
+    def take(self, command: str, privileged: bool, now: float) -> float | None:
+        """Spend one token; None when allowed, else the seconds until the next token."""
+        per_min = self.limit(privileged)
+        if per_min <= 0:
+            return None
+        capacity = float(self.burst(per_min))
+        rate = per_min / 60.0
+        bucket = self._buckets.setdefault((command, privileged), [capacity, now])
+        tokens = min(capacity, bucket[0] + max(0.0, now - bucket[1]) * rate)
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return None
+        bucket[0] = tokens
+        return (1.0 - tokens) / rate
 
 
 def _field_errors(exc: ValidationError) -> list[str]:

@@ -134,11 +134,12 @@ class ArduinoLink(Worker):
         """Commands this component answers, less those another component owns (GPIO lid/led/buzzer)."""
         specs = [
             RequestSpec("route", self.name, "Move the flap to a compartment and release the item (manual test).",
-                        RouteArgs, example={"compartment": 2}),
+                        RouteArgs, privileged=True, example={"compartment": 2}),
             RequestSpec("tare", self.name, "Zero the load cell.", NoArgs),
         ]
         specs += [
-            RequestSpec("lid", self.name, "Open, close, lock or unlock the lid.", LidArgs, example={"op": "open"}),
+            RequestSpec("lid", self.name, "Open, close, lock or unlock the lid.", LidArgs, example={"op": "open"},
+                        privileged_when=RequestSpec.arg_in("op", "open", "unlock")),
             RequestSpec("led", self.name, "Set the status LED pattern.", LedArgs, example={"pattern": "blink"}),
             RequestSpec("buzzer", self.name, "Play a buzzer pattern.", BuzzerArgs, example={"pattern": "beep"}),
         ]
