@@ -1,4 +1,5 @@
-"""`smartbin-daemon`: run, check-config, version."""
+"""`smartbin-daemon`: run, check-config, version. `run` exits 0 on SIGTERM, 78 on a bad config, 73 when it
+cannot create its storage, and 75 (EX_TEMPFAIL) after a `restart` request for the whole daemon."""
 
 from __future__ import annotations
 
@@ -70,8 +71,12 @@ def cmd_run(path: str) -> int:
     finally:
         logger.info("stopping", extra=ev("daemon_stopping"))
         app.stop()
-        logger.info("stopped", extra=ev("daemon_stopped"))
-    return 0
+        if app.exit_code:
+            logger.info("stopped; exiting %d for the requested restart (systemd's Restart=on-failure starts it again)",
+                        app.exit_code, extra=ev("daemon_stopped"))
+        else:
+            logger.info("stopped", extra=ev("daemon_stopped"))
+    return app.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

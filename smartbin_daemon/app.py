@@ -4,6 +4,7 @@ supervises workers, feeds the systemd watchdog and handles signals.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
@@ -15,11 +16,21 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, config_diff, load_config
-from .control import ConfigApplied, DaemonControl, core_requests
+from .control import (
+    EX_TEMPFAIL,
+    RESTART_GRACE_S,
+    AppAction,
+    ConfigApplied,
+    DaemonControl,
+    RequestFailed,
+    core_requests,
+    rollback_config_file,
+    set_config_file,
+)
 from .logs import LoggingSetup, ev
 from .mqtt.client import MqttWorker
 from .mqtt.outbox import Outbox
-from .runtime.bus import Alert, Bus
+from .runtime.bus import Alert, Bus, Response
 from .runtime.commands import RequestRegistry
 from .runtime.notify import Notifier
 from .runtime.supervisor import RestartPolicy, Supervisor
@@ -29,12 +40,14 @@ from .store import DB_NAME, Store
 logger = logging.getLogger(__name__)
 
 SUPERVISE_INTERVAL_S = 0.5
+_ANSWERED = object()
+"""What an action handler returns when it has answered the request itself."""
 
 WorkerFactory = Callable[[Config], Worker]
 
 # Config paths that a worker restart applies; logging.* and runtime.* apply in place;
 # device.id and storage.* need a process restart.
-_WORKER_SECTIONS = {"mqtt": ("mqtt.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",),
+_WORKER_SECTIONS = {"mqtt": ("mqtt.", "security.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",),
                     "arduino": ("arduino.",), "gpio": ("gpio.",), "camera": ("camera.",),
                     "detector": ("detector.", "evidence.", "camera.max_frame_age_s"), "simulation": ("simulation.", "bins."),
                      "fill": ("bins.",), "workflow": ("bins.",)}
@@ -85,6 +98,10 @@ class App:
         self._last_watchdog = 0.0
         self._hung_reported: set[str] = set()
         self.simulated_arduino: Any = None
+        self._actions = self.bus.subscribe("app", (AppAction,), maxsize=100)
+        self._exit_at: float | None = None
+        self.exit_code = 0
+        """The process exit status `run` returns: EX_TEMPFAIL after a requested daemon restart."""
 
     # -- start / stop ------------------------------------------------------------------
 
@@ -264,12 +281,15 @@ class App:
                 self.reload()
 
     def tick(self) -> None:
-        """One supervision round: restarts, watchdog, status line, folded log repeats."""
+        """One supervision round: restarts, watchdog, status line, folded log repeats, queued actions."""
         self.supervisor.check()
         self._feed_watchdog()
         self.notifier.status(self.status_line())
         if self.logging_setup is not None:
             self.logging_setup.repeats.flush()
+        self.run_actions()
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self._stop.set()
 
     def _feed_watchdog(self) -> None:
         interval = self.notifier.watchdog_interval_s
@@ -308,8 +328,11 @@ class App:
 
     # -- reload --------------------------------------------------------------------------
 
-    def reload(self) -> dict[str, Any]:
-        """SIGHUP: re-read the config, apply what can be applied live, report what needs a restart."""
+    def reload(self, source: str = "sighup", answer: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """SIGHUP or a config request: re-read the config, apply what can live, report what needs a restart.
+
+        `answer` (a request's reply) is called once the change is applied but before the MQTT worker is
+        replaced: the new MQTT worker would not know the request, so the old one must send the answer."""
         if self.config_path is None:
             return {"applied": [], "restart_required": []}
         try:
@@ -338,14 +361,107 @@ class App:
             self.logging_setup.set_level(merged.logging.level)
             self.logging_setup.set_repeat_window(merged.logging.repeat_window_s)
         self.supervisor.policy = restart_policy(merged)
-        for name in sorted(workers_to_restart):
+        for name in sorted(workers_to_restart - {"mqtt"}):
             self.supervisor.replace(self._factories[name](merged))
         self.bus.publish(ConfigApplied(merged, tuple(applied), tuple(restart_required)))
         if changed:
             self.bus.emit_event("config_changed", {"applied": applied, "restart_required": restart_required,
-                                                   "source": "sighup"}, "daemon")
-        logger.info("config reloaded: %d change(s) applied%s%s", len(applied),
+                                                   "source": source}, "daemon")
+        logger.info("config reloaded (%s): %d change(s) applied%s%s", source, len(applied),
                     f" ({', '.join(applied)})" if applied else "",
                     f"; restart required for {', '.join(restart_required)}" if restart_required else "",
                     extra=ev("config_reloaded"))
-        return {"applied": applied, "restart_required": restart_required}
+        result = {"applied": applied, "restart_required": restart_required}
+        if answer is not None:
+            answer(result)
+        if "mqtt" in workers_to_restart:
+            if answer is not None:
+                self._let_drain("mqtt")
+            self.supervisor.replace(self._factories["mqtt"](merged))
+        return result
+
+    def _let_drain(self, name: str, timeout_s: float = 2.0) -> None:
+        """Give a worker a moment to take what is queued for it (an answer to send) before it is replaced."""
+        inbox = self.supervisor.worker(name).inbox
+        deadline = time.monotonic() + timeout_s
+        while inbox is not None and len(inbox) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    # -- actions handed over by the daemon component ---------------------------------------
+
+    def run_actions(self) -> None:
+        """Do the work the `daemon` component queued for the main thread, answering each request."""
+        while (action := self._actions.get(0)) is not None:
+            try:
+                data = self._run_action(action)
+                if data is _ANSWERED:
+                    continue
+            except RequestFailed as exc:
+                self._answer(action, False, exc.data, str(exc))
+            except ConfigError as exc:
+                self._answer(action, False, {"errors": exc.errors},
+                             f"{exc.path}: invalid configuration ({len(exc.errors)} error(s)): " + "; ".join(exc.errors))
+            except OSError as exc:
+                hint = ""
+                if action.kind.startswith("config_") and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    hint = (" (the daemon may not write its config folder: under the shipped systemd unit it is "
+                            "read-only; see the README, Remote configuration)")
+                logger.error("%s failed: %s%s", action.command, exc, hint, extra=ev("config_write_failed"))
+                self._answer(action, False, None, f"{action.command}: {exc}{hint}")
+            except Exception as exc:  # noqa: BLE001 - a request must get an answer, not take the main loop down
+                logger.exception("%s failed", action.command)
+                self._answer(action, False, None, f"{type(exc).__name__}: {exc}")
+            else:
+                self._answer(action, True, data, None)
+
+    def _answer(self, action: AppAction, ok: bool, data: Any, error: str | None) -> None:
+        if action.request_id is not None:
+            self.bus.publish(Response(action.request_id, action.command, ok, data=data, error=error))
+
+    def _run_action(self, action: AppAction) -> Any:
+        if action.kind in ("config_set", "config_rollback"):
+            return self._change_config(action)
+        if action.kind in ("restart_worker", "refresh_worker"):
+            name = str(action.args.get("component"))
+            known = self.supervisor.names()
+            if name not in known:
+                raise RequestFailed(f"unknown component {name!r}; known: {', '.join(known)} (or null/'daemon' for the "
+                                    "whole daemon)", {"known": known})
+            if name == "mqtt" and action.request_id is not None:
+                # Answers travel through this worker, and a restarting one drops them: answer first.
+                self._answer(action, True, {"component": name, "restarted": True, "status": "restarting"}, None)
+                self._let_drain(name)
+                self.supervisor.restart(name)
+                return _ANSWERED
+            self.supervisor.restart(name)
+            self.supervisor.publish_state()
+            return {"component": name, "restarted": True, "status": self.supervisor.table()[name]["status"]}
+        if action.kind == "exit":
+            self.exit_code = EX_TEMPFAIL
+            self._exit_at = time.monotonic() + RESTART_GRACE_S
+            return None
+        raise RequestFailed(f"unknown action {action.kind!r}")
+
+    def _change_config(self, action: AppAction) -> object:
+        """config/set or config/rollback: write the file atomically, then apply it like SIGHUP."""
+        if self.config_path is None:
+            raise RequestFailed("the daemon was started without a config file; there is nothing to change")
+        if action.kind == "config_set":
+            try:
+                prev = set_config_file(self.config_path, action.args.get("config") or {})
+            except ConfigError as exc:
+                logger.warning("config/set rejected, file unchanged:\n%s", "\n".join(exc.errors),
+                               extra=ev("config_set_rejected"))
+                raise
+            source = "request"
+        else:
+            prev = rollback_config_file(self.config_path)
+            source = "rollback"
+        logger.info("%s: %s rewritten atomically, previous version kept as %s", action.command, self.config_path, prev,
+                    extra=ev("config_written"))
+        previous = str(prev) if prev is not None else None
+        result = self.reload(source, answer=lambda r: self._answer(action, True, {**r, "previous": previous}, None))
+        if "error" in result:
+            raise RequestFailed(f"the file was written but the reload rejected it: {'; '.join(result['error'])}",
+                                {"errors": result["error"], "previous": previous})
+        return _ANSWERED

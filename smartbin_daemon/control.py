@@ -1,27 +1,51 @@
-"""The `daemon` component: answers the core requests (ping, status, config/get, help), publishes the
-worker table, and keeps a local state file so `smartbinctl status` works without a broker.
+"""The `daemon` component: answers the core requests (ping, status, config/get, help, the remote
+operations config/set, config/rollback, restart, logs/bundle, storage/cleanup), publishes the worker
+table, and keeps a local state file so `smartbinctl status` works without a broker.
+
+Why some requests travel on to the App: a config reload, a worker restart and the process exit must
+run on the main thread (the supervisor and the running config belong to it), so this worker checks
+the arguments and hands an `AppAction` over the bus; the App does the work in its main loop and
+answers the request itself. Slow file work (the support bundle, the storage cleanup) runs in a
+background thread so this worker keeps answering pings.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.metadata
+import io
 import json
 import logging
 import os
+import platform
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .clock import iso_utc
-from .config import Config, redacted_dict
-from .logs import ev
+from .config import REDACTED, Config, ConfigError, load_config, parse_config, redacted_dict
+from .logs import ev, under_systemd
 from .runtime.bus import Bus, Discovery, Entity, Request, Response, StateUpdate
 from .runtime.commands import RequestRegistry, RequestSpec
 from .runtime.supervisor import WorkersChanged
 from .runtime.worker import Worker
 
 logger = logging.getLogger(__name__)
+
+_ANSWERED_LATER = object()
+"""What a request handler returns when the answer comes later (from a thread or from the App)."""
 
 STATE_FILE = "state.json"
 STATE_FILE_INTERVAL_S = 30.0
@@ -37,6 +61,89 @@ class ConfigApplied:
     restart_required: tuple[str, ...]
 
 
+EX_TEMPFAIL = 75
+"""sysexits.h EX_TEMPFAIL: the exit status of a requested daemon restart. Non-zero, so the unit's
+Restart=on-failure starts the daemon again; not 78 (EX_CONFIG), which RestartPreventExitStatus= blocks."""
+
+RESTART_GRACE_S = 1.0
+"""After answering a daemon restart request, wait this long before stopping so the answer leaves."""
+
+PREV_SUFFIX = ".prev"
+BUNDLE_DIR = "bundles"
+BUNDLE_PREFIX = "smartbin-bundle-"
+BUNDLE_KEEP = 5
+BUNDLE_FILES = ("journal.txt", "config.yaml", "state.json", "versions.json", "workers.json")
+JOURNAL_UNIT = "smartbin"
+JOURNAL_TIMEOUT_S = 6.0
+"""Below mqtt.request_timeout_s (default 10 s) so the bundle's answer normally arrives in time."""
+JOURNAL_MAX_BYTES = 16 * 1024 * 1024
+"""Only the newest 16 MiB of a day's journal go into a bundle."""
+VERSION_PACKAGES = ("paho-mqtt", "pydantic", "pydantic-core", "PyYAML", "numpy", "pyserial", "gpiozero", "ultralytics",
+                    "torch", "torchvision", "opencv-python", "opencv-python-headless", "opencv-contrib-python",
+                    "onnxruntime", "onnxruntime-gpu", "nvidia-ml-py")
+"""Package versions a bundle reports (read from the installed metadata; nothing is imported)."""
+
+# Same folders as vision.evidence.SNAPSHOT_DIR / DATASET_DIR (not imported from there: that module loads OpenCV).
+CLEANUP_FOLDERS: dict[str, Path] = {"evidence": Path("evidence") / "snapshots", "dataset": Path("dataset")}
+CLEANUP_KEEP: dict[str, frozenset[str]] = {"evidence": frozenset(),
+                                            "dataset": frozenset({"data.yaml", "README.txt", "images", "labels"})}
+"""Top-level entries a cleanup keeps (folders are emptied): the dataset's description and folders, which the
+detector writes only when it starts."""
+
+
+@dataclass(frozen=True)
+class AppAction:
+    """Work for the main thread: `config_set`, `config_rollback`, `restart_worker`, `refresh_worker` or `exit`.
+
+    The App answers `request_id` itself (no answer when it is None)."""
+
+    kind: str
+    command: str
+    request_id: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+class RequestFailed(Exception):
+    """A request that cannot be served: the message is the error answer, `data` goes along with it."""
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class ConfigSetArgs(BaseModel):
+    """Arguments of config/set."""
+
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] = Field(description="partial config document, deep-merged into the config file "
+                                               "(mappings merge, anything else replaces; null sets null)")
+
+
+class RestartArgs(BaseModel):
+    """Arguments of restart."""
+
+    model_config = ConfigDict(extra="forbid")
+    component: str | None = Field(default=None, description="worker name (see the daemon state's workers); "
+                                                            "null or 'daemon': restart the whole daemon")
+
+
+CleanupTarget = Literal["evidence", "dataset"]
+
+
+def _all_cleanup_targets() -> list[CleanupTarget]:
+    """The default of storage/cleanup: both folders."""
+    return ["evidence", "dataset"]
+
+
+class CleanupArgs(BaseModel):
+    """Arguments of storage/cleanup."""
+
+    model_config = ConfigDict(extra="forbid")
+    what: list[CleanupTarget] = Field(
+        default_factory=_all_cleanup_targets, min_length=1,
+        description="evidence: the annotated snapshots; dataset: the active-learning images and labels")
+
+
 def core_requests() -> list[RequestSpec]:
     """Commands owned by the daemon component."""
     return [
@@ -44,7 +151,331 @@ def core_requests() -> list[RequestSpec]:
         RequestSpec("status", "daemon", "Every component's current state in one answer."),
         RequestSpec("config/get", "daemon", "The effective configuration, secrets redacted."),
         RequestSpec("help", "daemon", "This catalogue: every command with its argument schema and an example."),
+        RequestSpec("config/set", "daemon", "Deep-merge a partial document into the config file, validate it, write it "
+                    "atomically (the old file kept as <file>.prev) and apply it like SIGHUP.", ConfigSetArgs,
+                    privileged=True, example={"config": {"logging": {"level": "DEBUG"}}}),
+        RequestSpec("config/rollback", "daemon", "Swap the config file with <file>.prev and apply it like SIGHUP.",
+                    privileged=True),
+        RequestSpec("restart", "daemon", "Restart one worker, or (null/'daemon') the whole daemon: it answers, stops "
+                    f"cleanly and exits {EX_TEMPFAIL} so systemd starts it again.", RestartArgs, privileged=True,
+                    example={"component": "camera"}),
+        RequestSpec("logs/bundle", "daemon", "Write a support bundle (24 h of journal, redacted config, states, "
+                    f"versions, workers) to <storage.path>/{BUNDLE_DIR}/; the newest {BUNDLE_KEEP} are kept."),
+        RequestSpec("storage/cleanup", "daemon", "Delete the evidence snapshots and/or the active-learning dataset "
+                    "images and labels.", CleanupArgs, privileged=True, example={"what": ["evidence"]}),
     ]
+
+
+# --------------------------------------------------------------------------- config file: merge, write, roll back
+
+
+def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` over `base`: mappings merge key by key, anything else (lists, scalars, null) replaces."""
+    out = dict(base)
+    for key, value in patch.items():
+        current = out.get(key)
+        out[key] = deep_merge(current, value) if isinstance(value, dict) and isinstance(current, dict) else value
+    return out
+
+
+def prev_path(path: Path) -> Path:
+    """Where the previous version of a config file is kept: `<file>.prev`."""
+    return path.with_name(path.name + PREV_SUFFIX)
+
+
+def config_target(path: Path) -> Path:
+    """The file behind a (possibly symlinked) config path: writes replace it, not the link."""
+    return Path(os.path.realpath(path))
+
+
+def read_config_document(path: Path) -> dict[str, Any]:
+    """The config file's YAML document as written (not the effective config); ConfigError if unusable."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, [f"<file>: cannot read {str(path)!r}: {exc.strerror or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"<yaml>: the current file does not parse: {exc}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [f"<root>: the current file holds a {type(data).__name__}, not a mapping"])
+    return data
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(folder: Path, name: str) -> None:
+    """Temp files an interrupted write (power loss, kill -9) left behind."""
+    for stale in [*folder.glob(f".{name}.tmp-*"), *folder.glob(f".{name}{PREV_SUFFIX}.tmp-*")]:
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+
+
+def _keep_previous(target: Path) -> Path:
+    """Make `<file>.prev` a copy of the current file, atomically (hard link, else a synced copy)."""
+    prev = prev_path(target)
+    if prev.exists() and os.path.samefile(prev, target):
+        return prev  # already a link to the current file (a write died after this step): rename() would be a no-op
+    staged = target.with_name(f".{prev.name}.tmp-{os.getpid()}")
+    try:
+        staged.unlink()
+    except FileNotFoundError:
+        pass
+    try:
+        os.link(target, staged)
+    except OSError:  # no hard links here (some file systems, fs.protected_hardlinks): copy
+        shutil.copy2(target, staged)
+        with open(staged, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.replace(staged, prev)
+    return prev
+
+
+def write_atomic(path: Path, data: bytes) -> Path | None:
+    """Replace `path` with `data` so that a crash at any point leaves the old or the new file, complete.
+
+    Temp file in the same folder, written, flushed and fsynced; the current file kept as `<file>.prev`
+    (before the replace); os.replace; the folder fsynced. Returns the `.prev` path (None: no old file)."""
+    target = config_target(path)
+    folder = target.parent
+    _remove_stale_temps(folder, target.name)
+    tmp = folder / f".{target.name}.tmp-{os.getpid()}"
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o640
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed it
+        prev = _keep_previous(target) if target.exists() else None
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return prev
+
+
+def dump_config_document(doc: dict[str, Any], note: str) -> bytes:
+    """YAML text of a config document with a one-line comment saying who wrote it."""
+    return (f"# {note}\n" + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)).encode("utf-8")
+
+
+def set_config_file(path: Path, partial: dict[str, Any]) -> Path | None:
+    """Merge `partial` into the file's document, validate the result, write it atomically; returns `.prev`.
+
+    Raises ConfigError (every problem by key path; secrets never echoed) and leaves the file alone."""
+    target = config_target(path)
+    merged = deep_merge(read_config_document(target), partial)
+    parse_config(merged, str(path), target.parent)
+    note = f"written by smartbin-daemon config/set at {iso_utc(time.time())}; the previous version is {target.name}{PREV_SUFFIX}"
+    return write_atomic(target, dump_config_document(merged, note))
+
+
+def rollback_config_file(path: Path) -> Path:
+    """Swap the config file with `<file>.prev` (the current one becomes the new `.prev`); returns `.prev`."""
+    target = config_target(path)
+    prev = prev_path(target)
+    if not prev.is_file():
+        raise RequestFailed(f"nothing to roll back to: {prev} does not exist (it is written by config/set)")
+    data = prev.read_bytes()
+    load_config(prev)  # a broken .prev (edited by hand) is refused: ConfigError
+    written = write_atomic(target, data)
+    assert written is not None
+    return written
+
+
+# --------------------------------------------------------------------------- support bundle
+
+
+def secret_values(cfg: Config) -> list[str]:
+    """The secret strings of a config (MQTT password, security.hmac_secret when that section exists)."""
+    found: list[str] = []
+    candidates: list[Any] = [cfg.mqtt.password]
+    security = getattr(cfg, "security", None)
+    if security is not None:
+        candidates.append(getattr(security, "hmac_secret", None))
+    for value in candidates:
+        if value is None:
+            continue
+        text = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+        if text:
+            found.append(text)
+    return found
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret (also in its JSON-escaped form) replaced by the redaction marker."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, REDACTED)
+    return text
+
+
+def read_journal(unit: str = JOURNAL_UNIT, timeout_s: float = JOURNAL_TIMEOUT_S) -> str:
+    """The last 24 h of the unit's journal, or a note saying why there is none."""
+    exe = shutil.which("journalctl")
+    cmd = [exe or "journalctl", "-u", unit, "--since", "-24h", "-o", "short-iso", "--no-pager"]
+    if exe is None:
+        return f"# journalctl is not available on this system; no journal in this bundle\n# ({' '.join(cmd)})\n"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        partial = exc.stdout if isinstance(exc.stdout, bytes) else b""
+        return (f"# {' '.join(cmd)} did not finish within {timeout_s:.0f}s; what it printed until then:\n"
+                + _tail(partial).decode("utf-8", "replace"))
+    except OSError as exc:
+        return f"# {' '.join(cmd)} could not run: {exc}\n"
+    out = _tail(proc.stdout).decode("utf-8", "replace")
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip()
+        return f"# {' '.join(cmd)} failed (exit {proc.returncode}): {err}\n{out}"
+    return out
+
+
+def _tail(data: bytes) -> bytes:
+    if len(data) <= JOURNAL_MAX_BYTES:
+        return data
+    return b"# ... older lines cut: only the newest %d bytes are kept\n" % JOURNAL_MAX_BYTES + data[-JOURNAL_MAX_BYTES:]
+
+
+def versions() -> dict[str, Any]:
+    """Daemon, Python, platform and package versions (from package metadata: nothing heavy is imported)."""
+    packages: dict[str, str | None] = {}
+    for name in VERSION_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"daemon": __version__, "python": sys.version, "executable": sys.executable,
+            "platform": platform.platform(), "machine": platform.machine(), "packages": packages}
+
+
+def build_bundle(storage: Path, cfg: Config, states: dict[str, Any], workers: dict[str, Any],
+                 journal: Callable[[], str] = read_journal, keep: int = BUNDLE_KEEP) -> dict[str, Any]:
+    """Write `<storage>/bundles/smartbin-bundle-<UTC stamp>.tar.gz` (secrets scrubbed), keep the newest `keep`."""
+    folder = Path(storage) / BUNDLE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f".{BUNDLE_PREFIX}*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+    secrets = secret_values(cfg)
+    now = time.time()
+    stamp = dt.datetime.fromtimestamp(now, tz=dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+    members = {
+        "journal.txt": journal(),
+        "config.yaml": yaml.safe_dump(redacted_dict(cfg), sort_keys=False, allow_unicode=True),
+        "state.json": json.dumps(states, default=str, indent=1),
+        "versions.json": json.dumps(versions(), indent=1),
+        "workers.json": json.dumps(workers, default=str, indent=1),
+    }
+    path = folder / f"{BUNDLE_PREFIX}{stamp}.tar.gz"
+    tmp = folder / f".{path.name}.tmp"
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for name in BUNDLE_FILES:
+                data = scrub(members[name], secrets).encode("utf-8")
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = int(now)
+                info.mode = 0o640
+                tar.addfile(info, io.BytesIO(data))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    removed = []
+    bundles = sorted(folder.glob(f"{BUNDLE_PREFIX}*.tar.gz"))
+    for old in bundles[: max(0, len(bundles) - keep)]:
+        try:
+            old.unlink()
+            removed.append(old.name)
+        except OSError as exc:
+            logger.warning("cannot delete old bundle %s: %s", old, exc)
+    return {"path": str(path), "bytes": path.stat().st_size, "files": list(BUNDLE_FILES), "removed": removed}
+
+
+# --------------------------------------------------------------------------- storage cleanup
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def empty_folder(root: Path, storage: Path, keep_top: frozenset[str] = frozenset()) -> dict[str, int]:
+    """Delete every file and emptied folder below `root` (symlinks are removed, never followed); keep `root`
+    and the top-level entries named in `keep_top` (a kept folder is emptied). Refuses a `root` that leads
+    outside `storage`."""
+    counts = {"files": 0, "bytes": 0, "errors": 0}
+    if root.is_symlink() or not root.is_dir():
+        return counts
+    real_storage = Path(os.path.realpath(storage))
+    if not _inside(Path(os.path.realpath(root)), real_storage):
+        raise RequestFailed(f"{root} leads outside {storage} (a symlinked folder); not touched")
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False, followlinks=False):
+        here = Path(dirpath)
+        # os.walk(followlinks=False) lists a symlink to a folder in dirnames without entering it: unlink the link.
+        for name in [*filenames, *(d for d in dirnames if (here / d).is_symlink())]:
+            if here == root and name in keep_top:
+                continue
+            victim = here / name
+            try:
+                st = victim.lstat()
+                victim.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                counts["errors"] += 1
+                logger.warning("storage cleanup: cannot delete %s: %s", victim, exc)
+                continue
+            counts["files"] += 1
+            counts["bytes"] += st.st_size if stat.S_ISREG(st.st_mode) else 0
+        if here != root and not (here.parent == root and here.name in keep_top):
+            try:
+                here.rmdir()  # an emptied folder (a snapshot date); only when empty
+            except OSError:
+                pass
+    return counts
+
+
+def clean_storage(storage: Path, what: Iterable[str]) -> dict[str, Any]:
+    """Empty the chosen folders below storage.path; per folder and total counts of files and bytes."""
+    out: dict[str, Any] = {}
+    files = freed = 0
+    for name in what:
+        folder = Path(storage) / CLEANUP_FOLDERS[name]
+        counts = empty_folder(folder, Path(storage), CLEANUP_KEEP[name])
+        out[name] = {"path": str(folder), **counts}
+        files += counts["files"]
+        freed += counts["bytes"]
+    return {"folders": out, "files": files, "bytes_freed": freed}
 
 
 class DaemonControl(Worker):
@@ -64,6 +495,7 @@ class DaemonControl(Worker):
         self._state_dirty = True
         self._last_state_file = 0.0
         self._last_publish = 0.0
+        self._jobs: dict[str, threading.Thread] = {}
 
     def setup(self) -> None:
         self.bus.publish(Discovery(self.name, self.entities()))
@@ -94,15 +526,21 @@ class DaemonControl(Worker):
 
     def teardown(self) -> None:
         self._write_state_file()
+        for job in list(self._jobs.values()):
+            job.join(JOURNAL_TIMEOUT_S + 2.0)
 
     def _answer(self, req: Request) -> None:
         try:
             data = self._dispatch(req)
+        except RequestFailed as exc:
+            self.bus.publish(Response(req.request_id, req.command, False, data=exc.data, error=str(exc)))
+            return
         except Exception as exc:  # noqa: BLE001 - a bad request must get an answer, not a crash
             logger.exception("request %s failed", req.command)
             self.bus.publish(Response(req.request_id, req.command, False, error=f"{type(exc).__name__}: {exc}"))
             return
-        self.bus.publish(Response(req.request_id, req.command, True, data=data))
+        if data is not _ANSWERED_LATER:
+            self.bus.publish(Response(req.request_id, req.command, True, data=data))
 
     def _dispatch(self, req: Request) -> Any:
         if req.command == "ping":
@@ -114,7 +552,76 @@ class DaemonControl(Worker):
             return redacted_dict(self.cfg)
         if req.command == "help":
             return self.registry.catalogue()
+        if req.command in ("config/set", "config/rollback"):
+            kind = "config_set" if req.command == "config/set" else "config_rollback"
+            self.bus.publish(AppAction(kind, req.command, req.request_id, dict(req.args)))
+            return _ANSWERED_LATER
+        if req.command == "restart":
+            return self._restart(req)
+        if req.command == "logs/bundle":
+            return self._in_background(req, self._bundle)
+        if req.command == "storage/cleanup":
+            return self._in_background(req, lambda: self._cleanup(req.args.get("what") or list(CLEANUP_FOLDERS)))
         raise ValueError(f"daemon does not handle {req.command!r}")
+
+    def _restart(self, req: Request) -> Any:
+        component = req.args.get("component")
+        if component in (None, self.name):
+            systemd = under_systemd()
+            logger.warning("daemon restart requested: answering, stopping cleanly, then exiting %d%s", EX_TEMPFAIL,
+                           " (systemd starts it again)" if systemd else " (not under systemd: nothing will start it again)",
+                           extra=ev("daemon_restart_requested"))
+            self.bus.publish(Response(req.request_id, req.command, True,
+                                      data={"component": self.name, "exiting": True, "exit_code": EX_TEMPFAIL,
+                                            "under_systemd": systemd, "stop_in_s": RESTART_GRACE_S}))
+            self.bus.publish(AppAction("exit", req.command))
+            return _ANSWERED_LATER
+        self.bus.publish(AppAction("restart_worker", req.command, req.request_id, {"component": component}))
+        return _ANSWERED_LATER
+
+    def _in_background(self, req: Request, work: Callable[[], Any]) -> Any:
+        """Run slow file work in a thread (one per command at a time) that answers when done."""
+        running = self._jobs.get(req.command)
+        if running is not None and running.is_alive():
+            raise RequestFailed(f"{req.command} is already running; wait for its answer")
+
+        def job() -> None:
+            try:
+                data = work()
+            except RequestFailed as exc:
+                self.bus.publish(Response(req.request_id, req.command, False, data=exc.data, error=str(exc)))
+            except Exception as exc:  # noqa: BLE001 - answer, log, and keep the daemon running
+                logger.exception("request %s failed", req.command)
+                self.bus.publish(Response(req.request_id, req.command, False, error=f"{type(exc).__name__}: {exc}"))
+            else:
+                self.bus.publish(Response(req.request_id, req.command, True, data=data))
+
+        thread = threading.Thread(target=job, name=f"smartbin-{req.command.replace('/', '-')}", daemon=True)
+        self._jobs[req.command] = thread
+        thread.start()
+        return _ANSWERED_LATER
+
+    def _bundle(self) -> dict[str, Any]:
+        cfg = self.cfg
+        try:
+            result = build_bundle(Path(cfg.storage.path), cfg, self.bus.states(), dict(self.workers))
+        except OSError as exc:
+            logger.error("support bundle failed: %s", exc, extra=ev("bundle_failed"))
+            raise RequestFailed(f"cannot write the bundle below {Path(cfg.storage.path) / BUNDLE_DIR}: {exc}") from None
+        logger.info("support bundle written: %s (%d bytes)", result["path"], result["bytes"], extra=ev("bundle_written"))
+        return result
+
+    def _cleanup(self, what: list[str]) -> dict[str, Any]:
+        result = clean_storage(Path(self.cfg.storage.path), what)
+        result["what"] = list(what)
+        logger.info("storage cleaned (%s): %d file(s), %d bytes freed", ", ".join(what), result["files"],
+                    result["bytes_freed"], extra=ev("storage_cleaned"))
+        self.bus.emit_event("storage_cleaned", dict(result), self.name)
+        if "detector" in self.workers and self.workers["detector"].get("status") == "running":
+            # The detector keeps an index of its evidence files; a restart (the model stays loaded) rebuilds it.
+            self.bus.publish(AppAction("refresh_worker", "storage/cleanup", None, {"component": "detector"}))
+            result["detector_refreshed"] = True
+        return result
 
     def own_state(self) -> dict[str, Any]:
         """The `daemon` state: version, uptime, workers, pending restart."""
