@@ -134,6 +134,7 @@ def test_discovery_is_published_and_repeated_on_ha_birth(running: tuple[DaemonPr
     assert cfg["availability"][0]["topic"] == f"{ROOT}/availability"
     assert cfg["state_topic"] == f"{ROOT}/daemon"
     assert cfg["origin"]["name"] == "smartbin-daemon"
+    assert cfg["expire_after"] == 6  # 3 x mqtt.state_interval_s (2 s in the test config): a dead daemon goes unavailable
     wait_until(lambda: probe.under("homeassistant/sensor/testbin/health_"), what="health entities")
     before = len(probe.on(topic))
     probe.publish("homeassistant/status", "online")

@@ -106,6 +106,7 @@ def unique_id(device_id: str, entity: Entity) -> str:
     return f"smartbin_{device_id}_{entity.object_id}"
 
 
+_STATE_PLATFORMS = {"sensor", "binary_sensor"}
 _COMMAND_PLATFORMS = {"button", "switch", "select", "number", "text", "lock"}
 
 
@@ -125,6 +126,9 @@ def entity_config(cfg: Config, topics: Topics, entity: Entity) -> dict[str, Any]
         key = "url_template" if entity.platform == "image" else "value_template"
         payload[key] = entity.value_template
     payload.update(entity.options)
+    if entity.platform in _STATE_PLATFORMS and "expire_after" not in payload:
+        # Every retained state is republished at least every mqtt.state_interval_s: three missed ones = gone.
+        payload["expire_after"] = int(3 * cfg.mqtt.state_interval_s)
     if "image_topic" in payload and not payload["image_topic"].startswith(topics.root + "/"):
         payload["image_topic"] = topics.state(payload["image_topic"])  # relative to <root>
     if entity.platform in _COMMAND_PLATFORMS and "command_topic" in payload:
