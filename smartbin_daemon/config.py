@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -886,9 +887,14 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        else:
+        elif _PLAIN_KEY_RE.match(str(item)):
             parts.append(("." if parts else "") + str(item))
+        else:  # an odd key (empty, spaces, dots, non-ASCII) is quoted so the path stays unambiguous
+            parts.append(f"[{json.dumps(str(item))}]")
     return "".join(parts) or "<root>"
+
+
+_PLAIN_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str] | None:

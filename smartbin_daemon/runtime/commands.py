@@ -161,7 +161,8 @@ class RequestRegistry:
             raise RequestError("transaction: must be a string or a number")
         unknown = sorted(set(body) - {"transaction", "args", "auth"})
         if unknown:
-            raise RequestError(f"unknown top-level field(s): {', '.join(unknown)}; allowed: transaction, args, auth", transaction)
+            names = ", ".join(_key(k) for k in unknown[:10])
+            raise RequestError(f"unknown top-level field(s): {names}; allowed: transaction, args, auth", transaction)
         spec = self._specs.get(command)
         if spec is None:
             raise RequestError(f"unknown command {command!r}; send 'help' for the catalogue", transaction)
@@ -219,9 +220,22 @@ class RateLimiter:
 def _field_errors(exc: ValidationError) -> list[str]:
     out: list[str] = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        msg = str(err.get("msg", "invalid"))
+        loc = ".".join(_key(p) for p in err.get("loc", ()))
+        msg = " ".join(str(err.get("msg", "invalid")).split())
         if err.get("type") == "extra_forbidden":
             msg = "unknown field"
         out.append(f"args.{loc}: {msg}" if loc else f"args: {msg}")
     return out
+
+
+_PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _key(key: object) -> str:
+    """A field name as it may appear in an error: plain names as they are, anything else JSON-quoted and cut
+    short, so a requester cannot put line breaks or megabytes into responses and logs."""
+    text = str(key)
+    if _PLAIN_KEY_RE.match(text):
+        return text
+    quoted = json.dumps(text[:40])
+    return quoted if len(text) <= 40 else quoted[:-1] + '..."'
