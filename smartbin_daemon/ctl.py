@@ -37,7 +37,6 @@ from typing import Any, Literal
 
 import paho.mqtt.client as paho
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
 from . import __version__
@@ -50,6 +49,7 @@ from .config import (
     resolve_secret_file,
 )
 from .control import STATE_FILE
+from .mqtt.client import build_client
 from .runtime.auth import sign
 from .runtime.commands import COMMAND_RE
 
@@ -227,23 +227,8 @@ def connack_error(reason: Any, host: str, port: int, username: str | None = None
 
 def make_client(cfg: Config, *, reconnect: bool = False) -> paho.Client:
     """A paho client with the config's protocol, credentials and TLS, and a client id of its own."""
-    m = cfg.mqtt
-    protocol = paho.MQTTv5 if m.protocol == "5" else paho.MQTTv311
     # Never the daemon's client id: the broker would disconnect the daemon to let us in.
-    client_id = f"smartbinctl-{cfg.device.id}-{uuid.uuid4().hex[:8]}"
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-                         reconnect_on_failure=reconnect)
-    if m.username is not None:
-        client.username_pw_set(m.username, m.password.get_secret_value() if m.password is not None else None)
-    if m.tls.enabled:
-        client.tls_set(
-            ca_certs=str(m.tls.ca) if m.tls.ca else None,
-            certfile=str(m.tls.cert) if m.tls.cert else None,
-            keyfile=str(m.tls.key) if m.tls.key else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        if m.tls.insecure:
-            client.tls_insecure_set(True)
+    client = build_client(cfg.mqtt, f"smartbinctl-{cfg.device.id}-{uuid.uuid4().hex[:8]}", reconnect_on_failure=reconnect)
     client.reconnect_delay_set(1, 10)
     return client
 

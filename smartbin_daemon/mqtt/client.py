@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..clock import iso_utc
-from ..config import Config
+from ..config import Config, MqttConfig
 from ..logs import ev
 from ..runtime.auth import AuthError, Verifier
 from ..runtime.bus import BinaryPublish, Bus, Discovery, Entity, EventsPending, Request, Response, StateUpdate
@@ -96,6 +96,25 @@ class _Counters:
 
 def _json(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def build_client(m: MqttConfig, client_id: str, *, reconnect_on_failure: bool) -> paho.Client:
+    """A paho 2.x client with the config's protocol, credentials and TLS (shared by the daemon and smartbinctl)."""
+    protocol = paho.MQTTv5 if m.protocol == "5" else paho.MQTTv311
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                         reconnect_on_failure=reconnect_on_failure)
+    if m.username is not None:
+        client.username_pw_set(m.username, m.password.get_secret_value() if m.password is not None else None)
+    if m.tls.enabled:
+        client.tls_set(
+            ca_certs=str(m.tls.ca) if m.tls.ca else None,
+            certfile=str(m.tls.cert) if m.tls.cert else None,
+            keyfile=str(m.tls.key) if m.tls.key else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        if m.tls.insecure:
+            client.tls_insecure_set(True)
+    return client
 
 
 class MqttWorker(Worker):
@@ -194,20 +213,7 @@ class MqttWorker(Worker):
 
     def _make_client(self) -> paho.Client:
         m = self.cfg.mqtt
-        protocol = paho.MQTTv5 if m.protocol == "5" else paho.MQTTv311
-        client_id = m.client_id or f"smartbin-{self.cfg.device.id}"
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, reconnect_on_failure=False)
-        if m.username is not None:
-            client.username_pw_set(m.username, m.password.get_secret_value() if m.password is not None else None)
-        if m.tls.enabled:
-            client.tls_set(
-                ca_certs=str(m.tls.ca) if m.tls.ca else None,
-                certfile=str(m.tls.cert) if m.tls.cert else None,
-                keyfile=str(m.tls.key) if m.tls.key else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            if m.tls.insecure:
-                client.tls_insecure_set(True)
+        client = build_client(m, m.client_id or f"smartbin-{self.cfg.device.id}", reconnect_on_failure=False)
         client.will_set(self.topics.availability, "offline", qos=1, retain=True)
         client.max_inflight_messages_set(m.outbox.inflight + 20)
         client.on_connect = self._cb_connect
