@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+CLOCK_SANE_AFTER = 1_600_000_000.0
+"""Wall times before Sept 2020 mean the clock is not set yet (a Pi without RTC before NTP)."""
+
 
 def iso_utc(ts: float) -> str:
     """Wall time as ISO-8601 UTC with milliseconds and a Z."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..clock import iso_utc
+from ..clock import CLOCK_SANE_AFTER, iso_utc
 from ..config import TOPIC_NAME_RE, BinsConfig, CompartmentConfig
 from ..logs import ev
 from ..messages import (
@@ -27,6 +27,7 @@ from ..messages import (
 )
 from ..runtime.bus import Alert, Bus, Discovery, Entity, Request, Response
 from ..runtime.commands import RequestSpec
+from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
 from ..store import Store
 from .fill import (
@@ -48,11 +49,7 @@ logger = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S = 0.5
 TEMPERATURE_MAX_AGE_S = 120.0
-CLOCK_SANE_AFTER = 1_600_000_000.0
-"""Wall times before Sept 2020 mean the clock is not set yet (a Pi without RTC before NTP): no history then."""
 PRUNE_EVERY_S = 3600.0
-EXPIRE_AFTER_S = int(3 * Worker.state_max_interval_s)
-"""HA marks the entities unavailable after three missed state publications."""
 FORECAST_MAX_POINTS = 500
 
 SCHEMA = (

@@ -38,6 +38,7 @@ from ..messages import (
 from ..runtime.bus import Alert, Bus, Discovery, Entity, Request, Response, StateUpdate
 from ..runtime.commands import NoArgs, RequestSpec
 from ..runtime.supervisor import WorkersChanged
+from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
 from ..store import Store
 
@@ -48,8 +49,6 @@ ERROR, BLOCKED, MAINTENANCE = "error", "blocked", "maintenance"
 STATES = (IDLE, ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING, ERROR, BLOCKED, MAINTENANCE)
 IN_FLIGHT = (ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING)
 RESIDUAL = "residual"
-EXPIRE_AFTER_S = int(3 * Worker.state_max_interval_s)
-"""HA marks the entities unavailable after three missed state publications."""
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS workflow_item (id TEXT PRIMARY KEY, state TEXT NOT NULL, data TEXT NOT NULL, updated_at REAL)",

@@ -20,10 +20,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clock import CLOCK_SANE_AFTER
+
 NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
 SIG_RE = re.compile(r"^[0-9a-f]{64}$")
-CLOCK_SANE_AFTER = 1_600_000_000.0
-"""A device wall clock before Sept 2020 is unset (a Pi without RTC before NTP): timestamps cannot be judged."""
 
 
 class AuthError(Exception):

@@ -118,3 +118,7 @@ class Worker:
             self._last_state = state
             self._last_state_at = now
             self.bus.set_state(self.name, state)
+
+
+STATE_EXPIRE_AFTER_S = int(3 * Worker.state_max_interval_s)
+"""HA `expire_after` for entities of a worker's own state: three missed publications make them unavailable."""

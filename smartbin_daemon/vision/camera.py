@@ -23,6 +23,7 @@ from ..clock import iso_utc
 from ..config import CameraConfig
 from ..logs import ev
 from ..runtime.bus import Alert, Bus, Discovery, Entity
+from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
 from .frames import Frame, LatestFrame
 from .sources import FrameSource, SourceEnded, SourceError, SourceStalled, make_source, redact
@@ -30,7 +31,6 @@ from .sources import FrameSource, SourceEnded, SourceError, SourceStalled, make_
 logger = logging.getLogger(__name__)
 
 CONNECTED, DISCONNECTED, RECONNECTING, ENDED = "connected", "disconnected", "reconnecting", "ended"
-EXPIRE_AFTER_S = int(3 * Worker.state_max_interval_s)
 FPS_WINDOW_S = 5.0
 HOUR_S = 3600.0
 IDLE_SLEEP_S = 0.02
