@@ -49,7 +49,7 @@ from .config import (
     resolve_secret_file,
 )
 from .control import STATE_FILE
-from .mqtt.client import build_client
+from .mqtt.client import build_client, set_nodelay
 from .runtime.auth import sign
 from .runtime.commands import COMMAND_RE
 
@@ -301,6 +301,7 @@ class BrokerSession:
                 self.client.connect(m.host, m.port, keepalive=30)
         except Exception as exc:  # noqa: BLE001 - socket, TLS and paho errors all become a BrokerError
             raise connect_error(exc, m.host, m.port, self.timeout) from None
+        set_nodelay(self.client)
         self.client.loop_start()
         if not self._connack_event.wait(self.timeout):
             self.close()

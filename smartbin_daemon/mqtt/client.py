@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -117,6 +119,21 @@ def build_client(m: MqttConfig, client_id: str, *, reconnect_on_failure: bool) -
     return client
 
 
+def set_nodelay(client: paho.Client) -> None:
+    """Turn Nagle off on the broker socket.
+
+    Why: a response published right after the request's PUBACK otherwise waits for the broker's delayed
+    ACK (about 40 ms on Linux); the messages are small, so batching them buys nothing.
+    """
+    setsockopt = getattr(client.socket(), "setsockopt", None)  # paho types it as a bare SocketLike
+    if setsockopt is None:
+        return
+    try:
+        setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # not a TCP socket (a unix socket broker)
+        pass
+
+
 class MqttWorker(Worker):
     """Connection, availability/LWT, retained state, durable events, requests and HA discovery."""
 
@@ -153,6 +170,7 @@ class MqttWorker(Worker):
             # not_before: a request signed before this worker existed may already have been seen by its predecessor
             self.verifier = Verifier(secret, cfg.device.id, max_skew_s=sec.max_skew_s, not_before=time.time())
         self.limiter = RateLimiter(sec.rate_limit_per_min, sec.privileged_rate_limit_per_min)
+        self._loop_thread: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -163,8 +181,27 @@ class MqttWorker(Worker):
         self._last_sent_seq = 0
         self._next_attempt = time.monotonic()
         self._backoff = self.cfg.mqtt.reconnect.min_s
+        self._loop_thread = threading.get_ident()
+        assert self.inbox is not None
+        self.inbox.set_waker(self._wake_network_loop)
         self.bus.publish(Discovery(self.name, self.entities()))
         self._publish_own_state(force=True)
+
+    def _wake_network_loop(self) -> None:
+        """Cut paho's select() short when another thread hands this worker a response, state or event.
+
+        Why: the network loop blocks up to LOOP_TIMEOUT_S in select() on the broker socket; without this a
+        request's response waited for that timeout. paho has no public wake-up call, so this writes to the
+        same internal pipe its own publish() uses from other threads; without the pipe the timeout still bounds it.
+        """
+        if threading.get_ident() == self._loop_thread:
+            return  # paho's callbacks run on this thread, inside the loop: nothing to wake
+        pipe = getattr(self._client, "_sockpairW", None)
+        if pipe is not None:
+            try:
+                pipe.send(b"0")
+            except OSError:  # full (already woken) or closed by a reconnect
+                pass
 
     def teardown(self) -> None:
         client = self._client
@@ -237,6 +274,7 @@ class MqttWorker(Worker):
                 self._client.connect(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
             else:
                 self._client.connect(m.host, m.port, keepalive=m.keepalive_s)
+            set_nodelay(self._client)
         except Exception as exc:  # noqa: BLE001 - OSError, SSLError, and paho's odd half-open socket errors
             self._schedule_retry(f"connect to {m.host}:{m.port} failed: {type(exc).__name__}: {exc}")
 
