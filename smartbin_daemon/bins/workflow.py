@@ -116,6 +116,9 @@ class SortingWorkflow(Worker):
         self.levels: dict[str, str | None] = {}
         self.fill: dict[str, float | None] = {}
         self.weight_g: float | None = None
+        self._weight_mono = 0.0  # when weight_g was read
+        self._landed_mono = 0.0  # when the previous item finished (landed, or timed out unconfirmed)
+        self._landed_in: dict[str, float] = {}  # compartment -> when an item last finished there
         self.last_item: dict[str, Any] | None = None
         self.counts = {"sorted": 0, "residual": 0, "fallback": 0, "refused": 0, "failed": 0, "interrupted": 0,
                        "unconfirmed": 0}
@@ -248,7 +251,7 @@ class SortingWorkflow(Worker):
         elif isinstance(msg, ItemDropped):
             self._on_confirmation("drop", msg.compartment, None, None)
         elif isinstance(msg, WeightReading):
-            self.weight_g = msg.grams
+            self.weight_g, self._weight_mono = msg.grams, time.monotonic()
             self._on_confirmation("weight", None, msg.grams, None)
         elif isinstance(msg, FillLevel):
             self._on_fill(msg)
@@ -380,8 +383,17 @@ class SortingWorkflow(Worker):
         return next((c for c in self.cfg.compartments if c.id == fid), None)
 
     def _route(self, item: _Item) -> None:
-        item.weight_at_route = self.weight_g
-        item.fill_at_route = self.fill.get(item.compartment or "")
+        """Take the confirmation baselines, then send ROUTE (or, with no flap, go straight to confirming).
+
+        Why the baselines are guarded: a weight read before the previous item landed, or a fill level taken
+        while the previous item's fill step into the same compartment is still being confirmed by the tracker,
+        would let *that* item's late reading confirm this one (a jammed item reported as sorted).
+        """
+        now = time.monotonic()
+        item.weight_at_route = self.weight_g if self._weight_mono > self._landed_mono else None
+        previous = self._landed_in.get(item.compartment or "")
+        recent = previous is not None and now - previous < self.wf.confirm_timeout_s
+        item.fill_at_route = None if recent else self.fill.get(item.compartment or "")
         owner = self.owners.get("route")
         if owner is None:
             # No flap (single opening): the item falls straight in; confirm by the sensors.
@@ -470,6 +482,8 @@ class SortingWorkflow(Worker):
 
     def _finish(self, item: _Item, confirmation: str) -> None:
         now = time.monotonic()
+        self._landed_mono = now
+        self._landed_in[item.compartment or ""] = now
         confirmed = confirmation != "timeout"
         if not confirmed:
             self.counts["unconfirmed"] += 1
