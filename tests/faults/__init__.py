@@ -1,0 +1,1 @@
+"""Fault-injection tests: broker, serial link, camera, crash, storage and clock faults."""
