@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 IDLE, SETTLING, COLLECTING = "idle", "settling", "collecting"
 STATS_WINDOW = 200
+# Per-frame stages (capture age, then ultralytics' own three), then per-decision ones: the vote, the
+# snapshot/dataset files, and handing the decision on (bus, durable event, log, state).
+STAGES = ("capture_age", "preprocess", "inference", "postprocess", "decision", "evidence", "publish")
 
 
 class ReloadArgs(BaseModel):
@@ -110,7 +113,7 @@ class DetectorWorker(Worker):
         self.stale_frames = 0
         self._inference_ms: collections.deque[float] = collections.deque(maxlen=STATS_WINDOW)
         self._stage_ms: dict[str, collections.deque[float]] = {
-            k: collections.deque(maxlen=STATS_WINDOW) for k in ("capture_age", "preprocess", "inference", "postprocess", "decision")
+            k: collections.deque(maxlen=STATS_WINDOW) for k in STAGES
         }
         self._decision_times: collections.deque[float] = collections.deque(maxlen=1000)
         self.last_decision: Decision | None = None
@@ -212,12 +215,14 @@ class DetectorWorker(Worker):
         self._publish_state()
 
     def _drain(self, limit_s: float) -> None:
+        """Handle what is queued; with `limit_s` > 0, first wait that long for a message (the settle wait)."""
         assert self.inbox is not None
+        msg = self.inbox.get(limit_s) if limit_s > 0 else (self.inbox.get(0) if len(self.inbox) else None)
         for _ in range(50):
-            msg = self.inbox.get(limit_s) if len(self.inbox) else None
             if msg is None:
                 return
             self.handle(msg)
+            msg = self.inbox.get(0) if len(self.inbox) else None
 
     def handle(self, msg: Any) -> None:
         if isinstance(msg, PresenceChanged):
@@ -296,9 +301,17 @@ class DetectorWorker(Worker):
         t0 = time.monotonic()
         policy = VotePolicy(self.cfg.min_confidence, self.cfg.min_margin)
         decision = decide(item.item_id, item.frames, policy, self.model.classmap.category_compartments(), t0)
-        self._stage_ms["decision"].append((time.monotonic() - t0) * 1000.0)
+        t1 = time.monotonic()
+        self._stage_ms["decision"].append((t1 - t0) * 1000.0)
         self.item = None
         self.gate_state = IDLE
+        self.decisions += 1
+        self._decision_times.append(time.monotonic())
+        latency_ms = (time.monotonic() - item.presence_mono) * 1000.0
+        # The workflow routes on the bus Decision: hand it over before the evidence files are written (encode +
+        # fsync, ~15-20 ms on an SD card), so they are not on the item's path. The event below carries the path.
+        self.bus.publish(decision)
+        t2 = time.monotonic()
         snapshot_path = None
         if self.evidence is not None and item.best_image is not None:
             saved = self.evidence.save_snapshot(item.best_image, decision)
@@ -309,17 +322,16 @@ class DetectorWorker(Worker):
                 self.evidence.save_for_training(item.best_image, decision.boxes, decision.reason or "uncertain",
                                                 item_id=decision.item_id)
         decision = replace(decision, snapshot=snapshot_path)
-        self.decisions += 1
-        self._decision_times.append(time.monotonic())
+        t3 = time.monotonic()
+        self._stage_ms["evidence"].append((t3 - t2) * 1000.0)
         self.last_decision = decision
-        latency_ms = (time.monotonic() - item.presence_mono) * 1000.0
-        self.bus.publish(decision)
         if not self.continuous:
             self.bus.emit_event("detection", self._event_data(decision, latency_ms), self.name)
         logger.info("item %s: %s (%s %.2f, runner-up %s, margin %.2f)%s", decision.item_id, decision.category,
                     decision.class_name, decision.confidence, decision.runner_up, decision.margin,
                     f" uncertain: {decision.reason}" if decision.uncertain else "", extra=ev("detection"))
         self._publish_state(force=True)
+        self._stage_ms["publish"].append((t2 - t1) * 1000.0 + (time.monotonic() - t3) * 1000.0)
 
     def _event_data(self, d: Decision, latency_ms: float) -> dict[str, Any]:
         assert self.model is not None

@@ -141,10 +141,16 @@ def test_no_inference_while_idle_then_exactly_k_frames_per_item(rig: Rig) -> Non
     assert rig.worker.inferences == 3
     assert decision.frames == 3
     assert decision.category in {"plastic", "glass", "residual"}
-    event = next(m for m in rig.drain() if isinstance(m, Event) and m.type == "detection")
+    seen: list[Any] = []  # the Decision goes out first (the workflow routes on it), then evidence, then the event
+
+    def detection_event() -> Event | None:
+        seen.extend(rig.drain())
+        return next((m for m in seen if isinstance(m, Event) and m.type == "detection"), None)
+
+    event = wait_until(detection_event, 10, what="the detection event")
     assert event.data["item_id"] == decision.item_id and event.data["presence_to_decision_ms"] > 0
     assert event.data["snapshot"] and Path(event.data["snapshot"]).is_file(), "the event references its snapshot"
-    assert any(isinstance(m, BinaryPublish) and m.subtopic == "detector/snapshot" for m in rig.drain())
+    assert any(isinstance(m, BinaryPublish) and m.subtopic == "detector/snapshot" for m in seen)
     time.sleep(1.0)
     assert rig.worker.inferences == 3, "back to idle after the decision"
     state = rig.worker.own_state()
