@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from smartbin_daemon.clock import iso_utc
 from smartbin_daemon.config import parse_config
 from smartbin_daemon.mqtt.client import MqttWorker
 from smartbin_daemon.mqtt.outbox import Outbox
@@ -129,7 +131,8 @@ def test_a_daemon_restart_while_offline_loses_nothing(
         doc["health"]["interval_s"] = interval
         cfg_path.write_text(yaml.safe_dump(doc))
         daemon.signal(signal.SIGHUP)
-        wait_until(lambda i=interval: daemon.log().count("config reloaded") >= i - 1, what="reload")
+        reloads = interval - 1
+        wait_until(lambda: daemon.log().count("config reloaded") >= reloads, what="reload")  # noqa: B023
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(10) == 0
     rows = sqlite3.connect(tmp_path / "state" / DB_NAME).execute("SELECT type FROM outbox ORDER BY seq").fetchall()
@@ -198,3 +201,187 @@ def test_event_types_cannot_inject_topic_levels() -> None:
     for bad in ("a/b", "a+", "#", "", "Upper"):
         with pytest.raises(ValueError):
             bus.emit_event(bad, {}, "t")
+
+
+# -- timestamps of a bin whose wall clock is not set yet (Pi without RTC before NTP) --------------------
+
+
+class FakeClocks:
+    """A wall clock that can be stepped and a monotonic clock that only runs forward."""
+
+    def __init__(self, wall: float, mono: float = 5_000.0) -> None:
+        self.wall_now = wall
+        self.mono_now = mono
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def mono(self) -> float:
+        return self.mono_now
+
+    def advance(self, seconds: float) -> None:
+        self.wall_now += seconds
+        self.mono_now += seconds
+
+
+BOOT = "8d4c6f8a-1b2c-4d5e-9f00-112233445566"
+NTP_TIME = 1_750_000_000.0  # what NTP steps the clock to
+
+
+def clocked_outbox(store: Store, clocks: FakeClocks, boot: str = BOOT) -> Outbox:
+    return Outbox(store, wall=clocks.wall, mono=clocks.mono, boot_id=boot)
+
+
+def unsynced_event(clocks: FakeClocks, i: int) -> Event:
+    return Event("test", {"i": i}, "t", ts=clocks.wall())
+
+
+def test_events_stamped_before_the_clock_was_set_get_their_time_from_monotonic_time_once_it_is(tmp_path: Path) -> None:
+    clocks = FakeClocks(wall=12.0)  # booted at 1970 + a few seconds
+    ob = clocked_outbox(Store(tmp_path / DB_NAME), clocks)
+    ob.append(unsynced_event(clocks, 0))
+    clocks.advance(30)
+    ob.append(unsynced_event(clocks, 1))
+    clocks.advance(15)
+    assert [(e.ts, e.ts_source) for e in ob.pending()] == [(12.0, "unsynced"), (42.0, "unsynced")]
+    clocks.wall_now = NTP_TIME  # NTP steps the clock; monotonic time does not jump
+    clocks.advance(5)
+    got = ob.pending()
+    assert [e.ts_source for e in got] == ["corrected", "corrected"]
+    # The first event happened 50 s of monotonic time before "now", the second 20 s.
+    assert [e.ts for e in got] == [pytest.approx(NTP_TIME + 5 - 50), pytest.approx(NTP_TIME + 5 - 20)]
+    body = json.loads(got[0].payload("obx"))
+    assert body["ts_source"] == "corrected" and body["ts"] == iso_utc(NTP_TIME - 45)
+    ob.append(Event("test", {"i": 2}, "t", ts=clocks.wall()))
+    assert [e.ts_source for e in ob.pending()] == ["corrected", "corrected", "clock"]
+
+
+def test_stamps_are_corrected_by_the_next_event_even_while_nothing_is_sent_and_stay_corrected_after_a_restart(
+        tmp_path: Path) -> None:
+    clocks = FakeClocks(wall=100.0)
+    store = Store(tmp_path / DB_NAME)
+    ob = clocked_outbox(store, clocks)
+    ob.append(unsynced_event(clocks, 0))
+    clocks.advance(10)
+    clocks.wall_now = NTP_TIME
+    ob.append(Event("test", {"i": 1}, "t", ts=clocks.wall()))  # the broker is unreachable: no pending() call
+    store.close()
+    clocks.advance(3600)  # an hour later, after a daemon restart in the same boot
+    ob2 = clocked_outbox(Store(tmp_path / DB_NAME), clocks)
+    assert [(e.ts, e.ts_source) for e in ob2.pending()] == [(pytest.approx(NTP_TIME - 10), "corrected"),
+                                                             (NTP_TIME, "clock")]
+
+
+def test_events_from_an_earlier_boot_keep_their_unsynced_stamp(tmp_path: Path) -> None:
+    clocks = FakeClocks(wall=20.0)
+    store = Store(tmp_path / DB_NAME)
+    ob = clocked_outbox(store, clocks, boot="earlier-boot")
+    ob.append(unsynced_event(clocks, 0))
+    store.close()
+    # Power cut; the next boot starts at 1970 again with a new boot id and a restarted monotonic clock.
+    clocks = FakeClocks(wall=8.0, mono=3.0)
+    ob2 = clocked_outbox(Store(tmp_path / DB_NAME), clocks, boot="this-boot")
+    ob2.append(unsynced_event(clocks, 1))
+    clocks.wall_now = NTP_TIME
+    got = ob2.pending()
+    assert [(e.data["i"], e.ts, e.ts_source) for e in got] == [(0, 20.0, "unsynced"),
+                                                              (1, NTP_TIME, "corrected")]
+
+
+def test_without_a_boot_id_nothing_is_corrected(tmp_path: Path) -> None:
+    clocks = FakeClocks(wall=20.0)
+    ob = Outbox(Store(tmp_path / DB_NAME), wall=clocks.wall, mono=clocks.mono, boot_id=None)
+    ob.boot_id = None  # e.g. not Linux: no /proc/sys/kernel/random/boot_id
+    ob.append(unsynced_event(clocks, 0))
+    clocks.wall_now = NTP_TIME
+    assert [(e.ts, e.ts_source) for e in ob.pending()] == [(20.0, "unsynced")]
+
+
+def test_replayed_payloads_are_byte_identical_until_the_stamp_is_corrected(tmp_path: Path) -> None:
+    clocks = FakeClocks(wall=NTP_TIME)
+    ob = clocked_outbox(Store(tmp_path / DB_NAME), clocks)
+    ob.append(Event("test", {"b": 1, "a": [1, 2]}, "t", ts=clocks.wall()))
+    first = ob.pending()[0].payload("obx")
+    clocks.advance(3600)
+    assert ob.pending()[0].payload("obx") == first  # a replay after reconnect or restart: the same bytes
+    assert json.loads(first)["ts_source"] == "clock"
+
+    clocks2 = FakeClocks(wall=50.0)
+    ob2 = clocked_outbox(Store(tmp_path / "other.db"), clocks2)
+    ob2.append(unsynced_event(clocks2, 0))
+    unsynced = ob2.pending()[0].payload("obx")
+    assert ob2.pending()[0].payload("obx") == unsynced
+    clocks2.wall_now = NTP_TIME
+    corrected = ob2.pending()[0].payload("obx")
+    assert corrected != unsynced
+    a, b = json.loads(unsynced), json.loads(corrected)
+    assert (a["ts_source"], b["ts_source"]) == ("unsynced", "corrected")
+    assert {k: v for k, v in a.items() if k not in ("ts", "ts_source")} == \
+        {k: v for k, v in b.items() if k not in ("ts", "ts_source")}, "same id, seq and data"
+    assert ob2.pending()[0].payload("obx") == corrected
+
+
+def test_an_event_acknowledged_while_unsynced_is_gone_and_the_rest_are_corrected(tmp_path: Path) -> None:
+    clocks = FakeClocks(wall=30.0)
+    ob = clocked_outbox(Store(tmp_path / DB_NAME), clocks)
+    ob.append(unsynced_event(clocks, 0))
+    ob.append(unsynced_event(clocks, 1))
+    ob.ack(ob.pending()[0].seq)  # delivered with its 1970 stamp and ts_source "unsynced"
+    clocks.advance(2)
+    clocks.wall_now = NTP_TIME
+    assert [(e.data["i"], e.ts_source) for e in ob.pending()] == [(1, "corrected")]
+
+
+def test_the_age_bound_never_drops_events_by_an_unsynced_stamp_nor_while_the_clock_is_unset(tmp_path: Path) -> None:
+    clocks = FakeClocks(wall=1000.0)
+    ob = Outbox(Store(tmp_path / DB_NAME), max_age_days=1, wall=clocks.wall, mono=clocks.mono, boot_id=BOOT)
+    ob.append(unsynced_event(clocks, 0))
+    assert ob.prune_expired() == 0 and ob.oldest_age_s() is None
+    clocks.wall_now = NTP_TIME
+    clocks.advance(10)
+    assert ob.prune_expired() == 0
+    assert ob.oldest_age_s() == pytest.approx(10.0), "corrected: its real age"
+
+
+def test_an_outbox_from_before_the_timestamp_columns_is_migrated(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript("""
+        CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
+                             component TEXT NOT NULL, ts REAL NOT NULL, data TEXT NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO outbox (id, type, component, ts, data) VALUES ('a', 'test', 't', 1700000000.5, '{"i":0}');
+        INSERT INTO outbox (id, type, component, ts, data) VALUES ('b', 'test', 't', 77.0, '{"i":1}');
+    """)
+    db.commit()
+    db.close()
+    clocks = FakeClocks(wall=NTP_TIME)
+    ob = clocked_outbox(Store(tmp_path / DB_NAME), clocks)
+    ob.append(Event("test", {"i": 2}, "t", id="c", ts=NTP_TIME))
+    got = ob.pending()
+    assert [(e.id, e.seq, e.ts, e.ts_source) for e in got] == [
+        ("a", 1, 1700000000.5, "clock"), ("b", 2, 77.0, "unsynced"), ("c", 3, NTP_TIME, "clock")]
+    columns = [r[1] for r in sqlite3.connect(tmp_path / DB_NAME).execute("PRAGMA table_info(outbox)")]
+    assert columns[-3:] == ["ts_source", "mono", "boot"]
+    assert len(ob) == 3
+
+
+def test_a_duplicate_event_id_is_stored_once_and_counted_once(tmp_path: Path) -> None:
+    ob = Outbox(Store(tmp_path / DB_NAME))
+    event = Event("test", {}, "t")
+    ob.append(event)
+    ob.append(event)
+    assert len(ob) == 1 and len(ob.pending()) == 1
+
+
+def test_statements_given_with_an_event_commit_with_it_or_not_at_all(tmp_path: Path) -> None:
+    store = Store(tmp_path / DB_NAME)
+    store.execute("CREATE TABLE item (id TEXT PRIMARY KEY)")
+    store.execute("INSERT INTO item (id) VALUES ('a'), ('b')")
+    ob = Outbox(store)
+    ob.append(Event("item_sorted", {"item_id": "a"}, "t"), also=[("DELETE FROM item WHERE id = ?", ("a",))])
+    assert store.query("SELECT id FROM item") == [("b",)] and len(ob) == 1
+    with pytest.raises(sqlite3.OperationalError):
+        ob.append(Event("item_sorted", {"item_id": "b"}, "t"),
+                  also=[("DELETE FROM item WHERE id = ?", ("b",)), ("UPDATE no_such_table SET x = 1", ())])
+    assert store.query("SELECT id FROM item") == [("b",)], "rolled back with the event"
+    assert [e.data["item_id"] for e in ob.pending()] == ["a"] and len(ob) == 1

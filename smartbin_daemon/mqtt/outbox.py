@@ -1,4 +1,12 @@
-"""Durable event outbox: every event is in SQLite before anyone hears of it, and leaves only on PUBACK."""
+"""Durable event outbox: every event is in SQLite before anyone hears of it, and leaves only on PUBACK.
+
+Timestamps of a bin whose clock is not set yet: a Pi without RTC boots at 1970 (or at a stale
+fake-hwclock time) and NTP steps the clock once the network is up. Each event is stored with its
+monotonic time and the kernel's boot id; an event stamped before the clock was set (`ts_source`
+`unsynced`) that is still waiting here when the clock is set gets its `ts` recomputed as
+`now_wall - (now_mono - event_mono)` (`ts_source` `corrected`). That is exact within one boot (the
+monotonic clock never steps); an event from an earlier boot keeps its unsynced stamp.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +14,21 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..clock import iso_utc
+from ..clock import CLOCK_SANE_AFTER, clock_is_set, iso_utc
+from ..clock import boot_id as current_boot_id
 from ..logs import ev
 from ..runtime.bus import Event
 from ..store import Store
 
 logger = logging.getLogger(__name__)
 
-PLAUSIBLE_EPOCH = 1_577_836_800.0  # 2020-01-01: older wall stamps come from a Pi clock not yet set by NTP
+TS_CLOCK, TS_CORRECTED, TS_UNSYNCED = "clock", "corrected", "unsynced"
+"""Where an event's `ts` came from: the (set) wall clock, monotonic time after the clock was set, or a
+wall clock that was not set yet (the stamp is meaningless; the order of `seq` still holds)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -25,13 +37,23 @@ CREATE TABLE IF NOT EXISTS outbox (
     type TEXT NOT NULL,
     component TEXT NOT NULL,
     ts REAL NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    ts_source TEXT NOT NULL DEFAULT 'clock',
+    mono REAL,
+    boot TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
+
+_ADDED_COLUMNS = (
+    ("ts_source", "TEXT NOT NULL DEFAULT 'clock'"),
+    ("mono", "REAL"),
+    ("boot", "TEXT"),
+)
+"""Columns newer than the first outbox schema; a database from before them is migrated at open."""
 
 
 @dataclass(frozen=True)
@@ -44,14 +66,16 @@ class StoredEvent:
     component: str
     ts: float
     data: dict[str, Any]
+    ts_source: str = TS_CLOCK
 
     def payload(self, device_id: str) -> bytes:
-        """The JSON published on `<root>/event/<type>` (same bytes on every replay)."""
+        """The JSON published on `<root>/event/<type>` (same bytes on every replay unless `ts` was corrected)."""
         body = {
             "id": self.id,
             "seq": self.seq,
             "type": self.type,
             "ts": iso_utc(self.ts),
+            "ts_source": self.ts_source,
             "device": device_id,
             "component": self.component,
             "data": self.data,
@@ -60,40 +84,103 @@ class StoredEvent:
 
 
 class Outbox:
-    """Ordered, bounded, durable event queue (thread-safe; shares the daemon's Store)."""
+    """Ordered, bounded, durable event queue (thread-safe; shares the daemon's Store).
 
-    def __init__(self, store: Store, max_events: int = 100_000, max_age_days: float = 30.0) -> None:
+    `wall`, `mono` and `boot_id` are the clocks and the boot id (injectable for tests).
+    """
+
+    def __init__(self, store: Store, max_events: int = 100_000, max_age_days: float = 30.0, *,
+                 wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic,
+                 boot_id: str | None = None) -> None:
         self.store = store
         self.max_events = max_events
         self.max_age_s = max_age_days * 86400.0
+        self._wall = wall
+        self._mono = mono
+        self.boot_id = boot_id if boot_id is not None else current_boot_id()
         self._lock = threading.Lock()
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                store.execute(statement)
+        with self._lock, store.transaction() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            self._migrate(db)
         self._count = int(str(store.query("SELECT COUNT(*) FROM outbox")[0][0]))
+        self._correctable = self.boot_id is not None and bool(store.query(
+            "SELECT 1 FROM outbox WHERE ts_source = ? AND boot = ? LIMIT 1", (TS_UNSYNCED, self.boot_id)))
+        """Some events of this boot carry unsynced stamps that can be corrected once the clock is set."""
+
+    @staticmethod
+    def _migrate(db: Any) -> None:
+        """Add the timestamp-source columns to an outbox from before them (its events cannot be corrected)."""
+        have = {str(row[1]) for row in db.execute("PRAGMA table_info(outbox)").fetchall()}
+        missing = [(name, decl) for name, decl in _ADDED_COLUMNS if name not in have]
+        for name, decl in missing:
+            db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
+        if missing:
+            db.execute("UPDATE outbox SET ts_source = ? WHERE ts < ?", (TS_UNSYNCED, CLOCK_SANE_AFTER))
+            logger.info("outbox: added column(s) %s", ", ".join(n for n, _ in missing))
 
     # -- writing ----------------------------------------------------------------
 
-    def append(self, event: Event) -> None:
-        """Persist one event (durable on return), enforcing the size bound by dropping the oldest."""
+    def append(self, event: Event, also: Sequence[tuple[str, tuple[object, ...]]] = ()) -> None:
+        """Persist one event (durable on return), enforcing the size bound by dropping the oldest.
+
+        `also`: statements (sql, params) committed in the same transaction, so that a state change and the
+        event reporting it survive a crash together or not at all (e.g. deleting the item an outcome ends).
+        """
         data = json.dumps(event.data, separators=(",", ":"), sort_keys=True, default=str)
+        source = TS_CLOCK if clock_is_set(event.ts) else TS_UNSYNCED
         with self._lock, self.store.transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO outbox (id, type, component, ts, data) VALUES (?, ?, ?, ?, ?)",
-                (event.id, event.type, event.component, event.ts, data),
+            for sql, params in also:
+                db.execute(sql, params)
+            cur = db.execute(
+                "INSERT OR IGNORE INTO outbox (id, type, component, ts, data, ts_source, mono, boot) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.id, event.type, event.component, event.ts, data, source, self._mono(), self.boot_id),
             )
-            self._count += 1
+            self._count += cur.rowcount or 0
+            if source == TS_UNSYNCED:
+                self._correctable = self._correctable or self.boot_id is not None
+            elif self._correctable:
+                self._correct(db)
             if self._count > self.max_events:
                 excess = self._count - self.max_events
                 db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (excess,))
                 self._add_dropped(db, excess, "size")
                 self._count -= excess
 
-    def prune_expired(self, now: float | None = None) -> int:
-        """Drop events older than the age bound (only those with a plausible wall stamp); returns how many."""
-        cutoff = (time.time() if now is None else now) - self.max_age_s
+    def correct_timestamps(self) -> int:
+        """Once the wall clock is set: restamp this boot's unsynced events from monotonic time; how many."""
+        if not self._correctable or not clock_is_set(self._wall()):
+            return 0
         with self._lock, self.store.transaction() as db:
-            cur = db.execute("DELETE FROM outbox WHERE ts < ? AND ts > ?", (cutoff, PLAUSIBLE_EPOCH))
+            return self._correct(db)
+
+    def _correct(self, db: Any) -> int:
+        if not self._correctable:
+            return 0
+        wall, mono = self._wall(), self._mono()
+        if not clock_is_set(wall):
+            return 0
+        rows = db.execute("SELECT seq, mono FROM outbox WHERE ts_source = ? AND boot = ? AND mono IS NOT NULL",
+                          (TS_UNSYNCED, self.boot_id)).fetchall()
+        db.executemany("UPDATE outbox SET ts = ?, ts_source = ? WHERE seq = ?",
+                       [(wall - max(0.0, mono - float(m)), TS_CORRECTED, int(seq)) for seq, m in rows])
+        self._correctable = False
+        if rows:
+            logger.info("the wall clock is set now: corrected the stamps of %d event(s) emitted before it was, "
+                        "from monotonic time", len(rows))
+        return len(rows)
+
+    def prune_expired(self, now: float | None = None) -> int:
+        """Drop events older than the age bound (only those with a trustworthy stamp); returns how many."""
+        now = self._wall() if now is None else now
+        if not clock_is_set(now):
+            return 0
+        cutoff = now - self.max_age_s
+        with self._lock, self.store.transaction() as db:
+            self._correct(db)
+            cur = db.execute("DELETE FROM outbox WHERE ts < ? AND ts_source != ?", (cutoff, TS_UNSYNCED))
             n = cur.rowcount or 0
             if n:
                 self._add_dropped(db, n, "age")
@@ -112,18 +199,20 @@ class Outbox:
     # -- reading / acknowledging ------------------------------------------------
 
     def pending(self, after_seq: int = 0, limit: int = 100) -> list[StoredEvent]:
-        """Oldest undelivered events with seq > after_seq."""
+        """Oldest undelivered events with seq > after_seq (stamps corrected first if the clock is set now)."""
+        self.correct_timestamps()
         rows = self.store.query(
-            "SELECT seq, id, type, component, ts, data FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, id, type, component, ts, data, ts_source FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, limit),
         )
         out: list[StoredEvent] = []
-        for seq, id_, type_, component, ts, data in rows:
+        for seq, id_, type_, component, ts, data, source in rows:
             try:
                 payload = json.loads(str(data))
             except ValueError:
                 payload = {"_corrupt": str(data)[:200]}
-            out.append(StoredEvent(int(str(seq)), str(id_), str(type_), str(component), float(str(ts)), payload))
+            out.append(StoredEvent(int(str(seq)), str(id_), str(type_), str(component), float(str(ts)), payload,
+                                   str(source)))
         return out
 
     def ack(self, seq: int) -> None:
@@ -141,8 +230,10 @@ class Outbox:
         return {str(k): int(str(v)) for k, v in rows}
 
     def oldest_age_s(self) -> float | None:
-        """Age of the oldest undelivered event in seconds (wall clock), or None when empty."""
-        rows = self.store.query("SELECT MIN(ts) FROM outbox")
-        if not rows or rows[0][0] is None:
+        """Age in seconds of the oldest undelivered event with a trustworthy stamp, or None (none, or no clock)."""
+        self.correct_timestamps()
+        now = self._wall()
+        rows = self.store.query("SELECT MIN(ts) FROM outbox WHERE ts_source != ?", (TS_UNSYNCED,))
+        if not rows or rows[0][0] is None or not clock_is_set(now):
             return None
-        return max(0.0, time.time() - float(rows[0][0]))  # type: ignore[arg-type]
+        return max(0.0, now - float(rows[0][0]))  # type: ignore[arg-type]
