@@ -128,9 +128,15 @@ class FillLevel:
     mono: float
 
 
+ITEM_HANDOFF_DDL = "CREATE TABLE IF NOT EXISTS item_handoff (item_id TEXT PRIMARY KEY, compartment TEXT NOT NULL)"
+"""The durable side of ItemSorted: the workflow inserts the row in the same transaction as `item_sorted`, the
+fill tracker counts the item and deletes the row in one transaction (left-over rows are counted at its start),
+so a crash between the two can neither lose nor double a count."""
+
+
 @dataclass(frozen=True)
 class ItemSorted:
-    """The workflow put an item into a compartment (the fill tracker counts it)."""
+    """The workflow put an item into a compartment (the fill tracker counts it; see ITEM_HANDOFF_DDL)."""
 
     compartment: str
     item_id: str

@@ -18,6 +18,7 @@ from ..clock import CLOCK_SANE_AFTER, iso_utc
 from ..config import TOPIC_NAME_RE, BinsConfig, CompartmentConfig
 from ..logs import ev
 from ..messages import (
+    ITEM_HANDOFF_DDL,
     DistanceReading,
     DoorChanged,
     FillLevel,
@@ -60,6 +61,7 @@ SCHEMA = (
         emptied_at REAL, empty_mm REAL, full_mm REAL, calibrated_at REAL, updated_at REAL)""",
     "CREATE TABLE IF NOT EXISTS fill_history (compartment TEXT NOT NULL, ts REAL NOT NULL, fill_pct REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS fill_history_idx ON fill_history (compartment, ts)",
+    ITEM_HANDOFF_DDL,
 )
 
 CompartmentId = Field(pattern=TOPIC_NAME_RE.pattern, min_length=1, max_length=64, description="compartment id")
@@ -128,6 +130,7 @@ class FillTracker(Worker):
         self.compartments: dict[str, _Compartment] = {}
         self._by_sensor: dict[tuple[str, int], str] = {}
         self.maintenance = False
+        self._counted_at_start: set[str] = set()  # items counted from their hand-off row in setup()
         self._temperature: tuple[float, float] | None = None  # (celsius, mono)
         self._lid_open = False
         self._next_eval = 0.0
@@ -181,6 +184,7 @@ class FillTracker(Worker):
             for sql in SCHEMA:
                 db.execute(sql)
         self._load()
+        self._count_handed_off()
         self.maintenance = bool((self.bus.states().get("workflow") or {}).get("maintenance", self.maintenance))
         self.bus.publish(Discovery(self.name, self.entities()))
         now = time.monotonic()
@@ -327,14 +331,27 @@ class FillTracker(Worker):
         self.bus.emit_event("bin_emptied", data, self.name)
 
     def _count_item(self, msg: ItemSorted) -> None:
+        """Count a sorted item once: its hand-off row is deleted in the same transaction as the new counts."""
         c = self.compartments.get(msg.compartment)
-        if c is None:
-            logger.warning("fill: item %s sorted into unknown compartment %s", msg.item_id, msg.compartment)
-            return
-        c.items += 1
-        c.items_total += 1
-        self._save(c)
+        with self.store.transaction() as db:
+            handed_off = db.execute("DELETE FROM item_handoff WHERE item_id = ?", (msg.item_id,)).rowcount
+            if not handed_off and msg.item_id in self._counted_at_start:
+                return  # its row was counted at start-up, before this message arrived
+            if c is None:
+                logger.warning("fill: item %s sorted into unknown compartment %s", msg.item_id, msg.compartment)
+                return
+            c.items += 1
+            c.items_total += 1
+            self._save(c)
         self.publish_state(self.own_state, force=True)
+
+    def _count_handed_off(self) -> None:
+        """Count items sorted just before a crash whose count had not been committed yet."""
+        now = time.monotonic()
+        for item_id, compartment in self.store.query("SELECT item_id, compartment FROM item_handoff"):
+            logger.info("fill: counting item %s in %s, sorted before the restart", item_id, compartment)
+            self._count_item(ItemSorted(str(compartment), str(item_id), now))
+            self._counted_at_start.add(str(item_id))
 
     # -- history and forecast ----------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from ..clock import iso_utc
 from ..config import BinsConfig, CompartmentConfig
 from ..logs import ev
 from ..messages import (
+    ITEM_HANDOFF_DDL,
     ButtonPressed,
     Decision,
     FillLevel,
@@ -53,7 +54,10 @@ RESIDUAL = "residual"
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS workflow_item (id TEXT PRIMARY KEY, state TEXT NOT NULL, data TEXT NOT NULL, updated_at REAL)",
     "CREATE TABLE IF NOT EXISTS workflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ITEM_HANDOFF_DDL,
 )
+_FORGET_ITEM = "DELETE FROM workflow_item WHERE id = ?"
+_SAVE_META = "INSERT INTO workflow_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
 class MaintenanceArgs(BaseModel):
@@ -219,10 +223,9 @@ class SortingWorkflow(Worker):
                                "compartment"}
             logger.warning("item %s was interrupted in state %s by a restart; reporting it", item_id, state,
                            extra=ev("item_interrupted", item=str(item_id)))
-            self.bus.emit_event("item_interrupted", payload, self.name)
+            self._emit("item_interrupted", payload, [(_FORGET_ITEM, (str(item_id),))])
             self.counts["interrupted"] += 1
             self.last_item = {**payload, "outcome": "interrupted"}
-        self.store.execute("DELETE FROM workflow_item")
 
     def teardown(self) -> None:
         # An item still in flight stays in SQLite: the next start reports it as interrupted.
@@ -433,9 +436,9 @@ class SortingWorkflow(Worker):
         logger.error("item %s: %s; lid locked until workflow/clear_error", item.id, message,
                      extra=ev("workflow_error", item=item.id))
         self.counts["failed"] += 1
-        self._item_event("item_failed", item, {"outcome": "failed", "error": why})
         self.error = {"code": "route_failed", "message": message, "item_id": item.id, "at": iso_utc(time.time())}
-        self._save_meta("error", self.error)
+        self._item_event("item_failed", item, {"outcome": "failed", "error": why},
+                         also=[(_SAVE_META, ("error", json.dumps(self.error)))])
         self.bus.raise_alert(Alert(self.name, "route_failed", "critical", f"{message}; the lid is locked until "
                                    "workflow/clear_error"))
         self._clear_item()
@@ -653,7 +656,20 @@ class SortingWorkflow(Worker):
     def _note(self, item: _Item, text: str) -> None:
         item.notes.append(text)
 
-    def _item_event(self, type_: str, item: _Item, extra: dict[str, Any]) -> None:
+    def _emit(self, type_: str, data: dict[str, Any], also: list[tuple[str, tuple[object, ...]]]) -> None:
+        """Emit an event and commit `also` with it (one transaction: a crash keeps both or neither)."""
+        if self.bus.has_sink:
+            self.bus.emit_event(type_, data, self.name, also=also)
+            return
+        with self.store.transaction() as db:  # no durable events (unit tests): still apply the state change
+            for sql, params in also:
+                db.execute(sql, params)
+        self.bus.emit_event(type_, data, self.name)
+
+    def _item_event(self, type_: str, item: _Item, extra: dict[str, Any],
+                    also: list[tuple[str, tuple[object, ...]]] | None = None) -> None:
+        """An item's outcome event; the item's in-flight row goes in the same transaction (and, when sorted,
+        the fill tracker's hand-off row), so a crash right after cannot report it again as interrupted."""
         comp = next((c for c in self.cfg.compartments if c.id == item.compartment), None)
         data = {
             "item_id": item.id, "detection_id": item.detection_id, "class_name": item.class_name,
@@ -662,7 +678,11 @@ class SortingWorkflow(Worker):
             "flap": item.flap, "route_attempts": item.route_attempts, "started_at": _iso(item.started_at),
             "notes": list(item.notes), "maintenance": self.maintenance or item.maintenance, **extra,
         }
-        self.bus.emit_event(type_, data, self.name)
+        statements = [(_FORGET_ITEM, (item.id,)), *(also or [])]
+        if type_ == "item_sorted" and item.compartment is not None:
+            statements.append(("INSERT OR IGNORE INTO item_handoff (item_id, compartment) VALUES (?, ?)",
+                               (item.id, item.compartment)))
+        self._emit(type_, data, statements)
         self.last_item = {**data, "at": iso_utc(time.time())}
 
     def _actuate(self, command: str, args: dict[str, Any]) -> None:
@@ -679,8 +699,7 @@ class SortingWorkflow(Worker):
             self._actuate("led", {"pattern": pattern})
 
     def _save_meta(self, key: str, value: Any) -> None:
-        self.store.execute("INSERT INTO workflow_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
-                           "value = excluded.value", (key, json.dumps(value)))
+        self.store.execute(_SAVE_META, (key, json.dumps(value)))
 
     def own_state(self) -> dict[str, Any]:
         """The `workflow` state."""

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -125,8 +125,8 @@ class Alert:
 class EventSink(Protocol):
     """Durable store the bus writes events to before announcing them (the MQTT outbox)."""
 
-    def append(self, event: Event) -> None:
-        """Persist one event; must be durable when it returns."""
+    def append(self, event: Event, also: Sequence[tuple[str, tuple[object, ...]]] = ()) -> None:
+        """Persist one event, and the `also` statements in the same transaction; durable when it returns."""
 
 
 # --------------------------------------------------------------------------- subscriptions
@@ -250,13 +250,28 @@ class Bus:
         """Publish a component's full state."""
         self.publish(StateUpdate(component, state))
 
-    def emit_event(self, type_: str, data: dict[str, Any], component: str) -> Event:
-        """Persist an event in the durable sink, then announce it; raises if it cannot be persisted."""
+    @property
+    def has_sink(self) -> bool:
+        """Whether events are persisted (a durable sink is attached)."""
+        return self._sink is not None
+
+    def emit_event(self, type_: str, data: dict[str, Any], component: str,
+                   also: Sequence[tuple[str, tuple[object, ...]]] = ()) -> Event:
+        """Persist an event in the durable sink, then announce it; raises if it cannot be persisted.
+
+        `also`: SQL statements committed in the same transaction as the event (the state change it reports),
+        so that a crash keeps both or neither. Only with a sink that shares the caller's database.
+        """
         if not EVENT_TYPE_RE.match(type_):
             raise ValueError(f"invalid event type {type_!r}: must match {EVENT_TYPE_RE.pattern}")
+        if also and self._sink is None:
+            raise ValueError("emit_event(also=...) needs a durable sink")
         event = Event(type=type_, data=data, component=component)
         if self._sink is not None:
-            self._sink.append(event)
+            if also:
+                self._sink.append(event, also)
+            else:
+                self._sink.append(event)
         self.publish(event)
         self.publish(EventsPending())
         return event
