@@ -166,6 +166,16 @@ def test_outbox_survives_reopen_in_order(tmp_path: Path) -> None:
     assert [e.data["i"] for e in ob2.pending()] == [1, 2, 3, 4]
 
 
+def test_acknowledged_events_are_forgotten_together_and_only_they(tmp_path: Path) -> None:
+    ob = Outbox(Store(tmp_path / DB_NAME))
+    for i in range(1200):  # more than one DELETE chunk
+        ob.append(Event("test", {"i": i}, "t"))
+    seqs = [e.seq for e in ob.pending(limit=2000)]
+    ob.ack_many(seqs[:700] + seqs[701:1100] + [10**9])  # keep #700 and the tail; an unknown seq is ignored
+    assert len(ob) == 101
+    assert [e.data["i"] for e in ob.pending(limit=2000)] == [700, *range(1100, 1200)]
+
+
 def test_outbox_bound_drops_oldest_and_counts_it(tmp_path: Path) -> None:
     ob = Outbox(Store(tmp_path / DB_NAME), max_events=100)
     for i in range(130):

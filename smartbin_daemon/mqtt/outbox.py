@@ -217,9 +217,15 @@ class Outbox:
 
     def ack(self, seq: int) -> None:
         """The broker acknowledged this event: forget it."""
+        self.ack_many((seq,))
+
+    def ack_many(self, seqs: Sequence[int]) -> None:
+        """The broker acknowledged these events: forget them in one transaction (one fsync, not one each)."""
         with self._lock, self.store.transaction() as db:
-            cur = db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-            self._count -= cur.rowcount or 0
+            for start in range(0, len(seqs), 500):
+                chunk = tuple(seqs[start:start + 500])
+                cur = db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+                self._count -= cur.rowcount or 0
 
     def __len__(self) -> int:
         return self._count
