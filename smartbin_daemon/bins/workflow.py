@@ -314,6 +314,9 @@ class SortingWorkflow(Worker):
                                (self.error or self.blocked or {}).get("message"), extra=ev("item_not_accepted"))
             elif self.state == MAINTENANCE:
                 logger.info("presence during maintenance ignored", extra=ev("item_not_accepted"))
+            else:  # a second item while one is in flight (or the presence beam re-triggered): it is not sorted
+                logger.warning("presence while item %s is %s; the new item is not accepted",
+                               self.item.id if self.item else "?", self.state, extra=ev("item_not_accepted"))
             return
         item = _Item(uuid.uuid4().hex[:12], time.time(), mono)
         self.item = item
