@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +24,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from smartbin_daemon.store import DB_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -102,6 +105,17 @@ class Broker:
         """Stop and start on the same port."""
         self.stop()
         self.start()
+
+
+@pytest.fixture
+def durable_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker that keeps sessions and queued messages across its own restarts (persistence on)."""
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    b = Broker(workdir, persistence=True)
+    b.start()
+    yield b
+    b.stop()
 
 
 @pytest.fixture
@@ -308,3 +322,12 @@ def daemon_factory() -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for d in started:
         d.stop()
+
+
+def live_query(storage: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Query a running daemon's database in `storage` (a WAL reader never blocks it)."""
+    db = sqlite3.connect(storage / DB_NAME, timeout=5)
+    try:
+        return list(db.execute(sql).fetchall())
+    finally:
+        db.close()

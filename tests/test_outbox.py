@@ -68,17 +68,6 @@ def delivered(probe: Probe, type_: str = "test") -> list[dict]:
     return [m.json() for m in probe.on(f"{ROOT}/event/{type_}")]
 
 
-@pytest.fixture
-def durable_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker that keeps sessions and queued messages across its own restarts (persistence on)."""
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    b = Broker(workdir, persistence=True)
-    b.start()
-    yield b
-    b.stop()
-
-
 def test_events_emitted_while_the_broker_is_down_all_arrive_in_order(
         tmp_path: Path, durable_broker: Broker, probe_factory: Callable[..., Probe],
         harness_factory: Callable[[Path, int], Harness]) -> None:

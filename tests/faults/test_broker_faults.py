@@ -9,11 +9,9 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from smartbin_daemon.hardware.arduino.simulator import SimulatedArduino
 from smartbin_daemon.store import DB_NAME
@@ -38,17 +36,6 @@ COMPARTMENTS = [
     {"id": "paper", "name": "Paper", "categories": ["paper_cardboard"], "sensor": {"source": "arduino", "channel": 2}},
     {"id": "residual", "name": "Residual", "categories": ["residual", "organic"], "sensor": {"source": "arduino", "channel": 3}},
 ]
-
-
-@pytest.fixture
-def durable_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker that keeps sessions and queued messages across its own restarts (persistence on)."""
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    b = Broker(workdir, persistence=True)
-    b.start()
-    yield b
-    b.stop()
 
 
 class Outbox:

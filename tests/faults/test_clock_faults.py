@@ -28,7 +28,7 @@ from smartbin_daemon.clock import CLOCK_SANE_AFTER
 from smartbin_daemon.runtime.auth import sign
 from smartbin_daemon.store import DB_NAME
 
-from ..conftest import REPO, Broker, DaemonProcess, Probe, wait_until
+from ..conftest import REPO, Broker, DaemonProcess, Probe, live_query, wait_until
 from ..test_bin_e2e import SIM_ROOT, fast_simulation_config
 from . import clockshift
 from .knobs import LONG, scaled
@@ -103,15 +103,6 @@ def shifted() -> Iterator[Callable[[Path, Path], ShiftedDaemon]]:
     yield start
     for d in started:
         d.stop()
-
-
-def live_query(storage: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Read the running daemon's database (a WAL reader never blocks it)."""
-    db = sqlite3.connect(storage / DB_NAME, timeout=5)
-    try:
-        return list(db.execute(sql).fetchall())
-    finally:
-        db.close()
 
 
 def iso_to_ts(iso: str) -> float:

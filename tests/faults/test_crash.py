@@ -22,7 +22,7 @@ import pytest
 
 from smartbin_daemon.store import DB_NAME
 
-from ..conftest import Broker, DaemonProcess, Probe, wait_until
+from ..conftest import Broker, DaemonProcess, Probe, live_query, wait_until
 from ..test_bin_e2e import SIM_ROOT, fast_simulation_config
 from .knobs import LONG, scaled
 
@@ -69,15 +69,6 @@ def read_db(storage: Path, sql: str) -> list[tuple[Any, ...]]:
         if "no such table" in str(exc):
             return []  # killed before that table was created
         raise
-    finally:
-        db.close()
-
-
-def live_query(storage: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Query the running daemon's database (a WAL reader never blocks it)."""
-    db = sqlite3.connect(storage / DB_NAME, timeout=5)
-    try:
-        return list(db.execute(sql).fetchall())
     finally:
         db.close()
 
