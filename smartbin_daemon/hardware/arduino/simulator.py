@@ -25,6 +25,7 @@ import os
 import random
 import re
 import select
+import signal
 import struct
 import termios
 import threading
@@ -803,10 +804,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     due = {name: start + period for name, period in faults.items() if name.endswith("-every")}
     replug_at: float | None = None
+    # SIGINT/SIGTERM only set an event: a KeyboardInterrupt raised at an arbitrary point (e.g. just after a
+    # lock was taken) could leave the serving thread blocked and the process hanging at exit.
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     print(f"simulated arduino: {sim.link} -> {sim.path} (Ctrl-C to stop)", flush=True)
     try:
-        while True:
-            time.sleep(0.05)
+        while not stopping.wait(0.05):
             now = time.monotonic()
             if replug_at is not None and now >= replug_at:
                 sim.replug()
@@ -826,8 +831,6 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "reboot-every":
                     sim.reboot()
                     logger.info("fault: rebooted")
-    except KeyboardInterrupt:
-        pass
     finally:
         sim.stop()
     return 0
