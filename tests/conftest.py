@@ -238,6 +238,20 @@ def probe_factory() -> Iterator[Callable[..., Probe]]:
             pass
 
 
+def simulation_doc(workdir: Path, port: int) -> dict[str, Any]:
+    """config/simulation.yaml as shipped, on a test broker with its storage (and scene) under `workdir/state`.
+
+    The shipped file's relative paths are relative to config/: they are resolved into the repo.
+    """
+    doc: dict[str, Any] = yaml.safe_load((REPO / "config" / "simulation.yaml").read_text())
+    doc["mqtt"].update({"port": port, "host": "127.0.0.1"})
+    doc["storage"]["path"] = str(workdir / "state")
+    doc["detector"]["model"] = str((REPO / "config" / doc["detector"]["model"]).resolve())
+    doc["simulation"]["samples"] = str((REPO / "config" / doc["simulation"]["samples"]).resolve())
+    doc["camera"]["source"] = str(workdir / "state" / "sim-scene")
+    return doc
+
+
 def write_config(path: Path, broker_port: int, storage: Path, device_id: str = "testbin", **sections: Any) -> Path:
     """A daemon config for tests: real broker port, private storage, fast intervals."""
     doc: dict[str, Any] = {

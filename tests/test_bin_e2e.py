@@ -20,7 +20,7 @@ from smartbin_daemon.messages import Decision, PresenceChanged, SimulatedPresenc
 from smartbin_daemon.runtime.bus import Bus
 from smartbin_daemon.runtime.worker import Worker
 
-from .conftest import REPO, Broker, DaemonProcess, Probe, wait_until
+from .conftest import Broker, DaemonProcess, Probe, simulation_doc, wait_until
 
 SIM_ROOT = "smartbin/sim-bin"
 COMPARTMENTS = [
@@ -33,12 +33,7 @@ COMPARTMENTS = [
 
 def fast_simulation_config(tmp_path: Path, port: int, **overrides: Any) -> Path:
     """config/simulation.yaml as shipped (real model, real workers), at a faster item rate, on the test broker."""
-    doc = yaml.safe_load((REPO / "config" / "simulation.yaml").read_text())
-    doc["mqtt"].update({"port": port, "host": "127.0.0.1"})
-    doc["storage"]["path"] = str(tmp_path / "state")
-    doc["detector"]["model"] = str((REPO / "config" / doc["detector"]["model"]).resolve())
-    doc["simulation"]["samples"] = str((REPO / "config" / doc["simulation"]["samples"]).resolve())
-    doc["camera"]["source"] = str(tmp_path / "state" / "sim-scene")
+    doc = simulation_doc(tmp_path, port)
     doc["simulation"].update({"item_interval_s": 3, "item_dwell_s": 1.5, "seed": 7})
     doc["health"]["enabled"] = False  # keep the 2-core CI box for the detector
     for key, value in overrides.items():

@@ -24,7 +24,7 @@ from smartbin_daemon import ctl
 from smartbin_daemon.config import Config, parse_config
 from smartbin_daemon.runtime.auth import Verifier
 
-from .conftest import REPO, Broker, DaemonProcess, Probe, free_port, wait_until
+from .conftest import REPO, Broker, DaemonProcess, Probe, free_port, simulation_doc, wait_until
 
 SIM_ROOT = "smartbin/sim-bin"
 HAS_SECURITY = "security" in Config.model_fields
@@ -33,13 +33,9 @@ SECRET = "ctl-test-secret-0123456789abcdef0123456789"
 
 def fast_simulation_config(tmp_path: Path, port: int, **overrides: Any) -> Path:
     """config/simulation.yaml as shipped (real model, real workers), faster items, on the test broker, no health."""
-    doc = yaml.safe_load((REPO / "config" / "simulation.yaml").read_text())
-    doc["mqtt"].update({"port": port, "host": "127.0.0.1", "state_interval_s": 2})
-    doc["storage"]["path"] = str(tmp_path / "state")
+    doc = simulation_doc(tmp_path, port)
+    doc["mqtt"]["state_interval_s"] = 2
     doc["logging"] = {"level": "INFO", "journal": "off"}
-    doc["detector"]["model"] = str((REPO / "config" / doc["detector"]["model"]).resolve())
-    doc["simulation"]["samples"] = str((REPO / "config" / doc["simulation"]["samples"]).resolve())
-    doc["camera"]["source"] = str(tmp_path / "state" / "sim-scene")
     doc["simulation"].update({"item_interval_s": 3, "item_dwell_s": 1.5, "seed": 7})
     doc["health"]["enabled"] = False  # keep the CPU for the detector
     if HAS_SECURITY:

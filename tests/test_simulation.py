@@ -9,21 +9,14 @@ import yaml
 
 from smartbin_daemon.hardware.arduino.simulator import SimulatedArduino
 
-from .conftest import REPO, Broker, DaemonProcess, Probe, write_config
+from .conftest import Broker, DaemonProcess, Probe, simulation_doc, write_config
 
 ROOT = "smartbin/sim-bin"
 
 
 def simulation_config(tmp_path: Path, port: int) -> Path:
     """config/simulation.yaml as shipped, pointed at the test broker and a private storage folder."""
-    doc = yaml.safe_load((REPO / "config" / "simulation.yaml").read_text())
-    doc["mqtt"]["port"] = port
-    doc["mqtt"]["host"] = "127.0.0.1"
-    doc["storage"]["path"] = str(tmp_path / "state")
-    # relative paths in the shipped file are relative to config/: keep them pointing into the repo
-    doc["detector"]["model"] = str((REPO / "config" / doc["detector"]["model"]).resolve())
-    doc["simulation"]["samples"] = str((REPO / "config" / doc["simulation"]["samples"]).resolve())
-    doc["camera"]["source"] = str(tmp_path / "state" / "sim-scene")
+    doc = simulation_doc(tmp_path, port)
     path = tmp_path / "simulation.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

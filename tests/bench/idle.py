@@ -44,7 +44,7 @@ import yaml
 
 from smartbin_daemon.simulation import SCENE_FILE, empty_tray
 from smartbin_daemon.vision.model import configure_ultralytics, load_classmap
-from tests.conftest import Broker, DaemonProcess, Probe, free_port, wait_until
+from tests.conftest import Broker, DaemonProcess, Probe, free_port, simulation_doc, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO / "models" / "smartbin-waste-nano.onnx"
@@ -77,12 +77,9 @@ def idle_config(workdir: Path, port: int, model: Path, fps: float = CAMERA_FPS,
                 overrides: dict[str, dict[str, Any]] | None = None) -> Path:
     """config/simulation.yaml on the given broker, simulated items off, camera on an empty tray at `fps`;
     `overrides` are merged into top-level sections (e.g. {"health": {"enabled": False}})."""
-    doc = yaml.safe_load((REPO / "config" / "simulation.yaml").read_text())
-    doc["mqtt"].update({"host": "127.0.0.1", "port": port})
-    doc["storage"]["path"] = str(workdir / "state")
+    doc = simulation_doc(workdir, port)
     doc["detector"]["model"] = str(model.resolve())
     doc["simulation"]["enabled"] = False
-    doc["simulation"]["samples"] = str((REPO / "config" / doc["simulation"]["samples"]).resolve())
     scene = workdir / "scene"
     scene.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(scene / SCENE_FILE), empty_tray())

@@ -41,7 +41,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import REPO, Broker, DaemonProcess
+from tests.conftest import Broker, DaemonProcess, simulation_doc
 
 logger = logging.getLogger(__name__)
 
@@ -423,12 +423,7 @@ def set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
 
 def soak_config(workdir: Path, port: int, item_interval_s: float, overrides: dict[str, Any] | None = None) -> Path:
     """config/simulation.yaml as shipped (real model, real workers, health on) on the soak's broker and storage."""
-    doc = yaml.safe_load((REPO / "config" / "simulation.yaml").read_text())
-    doc["mqtt"].update({"port": port, "host": "127.0.0.1"})
-    doc["storage"]["path"] = str(workdir / "state")
-    doc["detector"]["model"] = str((REPO / "config" / doc["detector"]["model"]).resolve())
-    doc["simulation"]["samples"] = str((REPO / "config" / doc["simulation"]["samples"]).resolve())
-    doc["camera"]["source"] = str(workdir / "state" / "sim-scene")
+    doc = simulation_doc(workdir, port)
     doc["simulation"].update({"item_interval_s": item_interval_s, "item_dwell_s": min(1.5, 0.6 * item_interval_s),
                               "seed": 7, "empty_after_s": EMPTY_AFTER_S})
     doc["arduino"]["simulator"]["item_mm"] = ITEM_MM
