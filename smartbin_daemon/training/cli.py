@@ -61,6 +61,17 @@ class Paths:
         self.eval_dir = self.root / "eval"
 
 
+def _unit_interval(text: str) -> float:
+    """An argparse type: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0..1")
+    return value
+
+
 def _common_parser() -> argparse.ArgumentParser:
     """Options shared by every subcommand."""
     p = argparse.ArgumentParser(add_help=False)
@@ -142,6 +153,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         help="nominal batch size; batch < nbs accumulates gradients (default: %(default)s)",
     )
     p.add_argument("--warmup-epochs", type=float, default=3.0)
+    p.add_argument(
+        "--cls-pw",
+        type=_unit_interval,
+        default=0.0,
+        help="weight each class's loss by (1/train boxes)**P, 0..1, for rare categories (default: off)",
+    )
     p.add_argument(
         "--no-val", action="store_true", help="skip validation after each epoch (final epoch still validates)"
     )
@@ -247,6 +264,7 @@ def cmd_train(args: argparse.Namespace, paths: Paths, command: str) -> Path:
         lr0=args.lr0,
         nbs=args.nbs,
         warmup_epochs=args.warmup_epochs,
+        cls_pw=args.cls_pw,
         val_every_epoch=not args.no_val,
     )
     resume = None

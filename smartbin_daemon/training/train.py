@@ -41,6 +41,7 @@ class TrainSettings:
     lr0: float | None = None
     nbs: int = 64
     warmup_epochs: float = 3.0
+    cls_pw: float = 0.0
     val_every_epoch: bool = True
     threads: int | None = None
     plots: bool = False
@@ -77,6 +78,8 @@ class TrainSettings:
             args["lr0"] = self.lr0
         if self.time_hours:
             args["time"] = self.time_hours
+        if self.cls_pw:
+            args["cls_pw"] = self.cls_pw
         args.update(self.extra)
         return args
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from smartbin_daemon.training.dataset import label_path_for, parse_dataset_arg
 from smartbin_daemon.training.evaluate import top_confusions
@@ -46,3 +47,21 @@ def test_a_pt_start_point_keeps_its_weights_and_a_yaml_fetches_none(tmp_path: Pa
     assert scratch.ultralytics_args()["pretrained"] is False
     finetune = TrainSettings(data_yaml=tmp_path / "data.yaml", project=tmp_path, model=str(tmp_path / "best.pt"))
     assert finetune.ultralytics_args()["pretrained"] is True
+
+
+def test_class_weighting_is_passed_only_when_asked(tmp_path: Path) -> None:
+    from smartbin_daemon.training.train import TrainSettings
+
+    plain = TrainSettings(data_yaml=tmp_path / "data.yaml", project=tmp_path)
+    assert "cls_pw" not in plain.ultralytics_args()
+    weighted = TrainSettings(data_yaml=tmp_path / "data.yaml", project=tmp_path, cls_pw=0.5)
+    assert weighted.ultralytics_args()["cls_pw"] == 0.5
+
+
+def test_cls_pw_outside_zero_to_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from smartbin_daemon.training.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--cls-pw", "1.5"])
+    assert exc.value.code == 2
+    assert "--cls-pw: 1.5 is outside 0..1" in capsys.readouterr().err
