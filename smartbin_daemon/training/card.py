@@ -17,6 +17,15 @@ from smartbin_daemon.training.evaluate import format_confusions, format_metrics_
 logger = logging.getLogger(__name__)
 
 
+
+def _start_point(model: str) -> str:
+    """The card's line on where training started: a model YAML (random init) or an earlier checkpoint."""
+    if model.endswith(".pt"):
+        return f"- Start point: continued from the checkpoint `{model}`; its weights are kept (`pretrained=True`)."
+    return (f"- Architecture: `{model}` built from its YAML (random init, no pretrained weights: none can be "
+            "downloaded here).")
+
+
 def classes_doc(classmap: ClassMap, model_file: str, imgsz: int) -> dict[str, Any]:
     """The class map the daemon reads: detector index/name -> category -> default compartment."""
     return {
@@ -178,8 +187,7 @@ def write_card(
     out += ["## Training", ""]
     sessions = train_info.get("sessions", [])
     out += [
-        f"- Architecture: `{settings.get('model')}` built from its YAML (random init, no pretrained weights: none can be "
-        "downloaded here).",
+        _start_point(str(settings.get("model"))),
         f"- imgsz {imgsz}, epochs run {train_info.get('epochs_done')} (schedule {train_info.get('epochs_planned')}), batch "
         f"{settings.get('batch')}, device `{settings.get('device')}`, seed {settings.get('seed')}, workers {settings.get('workers')}, "
         f"cache {settings.get('cache')}, time cap {settings.get('time_hours')} h, optimizer {settings.get('optimizer')}, "

@@ -65,3 +65,11 @@ def test_cls_pw_outside_zero_to_one_is_refused(capsys: pytest.CaptureFixture[str
         main(["train", "--cls-pw", "1.5"])
     assert exc.value.code == 2
     assert "--cls-pw: 1.5 is outside 0..1" in capsys.readouterr().err
+
+
+def test_card_names_a_checkpoint_start_point_as_continued_training() -> None:
+    from smartbin_daemon.training.card import _start_point
+
+    assert "continued from the checkpoint `/w/best.pt`" in _start_point("/w/best.pt")
+    assert "random init" not in _start_point("/w/best.pt")
+    assert "`yolo11n.yaml` built from its YAML (random init" in _start_point("yolo11n.yaml")
