@@ -17,7 +17,6 @@ from smartbin_daemon.training.evaluate import format_confusions, format_metrics_
 logger = logging.getLogger(__name__)
 
 
-
 def _start_point(model: str) -> str:
     """The card's line on where training started: a model YAML (random init) or an earlier checkpoint."""
     if model.endswith(".pt"):
