@@ -1,10 +1,17 @@
 """The camera worker: opens the configured frame source, publishes the newest frame, and watches it.
 
-Latest frame wins: every frame read replaces the one in the shared `LatestFrame` slot, so the
+Latest frame wins: every decoded frame replaces the one in the shared `LatestFrame` slot, so the
 capture loop never waits for a consumer and a slow consumer always sees the current scene. The
 watchdog releases the source when it fails or stays silent for `stall_timeout_s` and re-opens it
 with exponential backoff; a camera that is absent at start is retried the same way, so the daemon
 runs without one (state `disconnected`) and picks it up when it appears.
+
+Idle costs nothing: a frame is decoded only while a consumer wants one (`LatestFrame.want`,
+`want_one`, or a consumer waiting in `wait_newer`), plus the first frame after each open, which
+proves the stream decodes and gives the resolution. Otherwise the frame is only grabbed (taken
+from the source undecoded): it counts for the stall watchdog, `frames`, fps and `connected`, so
+status and alerts do not depend on demand, but nothing new enters the slot, whose last frame goes
+stale (consumers refuse stale frames, see `is_fresh`). `decoded` in the state counts decoded frames.
 """
 
 from __future__ import annotations
@@ -82,6 +89,9 @@ class CameraWorker(Worker):
         self.kind: str | None = None
         self.description = redact(cfg.source)
         self.frames_total = 0
+        self.decoded_total = 0
+        self._decode_next = False
+        """Decode the next frame whatever the demand (the first one after an open)."""
         self.reconnects_total = 0
         self.stalls_total = 0
         self.errors_total = 0
@@ -154,6 +164,7 @@ class CameraWorker(Worker):
             self._retry_later(str(exc) or type(exc).__name__)
             return
         self.source = source
+        self._decode_next = True
         self._progress_at = time.monotonic()
         logger.info("camera opened: %s", self.description, extra=ev("camera_opened"))
 
@@ -226,8 +237,13 @@ class CameraWorker(Worker):
     def _read_once(self) -> None:
         source = self.source
         assert source is not None
+        image: np.ndarray | None = None
         try:
-            image = source.read()
+            if self._decode_next or self.frames.wanted():
+                image = source.read()
+                got = image is not None
+            else:
+                got = source.grab()
         except SourceEnded as exc:
             self._ended(str(exc))
             return
@@ -238,7 +254,7 @@ class CameraWorker(Worker):
             self._lost(f"read failed: {exc}", stall=False)
             return
         now = time.monotonic()
-        if image is None:
+        if not got:
             silent = now - self._progress_at
             if silent >= self.stall_limit_s:
                 self._lost(f"no frame for {silent:.1f}s", stall=True)
@@ -247,19 +263,24 @@ class CameraWorker(Worker):
             return
         self._on_frame(image, now)
 
-    def _on_frame(self, image: np.ndarray, now: float) -> None:
-        self.frames.put(Frame(image, next(_SEQUENCE), now, time.time()))
+    def _on_frame(self, image: np.ndarray | None, now: float) -> None:
+        """A frame came: decoded (`image`, published in the slot) or only grabbed (None)."""
+        if image is not None:
+            self.frames.put(Frame(image, next(_SEQUENCE), now, time.time()))
+            self.decoded_total += 1
+            self._decode_next = False
+            self._resolution = (int(image.shape[1]), int(image.shape[0]))
         self.frames_total += 1
         self._progress_at = now
         self._last_frame_at = now
-        self._resolution = (int(image.shape[1]), int(image.shape[0]))
         self._fps_stamps.append(now)
         if self.status == CONNECTED:
             return
         self.status = CONNECTED
         self._backoff = self.cfg.reconnect_min_s
         self._unavailable_since = None
-        logger.info("camera connected: %s, %dx%d", self.description, *self._resolution, extra=ev("camera_connected"))
+        logger.info("camera connected: %s, %s", self.description, self._resolution_text() or "size unknown",
+                    extra=ev("camera_connected"))
         if self._alert_active:
             self._alert_active = False
             self.bus.raise_alert(Alert(self.name, "camera_unavailable", "info", f"camera is back: {self.description}",
@@ -292,6 +313,10 @@ class CameraWorker(Worker):
             span = now - stamps[0]  # frames stopped: let the rate fall instead of freezing it
         return round((len(stamps) - 1) / span, 1) if span > 0 else 0.0
 
+    def _resolution_text(self) -> str | None:
+        """E.g. `640x480`; the last decoded frame's size (None before the first decode)."""
+        return f"{self._resolution[0]}x{self._resolution[1]}" if self._resolution else None
+
     def own_state(self) -> dict[str, Any]:
         """The `camera` state."""
         now = time.monotonic()
@@ -305,10 +330,11 @@ class CameraWorker(Worker):
             "status": self.status,
             "source": self.description,
             "kind": self.kind,
-            "resolution": f"{self._resolution[0]}x{self._resolution[1]}" if self._resolution else None,
+            "resolution": self._resolution_text(),
             "fps": self.fps(now),
             "target_fps": self.cfg.fps,
             "frames": self.frames_total,
+            "decoded": self.decoded_total,
             "last_frame_age_s": None if self._last_frame_at is None else round(now - self._last_frame_at, 3),
             "reconnects_last_hour": len(self._reconnect_stamps),
             "stalls_last_hour": len(self._stall_stamps),

@@ -1,4 +1,9 @@
-"""The latest-frame slot between the camera and its consumers: the newest frame wins, nobody blocks the capture."""
+"""The latest-frame slot between the camera and its consumers: the newest frame wins, nobody blocks the capture.
+
+The slot also carries the consumers' demand: the camera decodes frames only while someone wants them
+(a lease from `want`, a one-shot from `want_one`, or a consumer inside `wait_newer`) and otherwise only
+takes them from the source undecoded, so an idle bin does not pay for decoding images nobody looks at.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
+LINGER_S = 0.5
+"""How long frames keep coming after a `wait_newer` wait, so a consumer asking in a loop is never starved."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +41,33 @@ class LatestFrame:
     def __init__(self) -> None:
         self._frame: Frame | None = None
         self._cond = threading.Condition()
+        self._wanted_until = float("-inf")
+        """Monotonic end of the longest demand lease."""
+        self._want_one = False
 
     def put(self, frame: Frame) -> None:
-        """Publish the newest frame."""
+        """Publish the newest frame (it satisfies a pending `want_one`)."""
         with self._cond:
             self._frame = frame
+            self._want_one = False
             self._cond.notify_all()
+
+    def want(self, hold_s: float) -> None:
+        """Ask for decoded frames for the next `hold_s` seconds (extends a lease, never shortens it)."""
+        until = time.monotonic() + hold_s
+        with self._cond:
+            self._wanted_until = max(self._wanted_until, until)
+
+    def want_one(self) -> None:
+        """Ask for just the next decoded frame (for periodic samplers such as the motion gate)."""
+        with self._cond:
+            self._want_one = True
+
+    def wanted(self, now: float | None = None) -> bool:
+        """Whether the camera should decode its next frame (a lease runs or a one-shot is pending)."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            return self._want_one or now < self._wanted_until
 
     def latest(self) -> Frame | None:
         """The newest frame, if any."""
@@ -46,7 +75,8 @@ class LatestFrame:
             return self._frame
 
     def wait_newer(self, seq: int, timeout: float) -> Frame | None:
-        """The newest frame with a sequence number greater than `seq`, waiting up to `timeout` s."""
+        """The newest frame with a sequence number above `seq`, waiting up to `timeout` s; waiting is demand."""
+        self.want(max(0.0, timeout) + LINGER_S)
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._frame is None or self._frame.seq <= seq:
@@ -57,6 +87,6 @@ class LatestFrame:
             return self._frame
 
     def clear(self) -> None:
-        """Forget the frame (camera lost: nobody may analyse a stale image)."""
+        """Forget the frame (camera lost: nobody may analyse a stale image); the demand stays."""
         with self._cond:
             self._frame = None

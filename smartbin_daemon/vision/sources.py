@@ -1,4 +1,4 @@
-"""Frame source backends behind one small protocol: open, bounded read, close, describe.
+"""Frame source backends behind one small protocol: open, bounded read or grab, close, describe.
 
 Which backend serves which `camera.source`:
 
@@ -33,8 +33,16 @@ Which backend serves which `camera.source`:
 their own size (the state reports the real one). `fps` is asked of devices, paces files and
 folders, and caps how many MJPEG parts are decoded (the surplus is dropped undecoded).
 
-Every `read()` returns within about a second, so the camera worker's heartbeat stays fresh and a
-stop request is honoured promptly whatever the camera does.
+Every source can also `grab()`: take the next frame from the device or stream without decoding it.
+The camera worker grabs while no consumer wants frames, so the device keeps streaming (no stale
+driver queue, no reconnect, the stall watchdog keeps watching) at a fraction of the cost. What a
+grab skips: V4L2 the conversion to BGR (for MJPEG cameras the JPEG decode) and the copy; FFmpeg
+(RTSP, video files) the colour conversion and copy (the codec still decodes: inter-frame video
+needs every frame); GStreamer only the copy out of the appsink (the pipeline runs for every
+frame); MJPEG the JPEG decode; image folders the file read; picamera2 the copy of the image buffer.
+
+Every `read()` and `grab()` returns within about a second, so the camera worker's heartbeat stays
+fresh and a stop request is honoured promptly whatever the camera does.
 """
 
 from __future__ import annotations
@@ -101,6 +109,9 @@ class FrameSource(Protocol):
 
     def read(self) -> np.ndarray | None:
         """The next BGR frame; None when none came within ~1 s; SourceError when the source is dead."""
+
+    def grab(self) -> bool:
+        """Take the next frame without decoding it; False when none came within ~1 s; errors as `read`."""
 
     def close(self) -> None:
         """Release everything; safe to call twice and after a failed open."""
@@ -251,17 +262,38 @@ class OpenCVSource:
                     cfg.width, cfg.height, cfg.fps)
 
     def read(self) -> np.ndarray | None:
-        """Next frame. FFmpeg captures are dead after a failed read (timeout or end), the others retry."""
-        cap = self.cap
-        if cap is None:
-            raise SourceError("not open")
+        """Next frame (grab, then retrieve, as cv2 reads). FFmpeg captures are dead after a failed read."""
+        cap = self._cap()
         started = time.monotonic()
         try:
-            ok, image = cap.read()
+            ok, image = cap.retrieve() if cap.grab() else (False, None)
         except cv2.error as exc:
             raise SourceError(f"read failed: {exc}") from exc
         if ok and image is not None:
             return to_bgr(image)
+        self._no_frame(started)
+        return None
+
+    def grab(self) -> bool:
+        """Take the next frame without retrieving it; failures as in `read`."""
+        cap = self._cap()
+        started = time.monotonic()
+        try:
+            ok = cap.grab()
+        except cv2.error as exc:
+            raise SourceError(f"grab failed: {exc}") from exc
+        if ok:
+            return True
+        self._no_frame(started)
+        return False
+
+    def _cap(self) -> cv2.VideoCapture:
+        if self.cap is None:
+            raise SourceError("not open")
+        return self.cap
+
+    def _no_frame(self, started: float) -> None:
+        """Count a failed read; raise when the capture is dead (FFmpeg timeout or end, V4L2 unplugged)."""
         self._failed_reads += 1
         if self.api == cv2.CAP_FFMPEG:
             waited = time.monotonic() - started
@@ -270,7 +302,6 @@ class OpenCVSource:
             raise SourceError("stream ended or failed")
         if self.api == cv2.CAP_V4L2 and isinstance(self.target, str) and not os.path.exists(self.target):
             raise SourceError(f"{self.target} disappeared (unplugged?)")
-        return None
 
     def close(self) -> None:
         """Release the capture."""
@@ -280,6 +311,14 @@ class OpenCVSource:
 
 
 # --------------------------------------------------------------------------- simulation: file and folder
+
+
+def _take(cap: cv2.VideoCapture, decode: bool) -> tuple[bool, np.ndarray | None]:
+    """The next frame of a capture: read (decoded) or only grabbed."""
+    if decode:
+        ok, image = cap.read()
+        return (True, image) if ok and image is not None else (False, None)
+    return bool(cap.grab()), None
 
 
 class VideoFileSource:
@@ -315,30 +354,38 @@ class VideoFileSource:
 
     def read(self) -> np.ndarray | None:
         """The next frame when it is due (None while waiting longer than 0.5 s)."""
+        ok, image = self._next(decode=True)
+        return to_bgr(image) if ok and image is not None else None
+
+    def grab(self) -> bool:
+        """Pass the next frame when it is due, not retrieved (False while waiting longer than 0.5 s)."""
+        return self._next(decode=False)[0]
+
+    def _next(self, decode: bool) -> tuple[bool, np.ndarray | None]:
         cap = self.cap
         if cap is None:
             raise SourceError("not open")
         if not _paced_wait(self.pacer):
-            return None
-        ok, image = cap.read()
+            return False, None
+        ok, image = _take(cap, decode)
         if not ok:
             if not self.loop:
                 raise SourceEnded(f"end of video file {self.path}")
             self.loops += 1
-            ok, image = self._rewind(cap)
+            ok, image = self._rewind(cap, decode)
             if not ok:
                 raise SourceError(f"no readable frame in {self.path}")
         self.pacer.mark(time.monotonic())
-        return to_bgr(image)
+        return True, image
 
-    def _rewind(self, cap: cv2.VideoCapture) -> tuple[bool, np.ndarray]:
+    def _rewind(self, cap: cv2.VideoCapture, decode: bool) -> tuple[bool, np.ndarray | None]:
         if cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
-            ok, image = cap.read()
+            ok, image = _take(cap, decode)
             if ok:
                 return ok, image
         self.open()  # some containers cannot seek: reopening always starts at frame 0
         assert self.cap is not None
-        return self.cap.read()
+        return _take(self.cap, decode)
 
     def close(self) -> None:
         """Release the file."""
@@ -390,6 +437,26 @@ class ImageFolderSource:
         """The next readable image when it is due."""
         if not _paced_wait(self.pacer):
             return None
+        while True:  # ends: each pass returns or marks one more file unreadable, and _next_path gives up
+            path = self._next_path()
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                self.bad.add(path)
+                logger.warning("camera: skipping unreadable image %s", path)
+                continue
+            self.pacer.mark(time.monotonic())
+            return to_bgr(image)
+
+    def grab(self) -> bool:
+        """Move on to the next image when due, without reading it (unreadable files are found by `read`)."""
+        if not _paced_wait(self.pacer):
+            return False
+        self._next_path()
+        self.pacer.mark(time.monotonic())
+        return True
+
+    def _next_path(self) -> Path:
+        """The next file not known to be unreadable, starting over (rescanned) at the end when looping."""
         tried = 0
         while tried <= len(self.files):
             if self.index >= len(self.files):
@@ -402,15 +469,8 @@ class ImageFolderSource:
             path = self.files[self.index]
             self.index += 1
             tried += 1
-            if path in self.bad:
-                continue
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                self.bad.add(path)
-                logger.warning("camera: skipping unreadable image %s", path)
-                continue
-            self.pacer.mark(time.monotonic())
-            return to_bgr(image)
+            if path not in self.bad:
+                return path
         raise SourceError(f"no readable image in {self.folder}")
 
     def close(self) -> None:
@@ -430,6 +490,8 @@ class Picamera2Source:
         self.camera_num = camera_num
         self.cam: Any = None
         self._job: Any = None
+        self._job_kind = ""
+        """What the pending request captures: `array` (read) or `metadata` (grab)."""
         self.timeouts = 0
 
     def describe(self) -> str:
@@ -475,20 +537,35 @@ class Picamera2Source:
 
     def read(self) -> np.ndarray | None:
         """Next frame, waiting at most READ_TIMEOUT_S; a request that timed out is waited on again next time."""
+        if self._job is not None and self._job_kind == "metadata":
+            done, _ = self._capture("metadata")  # a grab's request timed out earlier: let it finish first
+            if not done:
+                return None
+        done, image = self._capture("array")
+        return to_bgr(np.asarray(image)) if done else None
+
+    def grab(self) -> bool:
+        """Wait for the next frame's metadata only (its image is not copied); timeouts as in `read`."""
+        return self._capture(self._job_kind if self._job is not None else "metadata")[0]
+
+    def _capture(self, kind: str) -> tuple[bool, Any]:
+        """Wait up to READ_TIMEOUT_S for the pending request, or a new one of `kind`: (done, result)."""
         if self.cam is None:
             raise SourceError("not open")
         try:
             if self._job is None:
-                self._job = self.cam.capture_array("main", wait=False)
-            image = self._job.get_result(timeout=READ_TIMEOUT_S)
+                self._job = (self.cam.capture_array("main", wait=False) if kind == "array"
+                             else self.cam.capture_metadata(wait=False))
+                self._job_kind = kind
+            result = self._job.get_result(timeout=READ_TIMEOUT_S)
         except concurrent.futures.TimeoutError:
             self.timeouts += 1
-            return None
+            return False, None
         except Exception as exc:  # noqa: BLE001 - picamera2 surfaces libcamera failures as any exception
             self._job = None
             raise SourceError(f"Pi camera read failed: {exc}") from exc
         self._job = None
-        return to_bgr(np.asarray(image))
+        return True, result
 
     def close(self) -> None:
         """Stop and close the camera."""
@@ -607,14 +684,15 @@ class MjpegSource:
         self._pending: bytes | None = None
         self.skipped = 0
         self.corrupt = 0
+        self.undecoded = 0
 
     def describe(self) -> str:
         """E.g. `http://cam/stream (MJPEG over HTTP)`."""
         return f"{redact(self.url)} (MJPEG over HTTP)"
 
     def stats(self) -> dict[str, int]:
-        """Parts dropped undecoded (newer ones were waiting) and parts that did not decode."""
-        return {"skipped": self.skipped, "corrupt": self.corrupt}
+        """Parts dropped undecoded (newer ones waited), parts that did not decode, parts only grabbed."""
+        return {"skipped": self.skipped, "corrupt": self.corrupt, "undecoded": self.undecoded}
 
     def open(self) -> None:
         """Connect, send the request (HTTP/1.0: no chunked replies), check status and content type."""
@@ -697,10 +775,31 @@ class MjpegSource:
 
     def read(self) -> np.ndarray | None:
         """The newest complete frame once due; None after READ_TIMEOUT_S without one; SourceError on EOF/errors."""
+        deadline = time.monotonic() + self.read_timeout_s
+        while (due := self._due_part(deadline)) is not None:
+            data, now = due
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                self.corrupt += 1
+                continue
+            self.pacer.mark(now)
+            return to_bgr(image)
+        return None
+
+    def grab(self) -> bool:
+        """Drop the newest complete part undecoded once due (draining the socket as `read` does)."""
+        due = self._due_part(time.monotonic() + self.read_timeout_s)
+        if due is None:
+            return False
+        self.undecoded += 1
+        self.pacer.mark(due[1])
+        return True
+
+    def _due_part(self, deadline: float) -> tuple[bytes, float] | None:
+        """The newest complete part and when it fell due, once the pacer allows one; None at `deadline`."""
         sock, parser = self.sock, self.parser
         if sock is None or parser is None:
             raise SourceError("not open")
-        deadline = time.monotonic() + self.read_timeout_s
         while True:
             latest, dropped = parser.pop_latest()
             if latest is not None:
@@ -710,12 +809,7 @@ class MjpegSource:
             wait_due = self.pacer.remaining(now)
             if self._pending is not None and wait_due <= 0:
                 data, self._pending = self._pending, None
-                image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-                if image is None:
-                    self.corrupt += 1
-                    continue
-                self.pacer.mark(now)
-                return to_bgr(image)
+                return data, now
             if parser.ended:
                 raise SourceError("the server ended the MJPEG stream")
             remaining = deadline - now

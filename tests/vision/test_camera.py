@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import random
@@ -9,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -16,7 +18,7 @@ import pytest
 
 from smartbin_daemon.config import CameraConfig
 from smartbin_daemon.vision.camera import camera_entities, is_fresh, next_fresh_frame
-from smartbin_daemon.vision.frames import Frame, LatestFrame
+from smartbin_daemon.vision.frames import LINGER_S, Frame, LatestFrame
 from smartbin_daemon.vision.sources import (
     ImageFolderSource,
     MjpegSource,
@@ -151,6 +153,271 @@ def test_is_fresh_refuses_old_frames() -> None:
     slot.put(Frame(image, 8, time.monotonic(), time.time()))
     fresh = next_fresh_frame(slot, cfg, 7, 0.1)
     assert fresh is not None and fresh.seq == 8
+
+
+# --------------------------------------------------------------------------- decoding on demand
+
+
+def _image(shade: int = 0) -> np.ndarray:
+    return np.full((4, 4, 3), shade, np.uint8)
+
+
+def test_demand_lease_extends_and_expires_one_shot_is_consumed_and_clear_keeps_demand() -> None:
+    slot = LatestFrame()
+    now = time.monotonic()
+    assert not slot.wanted(now)
+    slot.want(1.0)
+    slot.want(0.1)  # a shorter lease does not cut the longer one
+    assert slot.wanted(time.monotonic()) and slot.wanted(now + 0.9)
+    assert not slot.wanted(now + 1.2)
+    slot.want_one()
+    assert slot.wanted(now + 100.0)  # a one-shot waits for its frame however long that takes
+    slot.clear()  # the camera was lost: the consumer still wants its frame from the next one
+    assert slot.wanted(now + 100.0)
+    slot.put(Frame(_image(), 1, time.monotonic(), time.time()))
+    assert not slot.wanted(now + 100.0) and slot.wanted(now + 0.5)
+
+
+def test_wait_newer_is_demand_so_a_waiting_consumer_gets_a_frame() -> None:
+    slot = LatestFrame()
+    assert slot.wait_newer(0, 0.05) is None  # nobody decodes here; the wait still asked for frames
+    asked = time.monotonic()
+    assert slot.wanted(asked) and not slot.wanted(asked + LINGER_S + 0.1)
+
+    stop = threading.Event()
+
+    def camera() -> None:  # decodes (puts) only what is wanted, as the worker does
+        seq = 0
+        while not stop.is_set():
+            if slot.wanted():
+                seq += 1
+                slot.put(Frame(_image(), seq, time.monotonic(), time.time()))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=camera, daemon=True)
+    thread.start()
+    try:
+        time.sleep(LINGER_S + 0.1)  # the earlier wait's demand has lapsed: the camera is idle
+        idle = slot.latest()
+        time.sleep(0.1)
+        assert slot.latest() is idle, "a frame was decoded without demand"
+        frame = slot.wait_newer(idle.seq if idle else 0, 1.0)
+        assert frame is not None and frame.age() < 0.2
+    finally:
+        stop.set()
+        thread.join(1)
+
+
+def _newer_than(rig: CameraRig, seq: int) -> Frame | None:
+    frame = rig.frames.latest()
+    return frame if frame is not None and frame.seq > seq else None
+
+
+@pytest.mark.parametrize("kind", ["images", "video", "mjpeg"])
+def test_camera_decodes_only_what_consumers_want(kind: str, tmp_path: Path, camera_rig: RigFactory,
+                                                 request: pytest.FixtureRequest) -> None:
+    if kind == "images":
+        folder = tmp_path / "images"
+        folder.mkdir()
+        for i in range(3):
+            cv2.imwrite(str(folder / f"{i}.png"), np.full((SIZE[1], SIZE[0], 3), i * 8, np.uint8))
+        source = str(folder)
+    elif kind == "video":
+        source = str(write_video(tmp_path / "clip.avi", 24))
+    else:
+        source = request.getfixturevalue("mjpeg_server").url
+    rig = camera_rig(source, fps=20.0)
+    worker = rig.worker
+
+    # Idle: connected at full rate, but only the first frame after the open is decoded (resolution, proof it decodes).
+    state = rig.wait_state(lambda s: s["status"] == "connected" and s["frames"] >= 3, what="connected")
+    opened = rig.frames.latest()
+    assert opened is not None and state["resolution"] == "160x120"
+    frames0 = state["frames"]
+    state = rig.wait_state(lambda s: s["frames"] >= frames0 + 20, timeout=3.0, what="a second of frames")
+    assert state["status"] == "connected" and state["fps"] >= 12.0, state
+    assert state["decoded"] == 1 and worker.decoded_total == 1, state
+    assert rig.frames.latest() is opened, "an idle camera put a new frame in the slot"
+    assert not state["unavailable_alert"] and state["stalls_total"] == 0
+    if kind == "mjpeg":
+        assert state["source_stats"]["undecoded"] >= 15
+
+    # A one-shot: exactly one more decoded frame.
+    rig.frames.want_one()
+    one = wait_until(lambda: _newer_than(rig, opened.seq), 1.0, interval=0.005, what="the one-shot frame")
+    assert one.age() < 0.2
+    frames_at = worker.frames_total
+    time.sleep(0.4)
+    assert worker.decoded_total == 2 and rig.frames.latest() is one
+    assert worker.frames_total >= frames_at + 5  # grabbing went on
+
+    # A lease: fresh frames within about two frame periods, for as long as it lasts.
+    rig.frames.want(1.0)
+    wanted_at = time.monotonic()
+    first = wait_until(lambda: _newer_than(rig, one.seq), 1.0, interval=0.005, what="a frame for the lease")
+    onset = time.monotonic() - wanted_at
+    assert onset < 0.35, f"first wanted frame after {onset:.2f}s at 20 fps"
+    seen = {first.seq}
+    while time.monotonic() < wanted_at + 0.9:
+        frame = rig.frames.latest()
+        assert frame is not None and frame.age() < 0.3
+        seen.add(frame.seq)
+        time.sleep(0.01)
+    assert len(seen) >= 12, f"{len(seen)} frames in a 1 s lease at 20 fps"
+    time.sleep(max(0.0, wanted_at + 1.2 - time.monotonic()))  # the lease ran out (a read in progress may finish)
+    decoded = worker.decoded_total
+    assert decoded >= 2 + 12
+    state = rig.wait_state(lambda s: s["decoded"] == decoded, timeout=2.0, what="decoded in the state")
+    last = rig.frames.latest()
+    time.sleep(0.5)
+    assert worker.decoded_total == decoded and rig.frames.latest() is last, "decoding went on after the lease"
+    assert worker.frames_total >= state["frames"] + 5
+
+    # A consumer that only waits gets a fresh frame too.
+    assert last is not None
+    waited = rig.frames.wait_newer(last.seq, 1.0)
+    assert waited is not None and is_fresh(waited, rig.cfg)
+
+
+def test_an_idle_camera_that_goes_silent_still_stalls(mjpeg_server: MjpegServer, camera_rig: RigFactory) -> None:
+    rig = camera_rig(mjpeg_server.url)
+    rig.wait_state(lambda s: s["status"] == "connected" and s["frames"] >= 10, what="grabbing")
+    assert rig.worker.decoded_total == 1  # grabbing, not decoding
+    mjpeg_server.hang()
+    state = rig.wait_state(lambda s: s["stalls_total"] >= 1, timeout=4.0, what="a stall")
+    assert state["status"] == "reconnecting" and rig.frames.latest() is None
+    assert rig.worker.decoded_total == 1
+    mjpeg_server.resume()
+    state = rig.wait_status("connected", timeout=4.0)
+    assert state["decoded"] == 2 and state["resolution"] == "160x120"  # the first frame after the re-open
+    rig.wait_state(lambda s: not s["unavailable_alert"], timeout=4.0)
+
+
+def test_image_folder_grab_does_not_read_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, shade in (("a.png", 0), ("c.png", 2)):
+        cv2.imwrite(str(tmp_path / name), np.full((SIZE[1], SIZE[0], 3), shade * 8, np.uint8))
+    (tmp_path / "b.jpg").write_bytes(b"this is not a JPEG")
+    folder = ImageFolderSource(tmp_path, fps=200.0, loop=True)
+    folder.open()
+    imread = cv2.imread
+
+    def no_imread(*args: Any) -> Any:
+        raise AssertionError("grab() read an image file")
+
+    monkeypatch.setattr(cv2, "imread", no_imread)
+    assert all(folder.grab() for _ in range(7))  # a, b, c, a, b, c, a: the unreadable b is not noticed
+    assert folder.stats() == {"unreadable": 0, "images": 3, "loops": 2}
+    monkeypatch.setattr(cv2, "imread", imread)
+    image = folder.read()  # b: unreadable, skipped, then c
+    assert image is not None and grey_index(image) == 2
+    assert folder.stats()["unreadable"] == 1
+    assert folder.grab() and folder.grab()  # a, then c: the known-bad b is skipped by grabs too
+    image = folder.read()
+    assert image is not None and grey_index(image) == 0
+
+
+def test_video_file_grab_advances_loops_and_ends_like_read(tmp_path: Path) -> None:
+    write_video(tmp_path / "five.avi", 5)
+    video = VideoFileSource(tmp_path / "five.avi", fps=200.0, loop=False)
+    video.open()
+    try:
+        assert video.grab() and video.grab()
+        image = video.read()
+        assert image is not None and grey_index(image) == 2
+        assert video.grab() and video.grab()
+        with pytest.raises(SourceEnded):
+            video.grab()
+    finally:
+        video.close()
+    looped = VideoFileSource(tmp_path / "five.avi", fps=200.0, loop=True)
+    looped.open()
+    try:
+        assert all(looped.grab() for _ in range(6))  # 0..4, then 0 again
+        image = looped.read()
+        assert image is not None and grey_index(image) == 1 and looped.stats()["loops"] == 1
+    finally:
+        looped.close()
+
+
+def test_mjpeg_grab_drops_parts_undecoded_at_the_paced_rate() -> None:
+    with MjpegServer(fps=20.0) as server:
+        source = MjpegSource(server.url, fps=10.0)
+        source.open()
+        try:
+            started = time.monotonic()
+            grabbed = 0
+            while time.monotonic() - started < 1.0:
+                grabbed += source.grab()
+            assert 8 <= grabbed <= 12, grabbed
+            assert source.stats()["undecoded"] == grabbed and source.stats()["corrupt"] == 0
+            image = None
+            while image is None:
+                image = source.read()
+            assert decode_counter(image) >= server.frames_sent - 1  # the newest part, as after a read
+        finally:
+            source.close()
+
+
+def test_ffmpeg_grab_takes_frames_and_reports_a_hang_as_a_stall(mjpeg_server: MjpegServer) -> None:
+    source = OpenCVSource("url", mjpeg_server.url, cv2.CAP_FFMPEG, cfg=camera_config(mjpeg_server.url))
+    source.open()
+    try:
+        assert all(source.grab() for _ in range(3))
+        image = source.read()
+        assert image is not None and image.shape == (SIZE[1], SIZE[0], 3)
+        mjpeg_server.hang()
+        started = time.monotonic()
+        with pytest.raises(SourceStalled):
+            for _ in range(10):
+                source.grab()
+        assert time.monotonic() - started < 2.0
+        assert source.stats()["failed_reads"] >= 1
+    finally:
+        source.close()
+
+
+class _Job:
+    """A picamera2 request: done after `polls` waits, each a timeout until then."""
+
+    def __init__(self, result: Any, polls: int = 1) -> None:
+        self.result = result
+        self.polls = polls
+
+    def get_result(self, timeout: float) -> Any:
+        self.polls -= 1
+        if self.polls > 0:
+            raise concurrent.futures.TimeoutError
+        return self.result
+
+
+class _FakePicamera2:
+    """Counts array and metadata requests; the first metadata request times out once."""
+
+    def __init__(self) -> None:
+        self.arrays = 0
+        self.metadata = 0
+
+    def capture_array(self, name: str, wait: bool) -> _Job:
+        assert name == "main" and wait is False
+        self.arrays += 1
+        return _Job(np.zeros((SIZE[1], SIZE[0], 3), np.uint8))
+
+    def capture_metadata(self, wait: bool) -> _Job:
+        assert wait is False
+        self.metadata += 1
+        return _Job({"SensorTimestamp": self.metadata}, polls=2 if self.metadata == 1 else 1)
+
+
+def test_picamera2_grab_waits_for_metadata_and_copies_no_image() -> None:
+    source = Picamera2Source(camera_config("picamera2"))
+    cam = _FakePicamera2()
+    source.cam = cam
+    assert source.grab() is False and source.stats()["timeouts"] == 1  # the request is still pending
+    image = source.read()  # finishes the grab's request first, then captures an image
+    assert image is not None and image.shape == (SIZE[1], SIZE[0], 3)
+    assert (cam.metadata, cam.arrays) == (1, 1)
+    assert source.grab() and source.grab()
+    assert (cam.metadata, cam.arrays) == (3, 1)
 
 
 # --------------------------------------------------------------------------- a real MJPEG server
