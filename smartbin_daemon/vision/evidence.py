@@ -7,8 +7,8 @@ Layout below `storage.path`:
 - `dataset/`: a YOLO detection dataset (`images/`, `labels/`, `data.yaml`, `README.txt`) of uncertain or
   requested frames with the detector's predicted boxes as draft labels, capped by image count and bytes.
 
-Why the bookkeeping is in memory: the store runs on the detector's thread on an SD card; walking the
-tree on every save would cost more than the save. The index is rebuilt from disk on start and hourly.
+Why the bookkeeping is in memory: the store runs on one thread (the evidence writer) on an SD card; walking
+the tree on every save would cost more than the save. The index is rebuilt from disk on start and hourly.
 
 Why label before image: every file is written as `<name>.tmp` and renamed, so no reader sees half a
 JPEG; the label is renamed into place before its image (and deleted after it), so an image is never
@@ -224,7 +224,8 @@ class _Pair:
 class EvidenceStore:
     """Annotated snapshots and the active-learning dataset under `storage.path`; never raises on disk errors.
 
-    Called from the detector worker's thread; `stats()` and `cleanup()` may come from others (a lock guards).
+    Written from the evidence writer's thread; `reserve_snapshot_path()`, `stats()` and `cleanup()` may come from
+    others (a lock guards).
     `emulated_free_bytes` is a test hook: when set, writes beyond it fail with ENOSPC and deletions give it back.
     """
 
@@ -245,6 +246,8 @@ class EvidenceStore:
         self.last_error: str | None = None
         self._lock = threading.RLock()
         self._snaps: deque[_Snap] = deque()
+        self._issued: deque[Path] = deque(maxlen=64)
+        self._issue_lock = threading.Lock()  # not the RLock: the detector must not wait for a write to reserve
         self._snap_bytes = 0
         self._pairs: deque[_Pair] = deque()
         self._pair_bytes = 0
@@ -267,8 +270,20 @@ class EvidenceStore:
         """The dataset byte quota."""
         return int(self.cfg.dataset_quota_mb * 1024 * 1024)
 
-    def save_snapshot(self, image: np.ndarray, decision: Decision) -> Path | None:
-        """Save the decision's annotated JPEG; keep it as the latest for MQTT. None when disabled or not saved.
+    def reserve_snapshot_path(self, *parts: str) -> Path:
+        """A new, unique snapshot path `<UTC day>/<HHMMSS-mmm>_<parts>.jpg`; no disk access, no wait on a write."""
+        now = datetime.now(timezone.utc)
+        folder = self.snapshot_dir / now.strftime("%Y-%m-%d")
+        name = f"{now.strftime('%H%M%S')}-{now.microsecond // 1000:03d}_{'_'.join(_safe(p) for p in parts)}"
+        with self._issue_lock:
+            path, n = folder / f"{name}.jpg", 1
+            while path in self._issued:
+                path, n = folder / f"{name}-{n}.jpg", n + 1
+            self._issued.append(path)
+            return path
+
+    def save_snapshot(self, image: np.ndarray, decision: Decision, path: Path | None = None) -> Path | None:
+        """Save the decision's annotated JPEG (at a reserved `path`); keep it as the latest for MQTT; None if not saved.
 
         The latest bytes are updated even when the file cannot be written, so HA still sees the item.
         """
@@ -283,7 +298,7 @@ class EvidenceStore:
             self.latest_snapshot_jpeg = data
             if not self.cfg.snapshots:
                 return None
-            return self._store_snapshot(data, f"{_safe(decision.item_id)}_{_safe(decision.category)}")
+            return self._store_snapshot(data, path or self.reserve_snapshot_path(decision.item_id, decision.category))
 
     def save_frame_snapshot(self, image: np.ndarray) -> Path | None:
         """Save the current frame (time-stamped, no boxes) for the `snapshot` request; also the latest bytes.
@@ -298,7 +313,7 @@ class EvidenceStore:
                 self._skip("snapshot", exc)
                 return None
             self.latest_snapshot_jpeg = data
-            return self._store_snapshot(data, "request_frame")
+            return self._store_snapshot(data, self.reserve_snapshot_path("request_frame"))
 
     def save_for_training(self, image: np.ndarray, boxes: Sequence[DetectedBox], reason: str,
                           item_id: str | None = None, force: bool = False) -> Path | None:
@@ -438,22 +453,18 @@ class EvidenceStore:
 
     # ------------------------------------------------------------------ snapshots
 
-    def _store_snapshot(self, data: bytes, suffix: str) -> Path | None:
-        """Write snapshot bytes under today's folder, index them and apply the limits."""
-        now = datetime.now(timezone.utc)
-        folder = self.snapshot_dir / now.strftime("%Y-%m-%d")
-        name = f"{now.strftime('%H%M%S')}-{now.microsecond // 1000:03d}_{suffix}"
-        path = folder / f"{name}.jpg"
+    def _store_snapshot(self, data: bytes, path: Path) -> Path | None:
+        """Write snapshot bytes at a reserved path, index them and apply the limits."""
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            n = 1
-            while path.exists():
-                path = folder / f"{name}-{n}.jpg"
-                n += 1
+            path.parent.mkdir(parents=True, exist_ok=True)
+            replaced = path.exists()  # only when the clock went back onto an old name: the new file wins
             self._write_atomic(path, data)
         except OSError as exc:
             self._skip("snapshot", exc)
             return None
+        for old in [s for s in self._snaps if s.path == path] if replaced else ():
+            self._snaps.remove(old)
+            self._snap_bytes -= old.size
         self._snaps.append(_Snap(path, len(data), time.time()))
         self._snap_bytes += len(data)
         self.latest_snapshot_path = path
