@@ -205,9 +205,6 @@ class App:
 
                 self._factories["camera"] = lambda cfg: CameraWorker(self.bus, cfg.camera, frames, base_dir=base_dir)
             if self.cfg.detector.enabled:
-                from .vision.model import configure_ultralytics
-
-                configure_ultralytics(Path(self.cfg.storage.path))
                 from .vision.detector import DetectorWorker
 
                 self._factories["detector"] = lambda cfg: DetectorWorker(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -600,14 +601,33 @@ class MotionGateConfig(_Model):
     quiet_s: float = Field(default=1.5, gt=0, le=60, description="no motion this long = the item has gone")
 
 
+def resolve_backend(model: Path, requested: str) -> str:
+    """`auto` picks onnxruntime for an `.onnx` file and ultralytics for every other format."""
+    if requested != "auto":
+        return requested
+    return "onnxruntime" if model.suffix.lower() == ".onnx" else "ultralytics"
+
+
+def missing_backend(backend: str) -> str | None:
+    """Why `backend` cannot run in this install (naming the extra to install), or None when it can."""
+    module, extra = {"onnxruntime": ("onnxruntime", "vision"), "ultralytics": ("ultralytics", "ultralytics")}[backend]
+    if importlib.util.find_spec(module) is not None:
+        return None
+    hint = " (or ./install.sh --with-ultralytics)" if extra == "ultralytics" else ""
+    return f"the {backend} backend needs the '{extra}' extra, which is not installed: pip install 'smartbin-daemon[{extra}]'{hint}"
+
+
 class DetectorConfig(_Model):
     """YOLO detector: model, inference settings, gating and the multi-frame vote."""
 
     enabled: bool = False
     model: Path = Field(default=Path("/opt/smartbin/models/smartbin-waste-nano.onnx"),
-                        description="any format ultralytics loads (.onnx, .pt, NCNN/OpenVINO folder, .engine)")
+                        description=".onnx (onnxruntime), or .pt, .engine, NCNN/OpenVINO folder (ultralytics)")
     classmap: Path | None = Field(default=None, description="default: <model stem>.classes.yaml beside the model")
+    backend: Literal["auto", "onnxruntime", "ultralytics"] = Field(
+        default="auto", description="auto: onnxruntime for .onnx, ultralytics for every other format")
     device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:[0-9]+)?|[0-9]+)$")
+    threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads; 0: all cores but one")
     imgsz: int = Field(default=320, ge=32, le=1920)
     conf: float = Field(default=0.25, gt=0, lt=1)
     iou: float = Field(default=0.45, gt=0, lt=1)
@@ -620,6 +640,18 @@ class DetectorConfig(_Model):
     min_confidence: float = Field(default=0.5, ge=0, le=1, description="below this mean confidence: uncertain → residual")
     min_margin: float = Field(default=0.15, ge=0, le=1, description="below this margin over the runner-up: uncertain")
     motion: MotionGateConfig = Field(default_factory=MotionGateConfig)
+
+    @model_validator(mode="after")
+    def _backend_installed(self) -> DetectorConfig:
+        if self.enabled:
+            backend = resolve_backend(self.model, self.backend)
+            problem = missing_backend(backend)
+            if problem is not None:
+                key = "backend" if self.backend != "auto" else "model"
+                raise ValueError(f"{key}: {problem}\n")
+            if backend == "onnxruntime" and self.model.suffix.lower() != ".onnx":
+                raise ValueError(f"backend: onnxruntime runs .onnx models only, not {self.model.name!r}\n")
+        return self
 
 
 class EvidenceConfig(_Model):

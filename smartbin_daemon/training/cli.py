@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from smartbin_daemon.config import missing_backend
 from smartbin_daemon.training import DEFAULT_ARCH, DEFAULT_IMGSZ, DEFAULT_MODEL_NAME, DEFAULT_WORKDIR
 from smartbin_daemon.training.classmap import ClassMap, ClassMapError, load_classmap
 from smartbin_daemon.training.dataset import (
@@ -363,6 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("train", "evaluate", "export", "card", "all"):
+        problem = missing_backend("ultralytics")
+        if problem is not None:
+            logger.error("smartbin-train %s: %s", args.command, problem.replace("the ultralytics backend", "training"))
+            return 2
     configure_ultralytics_env(Path(args.workdir).resolve() / "yolo-config")
     command = "smartbin-train " + shlex.join(argv)
     paths = Paths(args.workdir, args.name)

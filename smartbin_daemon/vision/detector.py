@@ -28,6 +28,7 @@ from ..runtime.worker import FatalWorkerError, Worker
 from .camera import is_fresh
 from .decision import VotePolicy, decide
 from .evidence import EvidenceStore
+from .evidence_writer import EvidenceWriter
 from .frames import Frame, LatestFrame
 from .model import LoadedModel, ModelError, load_model, percentile
 from .motion import MotionGate
@@ -36,7 +37,11 @@ logger = logging.getLogger(__name__)
 
 IDLE, SETTLING, COLLECTING = "idle", "settling", "collecting"
 STATS_WINDOW = 200
-# Per-frame stages (capture age, then ultralytics' own three), then per-decision ones: the vote, the
+SNAPSHOT_WAIT_S = 1.0
+"""A `snapshot` waits this long for the camera to decode a current frame."""
+DEMAND_MARGIN_S = 0.5
+"""Decoded frames are wanted from a presence until this long after the settle (then `wait_newer` renews it)."""
+# Per-frame stages (capture age, then the backend's three), then per-decision ones: the vote, the
 # snapshot/dataset files, and handing the decision on (bus, durable event, log, state).
 STAGES = ("capture_age", "preprocess", "inference", "postprocess", "decision", "evidence", "publish")
 
@@ -99,6 +104,7 @@ class DetectorWorker(Worker):
         self.storage = storage
         self.model: LoadedModel | None = None
         self.evidence: EvidenceStore | None = None
+        self.evidence_writer: EvidenceWriter | None = None
         self.enabled = True
         self.continuous = cfg.gate == "continuous"
         self.gate_state = IDLE
@@ -175,11 +181,16 @@ class DetectorWorker(Worker):
                 raise FatalWorkerError(f"detector.model: {exc}") from None
         self.evidence = EvidenceStore(self.storage, self.evidence_cfg,
                                       [c.name for c in sorted(self.model.classmap.classes, key=lambda c: c.index)])
+        self.evidence_writer = EvidenceWriter(
+            self.evidence, lambda jpeg: self.bus.publish(BinaryPublish(f"{self.name}/snapshot", jpeg)))
+        self.evidence_writer.start()
         self.gate_state = IDLE
         self.item = None
         self._publish_state(force=True)
 
     def teardown(self) -> None:
+        if self.evidence_writer is not None:
+            self.evidence_writer.stop(timeout=5.0)
         loader = self._loader
         if loader is not None and loader.is_alive():
             loader.join(5)
@@ -187,11 +198,12 @@ class DetectorWorker(Worker):
     def _load(self, path: Path) -> LoadedModel:
         cfg = self.cfg
         model = load_model(path, classmap=cfg.classmap if path == cfg.model else None, device=cfg.device,
-                           imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det)
+                           imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, backend=cfg.backend,
+                           threads=cfg.threads, state_dir=self.storage)
         for warning in model.warnings:
             logger.warning("%s", warning, extra=ev("detector_device_fallback"))
-        logger.info("model %s loaded on %s in %.1fs (%d classes)", model.name, model.device, model.load_s,
-                    len(model.classmap.classes), extra=ev("model_loaded"))
+        logger.info("model %s loaded with %s on %s in %.1fs (%d classes)", model.name, model.backend_name, model.device,
+                    model.load_s, len(model.classmap.classes), extra=ev("model_loaded"))
         return model
 
     # -- main loop ----------------------------------------------------------------------------------
@@ -238,7 +250,8 @@ class DetectorWorker(Worker):
             return
         self._next_motion_check = now + self.cfg.motion.interval_s
         frame = self.frames.latest()
-        if frame is None or frame.seq == self._last_motion_seq:
+        self.frames.want_one()  # the camera decodes one frame for the next check, not every frame
+        if frame is None or frame.seq == self._last_motion_seq or not self._fresh(frame):
             return
         self._last_motion_seq = frame.seq
         if self.motion.update(frame.image, now) is True:
@@ -248,6 +261,9 @@ class DetectorWorker(Worker):
     def _start_item(self, presence_mono: float, settle: bool) -> None:
         now = time.monotonic()
         start = max(now, presence_mono + (self.cfg.settle_s if settle else 0.0))
+        # The camera decodes from now (during the settle too, so the first frame after it is current); while collecting,
+        # each wait for a frame renews the demand, and it lapses about a second after the decision.
+        self.frames.want(start - now + DEMAND_MARGIN_S)
         latest = self.frames.latest()
         self.item = _Item(uuid.uuid4().hex[:12], presence_mono, start, start + self.cfg.decision_timeout_s, [],
                           last_seq=latest.seq if latest is not None and settle else 0)
@@ -308,19 +324,15 @@ class DetectorWorker(Worker):
         self.decisions += 1
         self._decision_times.append(time.monotonic())
         latency_ms = (time.monotonic() - item.presence_mono) * 1000.0
-        # The workflow routes on the bus Decision: hand it over before the evidence files are written (encode +
-        # fsync, ~15-20 ms on an SD card), so they are not on the item's path. The event below carries the path.
+        # The workflow routes on the bus Decision: hand it over first. The snapshot and training files are encoded and
+        # written by the evidence writer's thread (~15-20 ms with fsync on an SD card); the event names the reserved path.
         self.bus.publish(decision)
         t2 = time.monotonic()
         snapshot_path = None
-        if self.evidence is not None and item.best_image is not None:
-            saved = self.evidence.save_snapshot(item.best_image, decision)
+        if self.evidence_writer is not None and item.best_image is not None:
+            saved = self.evidence_writer.submit_decision(
+                item.best_image, decision, training=decision.uncertain and self.evidence_cfg.active_learning)
             snapshot_path = str(saved) if saved is not None else None
-            if self.evidence_cfg.publish_snapshot and self.evidence.latest_snapshot_jpeg:
-                self.bus.publish(BinaryPublish(f"{self.name}/snapshot", self.evidence.latest_snapshot_jpeg))
-            if decision.uncertain and self.evidence_cfg.active_learning:
-                self.evidence.save_for_training(item.best_image, decision.boxes, decision.reason or "uncertain",
-                                                item_id=decision.item_id)
         decision = replace(decision, snapshot=snapshot_path)
         t3 = time.monotonic()
         self._stage_ms["evidence"].append((t3 - t2) * 1000.0)
@@ -363,23 +375,7 @@ class DetectorWorker(Worker):
             self._publish_state(force=True)
             self._reply(req, True, {"enabled": self.enabled, "continuous": self.continuous})
         elif req.command == "snapshot":
-            frame = self.frames.latest()
-            if frame is None or not self._fresh(frame):
-                self._reply(req, False, error="no fresh camera frame (camera disconnected?)")
-                return
-            assert self.evidence is not None
-            path = self.evidence.save_frame_snapshot(frame.image)
-            if path is None or not self.evidence.latest_snapshot_jpeg:
-                self._reply(req, False, error="snapshot could not be saved (see evidence.skipped in the detector state)")
-                return
-            self.bus.publish(BinaryPublish(f"{self.name}/snapshot", self.evidence.latest_snapshot_jpeg))
-            data: dict[str, Any] = {"path": str(path), "frame_seq": frame.seq, "bytes": len(self.evidence.latest_snapshot_jpeg)}
-            if req.args.get("dataset") and self.model is not None:
-                boxes, _ = self.model.predict(frame.image)
-                self.inferences += 1
-                saved = self.evidence.save_for_training(frame.image, boxes, "request", force=True)
-                data["dataset_image"] = str(saved) if saved is not None else None
-            self._reply(req, True, data)
+            self._snapshot(req)
         elif req.command == "model/reload":
             if self._loader is not None and self._loader.is_alive():
                 self._reply(req, False, error="a model reload is already in progress")
@@ -391,6 +387,34 @@ class DetectorWorker(Worker):
             self._loader.start()
         else:
             self._reply(req, False, error=f"detector does not handle {req.command!r}")
+
+    def _snapshot(self, req: Request) -> None:
+        """Save and publish the current frame; the evidence writer answers once the file is written."""
+        latest = self.frames.latest()
+        frame = self.frames.wait_newer(latest.seq if latest is not None else 0, SNAPSHOT_WAIT_S)  # asks for a decode
+        if frame is None or not self._fresh(frame):
+            self._reply(req, False, error="no fresh camera frame (camera disconnected?)")
+            return
+        boxes = None
+        if req.args.get("dataset") and self.model is not None:
+            boxes, _ = self.model.predict(frame.image)  # inference stays on the detector's thread
+            self.inferences += 1
+        store, image, seq = self.evidence, frame.image, frame.seq
+        assert store is not None and self.evidence_writer is not None
+
+        def done(path: Path | None, jpeg: bytes | None) -> None:  # on the writer's thread
+            if path is None or jpeg is None:
+                self._reply(req, False, error="snapshot could not be saved (see evidence.skipped in the detector state)")
+                return
+            self.bus.publish(BinaryPublish(f"{self.name}/snapshot", jpeg))
+            data: dict[str, Any] = {"path": str(path), "frame_seq": seq, "bytes": len(jpeg)}
+            if boxes is not None:
+                saved = store.save_for_training(image, boxes, "request", force=True)
+                data["dataset_image"] = str(saved) if saved is not None else None
+            self._reply(req, True, data)
+
+        if not self.evidence_writer.submit_frame_snapshot(image, done):
+            self._reply(req, False, error="the evidence writer is busy (queue full); try again")
 
     def _load_in_background(self, path: Path, req: Request) -> None:
         """Runs in a short-lived thread: load + warm-up + checks, then hand the result to the worker."""
@@ -421,7 +445,7 @@ class DetectorWorker(Worker):
         logger.info("model swapped: %s -> %s", old.name if old else None, msg.model.name, extra=ev("model_swapped"))
         if req is not None:
             self._reply(req, True, {"model": msg.model.name, "previous": old.name if old else None,
-                                    "device": msg.model.device, "load_s": round(msg.model.load_s, 2)})
+                                    "backend": msg.model.backend_name, "device": msg.model.device, "load_s": round(msg.model.load_s, 2)})
         self._publish_state(force=True)
 
     # -- state ----------------------------------------------------------------------------------------------
@@ -438,8 +462,9 @@ class DetectorWorker(Worker):
             "gate": self.cfg.gate,
             "gate_state": self.gate_state,
             "model": self.model.name if self.model else None,
+            "backend": self.model.backend_name if self.model else None,
             "device": self.model.device if self.model else None,
-            "imgsz": self.cfg.imgsz,
+            "imgsz": self.model.imgsz if self.model else self.cfg.imgsz,
             "warnings": self.warnings,
             "inferences": self.inferences,
             "decisions": self.decisions,
@@ -452,15 +477,13 @@ class DetectorWorker(Worker):
                 "confidence": last.confidence, "uncertain": last.uncertain, "snapshot": last.snapshot,
                 "at": iso_utc(time.time() - (now - last.mono)),
             },
-            "evidence": self.evidence.stats() if self.evidence is not None else None,
+            "evidence": self.evidence_writer.evidence_stats() if self.evidence_writer is not None else None,
         }
 
     def _publish_state(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_state_at >= 5.0:
             self._last_state_at = now
-            if self.evidence is not None:
-                self.evidence.housekeeping()  # age limits also apply while the bin is idle
             self.bus.set_state(self.name, self.own_state())
 
 

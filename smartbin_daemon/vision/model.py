@@ -1,4 +1,4 @@
-"""Loading a YOLO model through ultralytics, offline, with its class map; inference to DetectedBox lists."""
+"""A detection model with its class map, run by onnxruntime or ultralytics (imported only when chosen)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..config import missing_backend, resolve_backend
 from ..messages import DetectedBox
 
 logger = logging.getLogger(__name__)
@@ -21,21 +22,6 @@ logger = logging.getLogger(__name__)
 
 class ModelError(Exception):
     """A model that cannot be used: missing, unreadable, or disagreeing with its class map."""
-
-
-def configure_ultralytics(state_dir: Path) -> None:
-    """Offline, no auto-install, and a writable settings dir; must run before `import ultralytics`.
-
-    Why: under systemd with ProtectHome the default ~/.config/Ultralytics is not writable, and an
-    unattended bin must never try to download weights or pip-install packages at run time.
-    """
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-    config_dir = os.environ.setdefault("YOLO_CONFIG_DIR", str(state_dir / "ultralytics"))
-    try:
-        Path(config_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        logger.warning("cannot create YOLO_CONFIG_DIR %s: %s", config_dir, exc)
 
 
 class ClassEntry(BaseModel):
@@ -107,21 +93,23 @@ def load_classmap(path: Path) -> ClassMapFile:
         raise ModelError(f"class map {path} is invalid: {problems}") from None
 
 
-def resolve_device(requested: str) -> tuple[str, str | None]:
-    """The device to use and a warning when CUDA was asked for but is missing (we fall back to CPU)."""
-    if requested == "cpu":
-        return "cpu", None
-    try:
-        import torch
+def auto_threads() -> int:
+    """All cores but one, at least one: inference must leave a core to the other workers on a small board."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
-        cuda = bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001 - no torch (e.g. ONNX-only install) means no CUDA
-        cuda = False
-    if requested == "auto":
-        return ("cuda:0" if cuda else "cpu"), None
-    if not cuda:
-        return "cpu", f"device {requested!r} requested but CUDA is not available; running on CPU"
-    return requested, None
+
+class DetectorBackend(Protocol):
+    """What a loaded model offers the detector, whichever library runs it."""
+
+    names: dict[int, str]
+    has_names: bool
+    class_count: int
+    device: str
+    imgsz: int
+    warnings: list[str]
+
+    def infer(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """Detect on one BGR image: rows (x1, y1, x2, y2, confidence, class) in frame pixels, and stage times (ms)."""
 
 
 @dataclass
@@ -129,14 +117,9 @@ class LoadedModel:
     """A warmed-up model with its class map, ready for `predict`."""
 
     path: Path
-    yolo: Any
+    backend_name: str
+    backend: DetectorBackend
     classmap: ClassMapFile
-    device: str
-    imgsz: int
-    conf: float
-    iou: float
-    max_det: int
-    warnings: list[str] = field(default_factory=list)
     load_s: float = 0.0
 
     @property
@@ -144,50 +127,70 @@ class LoadedModel:
         """File name of the model."""
         return self.path.name
 
+    @property
+    def device(self) -> str:
+        """Where inference runs (`cpu`, `cuda:0`, or the onnxruntime provider in use)."""
+        return self.backend.device
+
+    @property
+    def imgsz(self) -> int:
+        """The network input size actually used."""
+        return self.backend.imgsz
+
+    @property
+    def warnings(self) -> list[str]:
+        """Load-time warnings (device fallback, input size)."""
+        return self.backend.warnings
+
     def predict(self, image: np.ndarray) -> tuple[list[DetectedBox], dict[str, float]]:
-        """Detect on one BGR image; returns boxes and ultralytics' per-stage times (ms)."""
-        results = self.yolo.predict(image, imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det,
-                                    device=self.device, verbose=False)
-        result = results[0]
+        """Detect on one BGR image; returns boxes and per-stage times (preprocess, inference, postprocess, ms)."""
+        rows, speed = self.backend.infer(image)
         entries = self.classmap.by_index()
         boxes: list[DetectedBox] = []
-        data = result.boxes
-        if data is not None and len(data):
-            xyxy = data.xyxy.cpu().numpy().tolist()
-            confs = data.conf.cpu().numpy().tolist()
-            classes = data.cls.cpu().numpy().astype(int).tolist()
-            for coords, conf, cls in zip(xyxy, confs, classes):
-                entry = entries.get(cls)
-                if entry is None:
-                    continue
-                boxes.append(DetectedBox(cls, entry.name, entry.category, float(conf),
-                                         (float(coords[0]), float(coords[1]), float(coords[2]), float(coords[3]))))
-        speed = {k: float(v) for k, v in (result.speed or {}).items() if v is not None}
+        for x1, y1, x2, y2, conf, cls in rows.tolist():
+            entry = entries.get(int(cls))
+            if entry is not None:
+                boxes.append(DetectedBox(int(cls), entry.name, entry.category, float(conf),
+                                         (float(x1), float(y1), float(x2), float(y2))))
         return boxes, speed
 
 
 def load_model(path: Path, *, classmap: Path | None, device: str, imgsz: int, conf: float, iou: float,
-               max_det: int) -> LoadedModel:
-    """Load, warm up with a test inference and check the class map; raise ModelError with the reason."""
+               max_det: int, backend: str = "auto", threads: int = 0, state_dir: Path | None = None) -> LoadedModel:
+    """Load with the chosen backend, warm up, check the class map; raise ModelError naming the file and the reason.
+
+    `state_dir` (the daemon's storage) holds ultralytics' settings and onnxruntime's TensorRT engine cache.
+    """
     t0 = time.monotonic()
     if not path.exists():
         raise ModelError(f"model not found: {path}")
-    cmap = load_classmap(classmap or classmap_path_for(path))
-    dev, warning = resolve_device(device)
-    try:
-        from ultralytics import YOLO
+    cmap_path = classmap or classmap_path_for(path)
+    cmap = load_classmap(cmap_path)
+    chosen = resolve_backend(path, backend)
+    problem = missing_backend(chosen)
+    if problem is not None:
+        raise ModelError(f"cannot load {path.name}: {problem}")
+    settings = {"device": device, "imgsz": imgsz, "conf": conf, "iou": iou, "max_det": max_det}
+    if chosen == "onnxruntime":
+        from .onnx_backend import OnnxRuntimeBackend
 
-        yolo = YOLO(str(path), task="detect")
-        yolo.predict(np.zeros((imgsz, imgsz, 3), dtype=np.uint8), imgsz=imgsz, device=dev, verbose=False)
-        names = dict(yolo.names)
-    except ModelError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - ultralytics/onnxruntime raise anything on a corrupt file
-        raise ModelError(f"cannot load {path.name}: {type(exc).__name__}: {str(exc)[:300]}") from None
-    cmap.check_names(names)
-    loaded = LoadedModel(path, yolo, cmap, dev, imgsz, conf, iou, max_det, [warning] if warning else [])
-    loaded.load_s = time.monotonic() - t0
-    return loaded
+        cache = state_dir / "onnxruntime-trt" if state_dir is not None else None
+        runner: DetectorBackend = OnnxRuntimeBackend(path, threads=threads or auto_threads(), cache_dir=cache,
+                                                     **settings)
+        if not runner.has_names and runner.class_count == len(cmap.classes):
+            runner.names = {c.index: c.name for c in cmap.classes}  # an export without metadata: trust the count
+    else:
+        from .ultralytics_backend import UltralyticsBackend, configure_ultralytics
+
+        if state_dir is not None:
+            configure_ultralytics(state_dir)
+        runner = UltralyticsBackend(path, **settings)
+    count = runner.class_count if runner.class_count >= 0 else len(runner.names)
+    if count != len(cmap.classes):
+        raise ModelError(f"{path.name} predicts {count} classes but its class map {cmap_path.name} lists "
+                         f"{len(cmap.classes)}: use the class map written with this model")
+    cmap.check_names(runner.names)
+    return LoadedModel(path, chosen, runner, cmap, time.monotonic() - t0)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -73,3 +73,15 @@ def test_card_names_a_checkpoint_start_point_as_continued_training() -> None:
     assert "continued from the checkpoint `/w/best.pt`" in _start_point("/w/best.pt")
     assert "random init" not in _start_point("/w/best.pt")
     assert "`yolo11n.yaml` built from its YAML (random init" in _start_point("yolo11n.yaml")
+
+
+def test_training_without_the_ultralytics_extra_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import sys
+
+    from smartbin_daemon.training.cli import main
+
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # find_spec() then reports it as not installed
+    assert main(["train", "--workdir", str(tmp_path)]) == 2
+    assert "training needs the 'ultralytics' extra" in caplog.text
+    assert "pip install 'smartbin-daemon[ultralytics]'" in caplog.text

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from smartbin_daemon.vision.decision import VotePolicy, decide
-from smartbin_daemon.vision.model import configure_ultralytics, load_model
+from smartbin_daemon.vision.model import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 K = 5
@@ -35,7 +35,6 @@ def jitter(image: np.ndarray, i: int, rng: np.random.Generator) -> np.ndarray:
 
 def main() -> None:
     """Record, print a summary, write the JSON."""
-    configure_ultralytics(Path("/tmp/smartbin-record"))
     model = load_model(REPO / "models" / "smartbin-waste-nano.onnx", classmap=None, device="cpu", imgsz=320,
                        conf=0.25, iou=0.45, max_det=20)
     samples = yaml.safe_load((REPO / "tests/data/samples/samples.yaml").read_text())["samples"]

@@ -6,10 +6,11 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ from smartbin_daemon.vision.frames import Frame, LatestFrame
 from smartbin_daemon.vision.model import ModelError, classmap_path_for, load_model
 
 from ..conftest import wait_until
+from .conftest import CameraRig
 from .tiny_model import IMGSZ, build_tiny_onnx, classes_yaml
 
 
@@ -55,11 +57,12 @@ class FrameFeeder:
 class Rig:
     """Detector worker in a thread, a frame feeder, and a bus tap."""
 
-    def __init__(self, tmp_path: Path, model: Path, **overrides: Any) -> None:
-        self.bus = Bus()
+    def __init__(self, tmp_path: Path, model: Path, frames: LatestFrame | None = None, bus: Bus | None = None,
+                 **overrides: Any) -> None:
+        self.bus = bus or Bus()
         self.tap = self.bus.subscribe("tap", [Decision, Event, Response, BinaryPublish], maxsize=10_000)
-        self.frames = LatestFrame()
-        self.feeder = FrameFeeder(self.frames)
+        self.frames = frames or LatestFrame()
+        self.feeder = FrameFeeder(self.frames) if frames is None else None
         cfg = DetectorConfig.model_validate({"enabled": True, "model": str(model), "imgsz": IMGSZ, "conf": 0.01,
                                              "settle_s": 0.05, "frames_per_decision": 3, **overrides})
         self.worker = DetectorWorker(self.bus, cfg, CameraConfig(max_frame_age_s=1.0), EvidenceConfig(), self.frames,
@@ -85,7 +88,8 @@ class Rig:
     def close(self) -> None:
         self.worker.request_stop()
         self.thread.join(10)
-        self.feeder.close()
+        if self.feeder is not None:
+            self.feeder.close()
         assert not self.thread.is_alive()
 
 
@@ -109,7 +113,8 @@ def test_a_pytorch_checkpoint_loads_through_the_same_code(tiny: Path) -> None:
     model = load_model(pt, classmap=None, device="cpu", imgsz=IMGSZ, conf=0.01, iou=0.45, max_det=10)
     boxes, speed = model.predict(np.zeros((120, 160, 3), dtype=np.uint8))
     assert model.name == "tiny.pt" and "inference" in speed
-    assert dict(model.yolo.names) == {0: "plastic", 1: "glass", 2: "residual"}
+    assert model.backend_name == "ultralytics"
+    assert model.backend.names == {0: "plastic", 1: "glass", 2: "residual"}
 
 
 def test_cuda_requested_but_missing_falls_back_to_cpu_with_a_warning(tiny: Path) -> None:
@@ -149,8 +154,14 @@ def test_no_inference_while_idle_then_exactly_k_frames_per_item(rig: Rig) -> Non
 
     event = wait_until(detection_event, 10, what="the detection event")
     assert event.data["item_id"] == decision.item_id and event.data["presence_to_decision_ms"] > 0
-    assert event.data["snapshot"] and Path(event.data["snapshot"]).is_file(), "the event references its snapshot"
-    assert any(isinstance(m, BinaryPublish) and m.subtopic == "detector/snapshot" for m in seen)
+    assert event.data["snapshot"], "the event names its snapshot"
+    # ... which the evidence writer's thread writes at that path, off the detector's thread
+    wait_until(lambda: Path(event.data["snapshot"]).is_file(), 10, what="the snapshot file")
+    def snapshot_published() -> bool:
+        seen.extend(rig.drain())
+        return any(isinstance(m, BinaryPublish) and m.subtopic == "detector/snapshot" for m in seen)
+
+    wait_until(snapshot_published, 10, what="the published snapshot")
     time.sleep(1.0)
     assert rig.worker.inferences == 3, "back to idle after the decision"
     state = rig.worker.own_state()
@@ -174,6 +185,7 @@ def test_detection_off_ignores_presence_and_continuous_mode_runs_without_it(rig:
 def test_stale_frames_are_never_analysed(tmp_path: Path, tiny: Path) -> None:
     r = Rig(tmp_path, tiny)
     try:
+        assert r.feeder is not None
         r.feeder.close()  # the camera froze: the last frame only gets older
         time.sleep(1.2)
         r.bus.publish(PresenceChanged("gpio", True, time.monotonic()))
@@ -230,3 +242,36 @@ def test_a_frame_can_be_saved_to_the_training_dataset_on_request(rig: Rig) -> No
     assert resp.ok, resp.error
     image = Path(resp.data["dataset_image"])
     assert image.is_file() and (image.parent.parent / "labels" / (image.stem + ".txt")).is_file()
+
+
+def test_the_camera_decodes_only_for_an_item_or_a_snapshot(tmp_path: Path, tiny: Path,
+                                                          camera_rig: Callable[..., CameraRig]) -> None:
+    """The real camera worker on an image folder at 20 fps: idle, it only grabs; an item and a snapshot get frames."""
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        cv2.imwrite(str(scene / f"{i}.jpg"), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    cam = camera_rig(str(scene), kind="images")
+    cam.wait_status("connected")
+    r = Rig(tmp_path, tiny, frames=cam.frames, bus=cam.bus)
+    try:
+        time.sleep(0.6)  # past the linger of anything that waited during start-up
+        decoded, read = cam.worker.decoded_total, cam.worker.frames_total
+        time.sleep(1.0)
+        assert cam.worker.frames_total - read >= 10, "the camera keeps reading while idle"
+        assert cam.worker.decoded_total == decoded, "... but decodes nothing nobody asked for"
+        r.bus.publish(PresenceChanged("gpio", True, time.monotonic()))
+        decision = wait_until(lambda: next((m for m in r.drain() if isinstance(m, Decision)), None), 20,
+                              what="a decision on camera frames")
+        assert decision.frames == 3
+        assert cam.worker.decoded_total - decoded >= 3
+        time.sleep(1.5)  # the demand lapses about a second after the decision
+        decoded = cam.worker.decoded_total
+        time.sleep(1.0)
+        assert cam.worker.decoded_total == decoded, "idle again: no decoding after the item"
+        resp = r.request("snapshot", {})
+        assert resp.ok, resp.error
+        assert cam.worker.decoded_total > decoded, "the snapshot asked the camera for a current frame"
+    finally:
+        r.close()
