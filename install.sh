@@ -19,6 +19,9 @@ PURGE=0
 PREFIX=""
 SYSTEM_SITE=0
 NO_VISION=0
+WITH_ULTRALYTICS=0      # --with-ultralytics (implied by --test)
+ULTRA_WHY=""            # why the "ultralytics" extra is forced
+ULTRA=0                 # set by install_package: 1 when the "ultralytics" extra is installed
 ARDUINO_USB=2341:0043   # Arduino Uno R3; an Uno R4 is 2341:0069, a CH340 clone 1a86:7523
 PASSTHRU=()
 ORIG_ARGS=("$@")
@@ -57,12 +60,13 @@ Usage: ./install.sh [MODE] [OPTIONS] [-- ARGS]
 Modes:
   (none)            Production install (root; re-runs itself with sudo when needed):
                       apt prerequisites, system user "smartbin" (groups dialout, video, gpio),
-                      venv /opt/smartbin/venv with the package and its "systemd" extra (plus
-                      "vision" once pyproject.toml has it), /etc/smartbin/config.yaml (only if
-                      absent: an existing config is never overwritten), models to
-                      /opt/smartbin/models, unit /etc/systemd/system/smartbin.service, then
-                      `systemctl enable` + `restart` (skipped when systemd is not PID 1, and the
-                      start is skipped while the config does not validate yet).
+                      venv /opt/smartbin/venv with the package and its "systemd" and "vision"
+                      extras (plus "ultralytics" when needed, see --with-ultralytics),
+                      /etc/smartbin/config.yaml (only if absent: an existing config is never
+                      overwritten), models to /opt/smartbin/models, unit
+                      /etc/systemd/system/smartbin.service, then `systemctl enable` + `restart`
+                      (skipped when systemd is not PID 1, and the start is skipped while the
+                      config does not validate yet).
                       Re-run it to update an installation.
   --uninstall       Stop, disable and remove the unit, the venv and /opt/smartbin. Keeps
                       /etc/smartbin (config, secrets) and /var/lib/smartbin (data).
@@ -70,11 +74,13 @@ Modes:
                     Also remove /etc/smartbin, /var/lib/smartbin and the user "smartbin".
   --simulate        Developer demo (README): apt deps, ./.venv (editable install), a local
                       mosquitto on 127.0.0.1:1883 if nothing listens there, then runs the
-                      daemon in the foreground with config/simulation.yaml. ARGS after -- are
-                      passed to `smartbin-daemon run`.
+                      daemon in the foreground with config/simulation.yaml (lean "vision" stack
+                      unless that config needs ultralytics). ARGS after -- are passed to
+                      `smartbin-daemon run`.
   --test            Developer/CI test run (README, .ci/run): apt deps (mosquitto, openssl, ...),
-                      ./.venv with the "test" extra, then `python -m pytest ARGS`; exits with
-                      pytest's status. Example: ./install.sh --test -- -k mqtt -x
+                      ./.venv with the "test", "vision" and "ultralytics" extras (torch first),
+                      then `python -m pytest ARGS`; exits with pytest's status.
+                      Example: ./install.sh --test -- -k mqtt -x
 
 Options:
   --dry-run, -n     Print every action (commands, file writes) and change nothing.
@@ -84,10 +90,20 @@ Options:
                       only printed. Works with --uninstall [--purge] too.
   --system-site-packages
                     Create the venv with access to the system's Python packages (always on for
-                      Jetson, where JetPack provides torch, torchvision and OpenCV; on a Pi
-                      needed for apt-only packages such as python3-picamera2).
-  --no-vision       Leave out the "vision" extra (torch, ultralytics, OpenCV): for a bin without a
-                      camera, or a quick install.
+                      Jetson, where JetPack provides torch, torchvision and OpenCV, and NVIDIA
+                      onnxruntime-gpu; on a Pi needed for apt-only packages such as
+                      python3-picamera2).
+  --no-vision       Leave out the camera/detection stack (the "vision" and "ultralytics" extras):
+                      for a bin without a camera, or a quick install.
+  --with-ultralytics
+                    Add the "ultralytics" extra (ultralytics + onnx, and torch through
+                      `pip install torchvision`, ~5.5 GB with CUDA on x86; JetPack's torch on a
+                      Jetson) to the lean "vision" extra (onnxruntime, OpenCV headless, numpy).
+                      Needed for .pt, TensorRT .engine, NCNN and OpenVINO models and for
+                      smartbin-train. Automatic when the config's detector is enabled with
+                      backend "ultralytics", or "auto" and a model that is not .onnx; the config
+                      read is config/simulation.yaml for --simulate, /etc/smartbin/config.yaml
+                      (or, before it exists, config/smartbin.yaml) for the install.
   --arduino-usb VID:PID
                     USB id for the udev rule that creates /dev/smartbin-arduino (default 2341:0043,
                     an Arduino Uno R3; see lsusb).
@@ -203,6 +219,7 @@ parse_args() {
             --prefix=*) PREFIX=${1#--prefix=} ;;
             --system-site-packages) SYSTEM_SITE=1 ;;
             --no-vision) NO_VISION=1 ;;
+            --with-ultralytics) WITH_ULTRALYTICS=1 ULTRA_WHY="--with-ultralytics" ;;
             --arduino-usb)
                 (($# >= 2)) || die "--arduino-usb needs VID:PID"
                 ARDUINO_USB=$2
@@ -223,6 +240,9 @@ parse_args() {
         shift
     done
     if ((PURGE)) && [[ $MODE != uninstall ]]; then die "--purge only goes with --uninstall"; fi
+    if ((WITH_ULTRALYTICS)) && [[ $MODE == uninstall ]]; then die "--with-ultralytics does not go with --uninstall"; fi
+    if ((WITH_ULTRALYTICS && NO_VISION)); then die "--with-ultralytics and --no-vision cannot be combined"; fi
+    if ((NO_VISION)) && [[ $MODE == test ]]; then die "--no-vision does not go with --test (the tests need the vision stack)"; fi
     [[ $ARDUINO_USB =~ ^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$ ]] || die "--arduino-usb: expected VID:PID in hex, e.g. 2341:0043"
     ARDUINO_USB=${ARDUINO_USB,,}
     if ((${#PASSTHRU[@]})) && [[ $MODE != simulate && $MODE != test ]]; then
@@ -406,16 +426,16 @@ pip_has() { "$1/bin/python" -m pip show --quiet "$2" >/dev/null 2>&1; }
 
 pip_version_of() { "$1/bin/python" -m pip show "$2" 2>/dev/null | sed -n 's/^Version: //p'; }
 
-# Is there a `vision = [...]` entry in [project.optional-dependencies]?
-has_vision_extra() {
-    awk '
+# has_extra NAME: is there a `NAME = [...]` entry in [project.optional-dependencies]?
+has_extra() {
+    awk -v name="$1" '
         /^[[:space:]]*\[/ { in_extras = ($0 ~ /^[[:space:]]*\[project\.optional-dependencies\][[:space:]]*$/) ; next }
-        in_extras && /^[[:space:]]*"?vision"?[[:space:]]*=/ { found = 1 }
+        in_extras && $0 ~ ("^[[:space:]]*\"?" name "\"?[[:space:]]*=") { found = 1 }
         END { exit !found }
     ' "$REPO_DIR/pyproject.toml"
 }
 
-vision_enabled() { ((!NO_VISION)) && has_vision_extra; }
+vision_enabled() { ((!NO_VISION)) && has_extra vision; }
 
 # stage_source DIR: the files a package build needs (everything but VCS, venvs, runtime data,
 # models and caches).
@@ -432,27 +452,122 @@ install_stamp() {
         sha256sum | cut -d' ' -f1
 }
 
-# install_package VENV EDITABLE EXTRAS: the smartbin-daemon package from this checkout, plus the
-# vision stack when pyproject.toml has a "vision" extra (and --no-vision is not given).
+# Reads the config file argv[1] and prints "ultralytics REASON" when its detector needs the
+# "ultralytics" extra, "lean REASON" when the "vision" extra (onnxruntime) is enough, or
+# "unreadable REASON". Same rule as the daemon (config.resolve_backend): an enabled detector needs
+# ultralytics with backend "ultralytics", or with backend "auto" (the default) and a model that is not
+# an .onnx file (.pt, a TensorRT .engine, an NCNN/OpenVINO folder).
+readonly DETECTOR_NEEDS_PY='
+import pathlib, sys
+import yaml
+try:
+    with open(sys.argv[1], encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
+except Exception as exc:
+    print("unreadable", " ".join(str(exc).split()))
+    sys.exit()
+det = cfg.get("detector") if isinstance(cfg, dict) else None
+det = det if isinstance(det, dict) else {}
+enabled = det.get("enabled", False)
+if isinstance(enabled, str):
+    enabled = enabled.strip().lower() in ("1", "true", "yes", "on")
+backend = det.get("backend") or "auto"
+model = str(det.get("model") or "/opt/smartbin/models/smartbin-waste-nano.onnx")
+if not enabled:
+    print("lean", "detector.enabled is false")
+elif backend == "ultralytics":
+    print("ultralytics", "detector.backend is ultralytics")
+elif backend == "onnxruntime":
+    print("lean", "detector.backend is onnxruntime")
+elif pathlib.PurePath(model).suffix.lower() == ".onnx":
+    print("lean", f"detector.model {model} is ONNX (backend {backend})")
+else:
+    print("ultralytics", f"detector.model {model} is not ONNX (backend {backend})")
+'
+
+# decide_ultralytics VENV CONFIG: sets ULTRA to 1 (add the "ultralytics" extra and torch) or 0 (the
+# lean "vision" extra only) and says which and why. Leaves ULTRA empty when CONFIG can only be read
+# after the base install: it is read with the venv's PyYAML (a base dependency), which a new venv
+# does not have yet. A dry run, which installs nothing, previews the choice with $PYTHON's PyYAML.
+decide_ultralytics() {
+    local venv=$1 config=$2 py verdict word reason
+    local shown=${config#"$REPO_DIR"/}
+    ULTRA=""
+    if ! has_extra ultralytics; then
+        ULTRA=0 # a checkout without the extra: "vision" is the whole stack
+        return 0
+    fi
+    if ((WITH_ULTRALYTICS)); then
+        ULTRA=1
+        info "vision: adding the ultralytics extra (ultralytics, onnx, torch): $ULTRA_WHY"
+        return 0
+    fi
+    if [[ -x $venv/bin/python ]] && "$venv/bin/python" -c 'import yaml' >/dev/null 2>&1; then
+        py=$venv/bin/python
+    elif ((DRY_RUN)) && "$PYTHON" -c 'import yaml' >/dev/null 2>&1; then
+        py=$PYTHON
+    elif ((DRY_RUN)); then
+        ULTRA=0
+        info "vision: lean stack (dry run: no PyYAML here to read $shown; the real run reads it after the base install)"
+        return 0
+    else
+        return 0
+    fi
+    verdict=$("$py" -c "$DETECTOR_NEEDS_PY" "$config" 2>&1) || verdict="unreadable $verdict"
+    read -r word reason <<<"$verdict"
+    case $word in
+        ultralytics)
+            ULTRA=1
+            info "vision: adding the ultralytics extra (ultralytics, onnx, torch): $shown: $reason"
+            ;;
+        lean)
+            ULTRA=0
+            info "vision: lean stack (onnxruntime, no ultralytics/torch): $shown: $reason"
+            note "a .pt/.engine/NCNN/OpenVINO model or smartbin-train needs --with-ultralytics"
+            ;;
+        *)
+            ULTRA=0
+            warn "cannot read the detector settings from $shown (${reason:-$verdict}): installing the lean vision stack; add --with-ultralytics for a .pt/.engine/NCNN/OpenVINO model"
+            ;;
+    esac
+}
+
+# pip_install_package VENV EDITABLE SRC EXTRAS [PIP_ARGS...]
+pip_install_package() {
+    local venv=$1 editable=$2 src=$3 extras=$4
+    shift 4
+    info "pip install smartbin-daemon[$extras] into $venv$([[ $editable == 1 ]] && echo ' (editable)')"
+    if [[ $editable == 1 ]]; then
+        pip_install "$venv" "$@" -e "${src}[${extras}]"
+    else
+        pip_install "$venv" "$@" "${src}[${extras}]"
+    fi
+}
+
+# install_package VENV EDITABLE EXTRAS [CONFIG]: the smartbin-daemon package from this checkout, plus
+# the vision stack when pyproject.toml has a "vision" extra (and --no-vision is not given): the lean
+# "vision" extra, and the "ultralytics" extra with torch when --with-ultralytics or --test ask for it
+# or CONFIG's detector needs it (decide_ultralytics).
 install_package() {
-    local venv=$1 editable=$2 extras=$3
-    local -a vision_args=()
-    if vision_enabled; then extras+=",vision"; fi
+    local venv=$1 editable=$2 extras=$3 config=${4:-}
+    local -a pins=()
+    ULTRA=0
+    if vision_enabled; then
+        extras+=",vision"
+        decide_ultralytics "$venv" "$config"
+    fi
+    if [[ $ULTRA == 1 ]]; then extras+=",ultralytics"; fi
     local stamp_file=$venv/.smartbin-install-stamp-${extras//,/-} stamp
     stamp=$(install_stamp "$extras")
-    if [[ $editable == 1 && -f $stamp_file && $(<"$stamp_file") == "$stamp" ]] &&
+    if [[ -n $ULTRA && $editable == 1 && -f $stamp_file && $(<"$stamp_file") == "$stamp" ]] &&
         "$venv/bin/python" -c 'import smartbin_daemon' >/dev/null 2>&1; then
         info "$venv is in sync with pyproject.toml ([$extras]): skipping pip"
         return 0
     fi
-    if vision_enabled; then vision_prepare "$venv" vision_args; fi
-    info "pip install smartbin-daemon[$extras] into $venv$([[ $editable == 1 ]] && echo ' (editable)')"
-    if [[ $editable == 1 ]]; then
-        pip_install "$venv" "${vision_args[@]}" -e "${REPO_DIR}[${extras}]"
-    else
+    local src=$REPO_DIR
+    if [[ $editable != 1 ]]; then
         # Built from a temporary copy: setuptools writes build/ and *.egg-info into the source
         # tree, which would leave root-owned files in the checkout (or fail on a read-only one).
-        local src
         if ((DRY_RUN)); then
             src="<copy of $REPO_DIR>"
             note "[dry-run] copy the checkout (without .git, .venv, var, models) to a temporary build directory"
@@ -461,61 +576,118 @@ install_package() {
             CLEANUP+=("$src")
             stage_source "$src"
         fi
-        pip_install "$venv" "${vision_args[@]}" "${src}[${extras}]"
-        if ((!DRY_RUN)); then rm -rf -- "$src"; fi
     fi
+    if vision_enabled; then vision_prepare "$venv" pins; fi
+    local installed=0
+    if [[ -z $ULTRA ]]; then
+        # A new venv: the base set first, then the config is read with the venv's PyYAML.
+        info "vision: ${config#"$REPO_DIR"/} is read once the venv has PyYAML: base install first"
+        pip_install_package "$venv" "$editable" "$src" "$extras" "${pins[@]}"
+        installed=1
+        decide_ultralytics "$venv" "$config"
+        [[ -n $ULTRA ]] || die "$venv/bin/python cannot import yaml after the install"
+        if [[ $ULTRA == 1 ]]; then
+            extras+=",ultralytics"
+            installed=0
+        fi
+    fi
+    if ((!installed)); then
+        if [[ $ULTRA == 1 ]]; then ultralytics_prepare "$venv"; fi
+        pip_install_package "$venv" "$editable" "$src" "$extras" "${pins[@]}"
+    fi
+    if [[ $editable != 1 ]] && ((!DRY_RUN)); then rm -rf -- "$src"; fi
     if vision_enabled; then vision_finish "$venv"; fi
     if [[ $editable == 1 ]]; then
+        stamp_file=$venv/.smartbin-install-stamp-${extras//,/-}
+        stamp=$(install_stamp "$extras")
         if ((DRY_RUN)); then note "[dry-run] write $stamp_file"; else echo "$stamp" >"$stamp_file"; fi
     fi
     return 0
 }
 
 # ------------------------------------------------------------------------------------ vision stack
-# Active only when pyproject.toml has a "vision" extra (ultralytics, onnx, onnxruntime,
-# opencv-python-headless).
+# Active only when pyproject.toml has a "vision" extra and --no-vision is not given.
+#   "vision" (always): onnxruntime, opencv-python-headless, numpy: the daemon's ONNX path.
+#   "ultralytics" (--with-ultralytics, --test, or a config whose model is not ONNX): ultralytics and
+#     onnx, plus torch, which is not in the extra:
 #   generic (x86, Pi aarch64): torch comes from PyPI through `pip install torchvision` (which
 #     pulls the matching torch); ultralytics drags in opencv-python (GUI build, needs X11
 #     libraries), which is replaced by opencv-python-headless afterwards.
 #   jetson: torch, torchvision and OpenCV (CUDA/GStreamer builds) come from JetPack via
-#     --system-site-packages and must never be replaced from PyPI: torch/torchvision are pinned
-#     to the system versions with a constraints file (so pip can only accept them), numpy is kept
-#     below 2 (JetPack's builds use the numpy 1.x ABI), and the PyPI OpenCV wheels that the
-#     extra pulls in are removed from the venv so that JetPack's cv2 is the one imported.
+#     --system-site-packages and must never be replaced from PyPI: numpy is kept below 2 (JetPack's
+#     builds use the numpy 1.x ABI) with a constraints file, to which the ultralytics extra adds
+#     torch/torchvision pinned to the system versions (so pip can only accept them); the PyPI
+#     OpenCV wheels that the extras pull in are removed from the venv so that JetPack's cv2 is the
+#     one imported, and so is PyPI's CPU-only onnxruntime when NVIDIA's onnxruntime-gpu (CUDA and
+#     TensorRT providers) is installed system-wide.
+
+JETSON_CONSTRAINTS=""
+JETSON_PINS=""
+
+write_jetson_constraints() {
+    info "Jetson: pinning to JetPack's packages: $(tr '\n' ' ' <<<"$JETSON_PINS")"
+    if ((DRY_RUN)); then
+        note "[dry-run] write $JETSON_CONSTRAINTS"
+    else
+        printf '%s' "$JETSON_PINS" >"$JETSON_CONSTRAINTS"
+    fi
+}
 
 # vision_prepare VENV ARRAY_NAME: runs before the package install; puts extra pip arguments for
-# that install into the named array.
+# the package installs into the named array.
 vision_prepare() {
     local venv=$1
     local -n _out=$2
     case $(uname -m) in
-        armv7l | armv6l | i?86) die "the vision stack (torch) needs a 64-bit OS; this is $(uname -m)" ;;
+        armv7l | armv6l | i?86) die "the vision stack (onnxruntime, torch) needs a 64-bit OS; this is $(uname -m) (--no-vision leaves it out)" ;;
     esac
-    if [[ $PLATFORM == jetson ]]; then
-        local constraints=$venv/smartbin-jetson-constraints.txt
-        if ((DRY_RUN)) && [[ ! -x $venv/bin/python ]]; then
-            note "[dry-run] would pin torch/torchvision to JetPack's versions and numpy<2 in $constraints"
-            _out=(--constraint "$constraints")
-            return
-        fi
-        local ver pins="numpy<2"$'\n' pkg
-        for pkg in torch torchvision; do
-            ver=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$pkg'))" 2>/dev/null) ||
-                die "Jetson: $pkg is not installed system-wide. Install NVIDIA's PyTorch for JetPack (and a matching torchvision) for the system python3 first; it must not come from PyPI."
-            pins+="$pkg==$ver"$'\n'
-        done
-        "$venv/bin/python" -c 'import cv2' 2>/dev/null ||
-            warn "Jetson: no system OpenCV (import cv2 failed); install JetPack's OpenCV (apt: nvidia-opencv)"
-        info "Jetson: pinning to JetPack's packages: $(tr '\n' ' ' <<<"$pins")"
-        if ((DRY_RUN)); then
-            note "[dry-run] write $constraints"
-        else
-            printf '%s' "$pins" >"$constraints"
-        fi
-        _out=(--constraint "$constraints")
-    else
-        info "vision: torch via pip install torchvision"
+    [[ $PLATFORM == jetson ]] || return 0
+    JETSON_CONSTRAINTS=$venv/smartbin-jetson-constraints.txt
+    JETSON_PINS="numpy<2"$'\n'
+    _out=(--constraint "$JETSON_CONSTRAINTS")
+    if ((DRY_RUN)) && [[ ! -x $venv/bin/python ]]; then
+        note "[dry-run] would pin numpy<2 in $JETSON_CONSTRAINTS"
+        return
+    fi
+    "$venv/bin/python" -c 'import cv2' 2>/dev/null ||
+        warn "Jetson: no system OpenCV (import cv2 failed); install JetPack's OpenCV (apt: nvidia-opencv)"
+    if [[ $ULTRA != 1 ]]; then write_jetson_constraints; fi # else ultralytics_prepare writes it, torch pins included
+}
+
+# ultralytics_prepare VENV: runs before the install of the "ultralytics" extra: torch.
+ultralytics_prepare() {
+    local venv=$1
+    if [[ $PLATFORM != jetson ]]; then
+        info "ultralytics: torch via pip install torchvision"
         pip_install "$venv" torchvision
+        return
+    fi
+    if ((DRY_RUN)) && [[ ! -x $venv/bin/python ]]; then
+        note "[dry-run] would pin torch/torchvision to JetPack's versions in $JETSON_CONSTRAINTS"
+        return
+    fi
+    local pkg ver
+    for pkg in torch torchvision; do
+        ver=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$pkg'))" 2>/dev/null) ||
+            die "Jetson: $pkg is not installed system-wide. Install NVIDIA's PyTorch for JetPack (and a matching torchvision) for the system python3 first; it must not come from PyPI. (The lean ONNX Runtime stack needs neither: leave out --with-ultralytics and use an .onnx model.)"
+        JETSON_PINS+="$pkg==$ver"$'\n'
+    done
+    write_jetson_constraints
+}
+
+# jetson_onnxruntime VENV: NVIDIA's onnxruntime-gpu for JetPack is not on PyPI; when it is installed
+# system-wide, the PyPI onnxruntime (CPU only) that the "vision" extra put into the venv would shadow
+# it, so that one is removed (both wheels ship the same "onnxruntime" package).
+jetson_onnxruntime() {
+    local venv=$1 gpu
+    if gpu=$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))' 2>/dev/null); then
+        if ((DRY_RUN)) || pip_has "$venv" onnxruntime; then
+            info "Jetson: removing PyPI onnxruntime from the venv (the system's onnxruntime-gpu $gpu is used)"
+            run "$venv/bin/python" -m pip uninstall --quiet --yes onnxruntime
+        fi
+    else
+        warn "Jetson: no onnxruntime-gpu for $PYTHON: ONNX models run on onnxruntime's CPU provider only (no CUDA/TensorRT)."
+        warn "  Install NVIDIA's onnxruntime-gpu wheel for your JetPack and Python system-wide (Jetson Zoo: https://elinux.org/Jetson_Zoo#ONNX_Runtime, or the Jetson AI Lab pip index), e.g. sudo $PYTHON -m pip install onnxruntime_gpu-<version>-cp310-cp310-linux_aarch64.whl, then re-run install.sh."
     fi
 }
 
@@ -530,15 +702,25 @@ vision_finish() {
                 run "$venv/bin/python" -m pip uninstall --quiet --yes "$pkg"
             fi
         done
+        jetson_onnxruntime "$venv"
         if ((!DRY_RUN)); then
-            "$venv/bin/python" -c 'import cv2, torch; print("    cv2", cv2.__version__, "from", cv2.__file__); print("    torch", torch.__version__, "CUDA available:", torch.cuda.is_available())' ||
-                warn "Jetson: importing cv2/torch from the venv failed"
+            local check='import cv2, onnxruntime as ort
+print("    cv2", cv2.__version__, "from", cv2.__file__)
+print("    onnxruntime", ort.__version__, "from", ort.__file__, "providers:", ", ".join(ort.get_available_providers()))'
+            if [[ $ULTRA == 1 ]]; then
+                check+='
+import torch
+print("    torch", torch.__version__, "CUDA available:", torch.cuda.is_available())'
+            fi
+            "$venv/bin/python" -c "$check" ||
+                warn "Jetson: importing cv2/onnxruntime$([[ $ULTRA == 1 ]] && echo /torch) from the venv failed"
         fi
         return 0
     fi
     # ultralytics requires opencv-python; both wheels ship the same cv2 package, so removing
     # the GUI one deletes files of the headless one: reinstall that (same version, no deps).
-    if ((DRY_RUN)) || pip_has "$venv" opencv-python; then
+    # The lean "vision" extra only has the headless one.
+    if [[ $ULTRA == 1 ]] && { ((DRY_RUN)) || pip_has "$venv" opencv-python; }; then
         local ver
         ver=$(pip_version_of "$venv" opencv-python-headless || true)
         info "vision: replacing opencv-python with opencv-python-headless${ver:+ $ver}"
@@ -707,7 +889,11 @@ do_install() {
     ensure_user_and_groups
     install_dirs
     ensure_venv "$VENV_DIR"
-    install_package "$VENV_DIR" 0 systemd
+    # The detector settings that decide on the ultralytics extra: the technician's config when there
+    # is one, else the example that install_config is about to install.
+    local config=$CONFIG_FILE
+    [[ -f $config ]] || config=$REPO_DIR/config/smartbin.yaml
+    install_package "$VENV_DIR" 0 systemd "$config"
     install_config
     install_models
     install_docs
@@ -816,21 +1002,22 @@ EOF
     fi
 }
 
-# Build prerequisites + .venv with an editable install of this checkout.
+# prepare_dev_venv EXTRAS CONFIG APT_PACKAGE...: build prerequisites + .venv with an editable install
+# of this checkout (CONFIG: the config whose detector decides on the ultralytics extra).
 prepare_dev_venv() {
-    local extras=$1
-    shift
+    local extras=$1 config=$2
+    shift 2
     # shellcheck disable=SC2046  # word splitting of the package list is intended
     ensure_apt_packages "$@" $(python_build_packages)
     check_python
     ensure_venv "$DEV_VENV"
-    install_package "$DEV_VENV" 1 "$extras"
+    install_package "$DEV_VENV" 1 "$extras" "$config"
 }
 
 do_simulate() {
     info "simulation mode on $PLATFORM$( ((DRY_RUN)) && echo ' (dry run)')"
     [[ -f $REPO_DIR/config/simulation.yaml ]] || die "config/simulation.yaml is missing"
-    prepare_dev_venv systemd mosquitto mosquitto-clients
+    prepare_dev_venv systemd "$REPO_DIR/config/simulation.yaml" mosquitto mosquitto-clients
     ensure_local_broker
     info "watch the bin's MQTT traffic in another terminal:"
     note "mosquitto_sub -h $SIM_BROKER_HOST -p $SIM_BROKER_PORT -v -t 'smartbin/#' -t 'homeassistant/#'"
@@ -850,7 +1037,10 @@ do_test() {
     command -v systemd-analyze >/dev/null || pkgs+=(systemd)
     # node runs the example Node-RED flow's request-signing code in tests/test_nodered.py.
     command -v node >/dev/null || pkgs+=(nodejs)
-    prepare_dev_venv test "${pkgs[@]}"
+    # The tests compare the ONNX Runtime backend with ultralytics and train tiny models.
+    WITH_ULTRALYTICS=1
+    ULTRA_WHY="--test (the tests run both detector backends and the training pipeline)"
+    prepare_dev_venv test "" "${pkgs[@]}"
     cd "$REPO_DIR"
     info "running pytest ${PASSTHRU[*]}"
     if ((DRY_RUN)); then

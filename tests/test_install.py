@@ -10,8 +10,10 @@ that works without isolation (setuptools >= 70.1, or setuptools plus wheel), pip
 Debian's python3 has setuptools 66 and no wheel) pip builds the package in its usual isolated
 environment, which fetches setuptools/wheel from the index or pip's cache. Dependency *resolution*
 against PyPI is not exercised here; `./install.sh --test` (what CI runs) does that.
-The real installs use --no-vision (torch & co. would need PyPI); the vision-stack logic is checked
-through --dry-run on a copy of the checkout whose pyproject.toml has a "vision" extra.
+The real installs use --no-vision (onnxruntime, torch & co. would need PyPI); the vision-stack logic
+(the lean "vision" extra by default, the "ultralytics" extra with torch when asked for or when the
+config's model is not ONNX, the Jetson handling) is checked through --dry-run on a copy of the
+checkout, whose configs the tests can change.
 """
 
 from __future__ import annotations
@@ -175,11 +177,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> 
 def test_help_exits_zero_and_documents_every_mode() -> None:
     result = subprocess.run(["bash", str(INSTALL_SH), "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    for word in ("--uninstall", "--purge", "--dry-run", "--prefix", "--simulate", "--test", "--system-site-packages", "PYTHON="):
+    for word in ("--uninstall", "--purge", "--dry-run", "--prefix", "--simulate", "--test", "--system-site-packages", "PYTHON=",
+                 "--no-vision", "--with-ultralytics"):
         assert word in result.stdout, word
 
 
-@pytest.mark.parametrize("args", [["--purge"], ["--bogus"], ["--simulate", "--test"], ["--prefix", "/tmp/x y"], ["--", "-k", "x"]])
+@pytest.mark.parametrize("args", [["--purge"], ["--bogus"], ["--simulate", "--test"], ["--prefix", "/tmp/x y"], ["--", "-k", "x"],
+                                  ["--with-ultralytics", "--no-vision"], ["--uninstall", "--with-ultralytics"], ["--test", "--no-vision"]])
 def test_bad_arguments_are_rejected(args: list[str], tmp_path: Path) -> None:
     result = subprocess.run(["bash", str(INSTALL_SH), *args], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert result.returncode != 0
@@ -296,44 +300,188 @@ def test_jetson_dry_run_uses_system_site_packages_and_dropin(env: dict[str, str]
     assert f"write {tmp_path}/p/etc/systemd/system/smartbin.service.d/10-jetson.conf" in result.stdout
 
 
-def _checkout_with_vision_extra(tmp_path: Path) -> Path:
+def _checkout(tmp_path: Path) -> Path:
+    """A copy of what install.sh reads, so a test can change its configs (and its .venv is a new one)."""
     repo = tmp_path / "repo"
+    repo.mkdir()
     for name in ("install.sh", "pyproject.toml", "README.md", "systemd", "config", "models"):
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, repo / name)
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("*.onnx", "*.pt"))
         elif src.exists():
-            repo.mkdir(exist_ok=True)
             shutil.copy2(src, repo / name)
-    py = (repo / "pyproject.toml").read_text()
-    if not re.search(r"^vision\s*=", py, re.M):
-        py = py.replace("[project.optional-dependencies]\n",
-                        '[project.optional-dependencies]\nvision = ["ultralytics", "opencv-python-headless"]\n', 1)
-        (repo / "pyproject.toml").write_text(py)
     return repo
 
 
-def test_vision_extra_switches_on_the_vision_stack(env: dict[str, str], tmp_path: Path) -> None:
-    repo = _checkout_with_vision_extra(tmp_path)
-    script = str(repo / "install.sh")
-    generic = subprocess.run(["bash", script, "--dry-run", "--prefix", str(tmp_path / "p")], env=env,
-                             capture_output=True, text=True, timeout=60)
-    assert generic.returncode == 0, generic.stderr
-    assert "smartbin-daemon[systemd,vision]" in generic.stdout
-    torch_line = f"pip install --quiet --no-input --progress-bar off {env['SMARTBIN_PIP_ARGS']} torchvision".replace("  ", " ")
-    assert torch_line in generic.stdout
-    assert "uninstall --quiet --yes opencv-python" in generic.stdout
-    assert "--force-reinstall --no-deps opencv-python-headless" in generic.stdout
-    jetson = subprocess.run(["bash", script, "--dry-run", "--prefix", str(tmp_path / "p")], env={**env, "SMARTBIN_PLATFORM": "jetson"},
-                            capture_output=True, text=True, timeout=60)
-    assert jetson.returncode == 0, jetson.stderr
-    assert torch_line not in jetson.stdout, "JetPack's torch must not be replaced from PyPI"
-    assert "--constraint" in jetson.stdout
-    assert "opencv-python-headless" in jetson.stdout and "uninstall" in jetson.stdout
-    without = subprocess.run(["bash", script, "--dry-run", "--no-vision", "--prefix", str(tmp_path / "p")], env=env,
-                             capture_output=True, text=True, timeout=60)
-    assert without.returncode == 0, without.stderr
-    assert "smartbin-daemon[systemd] " in without.stdout and "torchvision" not in without.stdout
+def _run(repo: Path, *args: str, env: dict[str, str], platform: str = "generic") -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["bash", str(repo / "install.sh"), "--dry-run", *args], env={**env, "SMARTBIN_PLATFORM": platform},
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert result.returncode == 0, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    return result
+
+
+def _pip_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if "[dry-run]" in line and "-m pip install" in line]
+
+
+def _package_line(out: str) -> str:
+    """The dry-run pip line that installs smartbin-daemon itself (the last one naming its extras)."""
+    lines = [line for line in _pip_lines(out) if "[systemd" in line or "[test" in line]
+    assert lines, out
+    return lines[-1]
+
+
+def _torch_line(env: dict[str, str]) -> str:
+    return f"pip install --quiet --no-input --progress-bar off {env['SMARTBIN_PIP_ARGS']} torchvision".replace("  ", " ")
+
+
+def _write_config(path: Path, detector: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("mqtt:\n  host: localhost\n" + detector)
+    return path
+
+
+def test_pyproject_splits_the_lean_vision_extra_from_ultralytics() -> None:
+    if tomllib is None:
+        pytest.skip("tomllib needs Python 3.11")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {key: {_canonical(m.group(0)) for r in reqs if (m := re.match(r"[A-Za-z0-9._-]+(\[[^]]*\])?", r))} for key, reqs in extras.items()}
+    assert {"onnxruntime", "opencv-python-headless", "numpy"} <= names["vision"]
+    assert not {"ultralytics", "torch", "torchvision", "onnx"} & names["vision"], "the daemon's default path stays lean"
+    assert {"ultralytics", "onnx"} <= names["ultralytics"]
+    # The test extra brings both stacks (the parity tests compare the backends).
+    test = extras["test"]
+    assert any(re.fullmatch(r"smartbin-daemon\[(?=.*\bvision\b)(?=.*\bultralytics\b).*\]", r.replace(" ", "")) for r in test) or (
+        {"ultralytics", "onnx", "onnxruntime"} <= names["test"]), test
+
+
+def test_vision_is_lean_by_default(env: dict[str, str], tmp_path: Path) -> None:
+    repo = _checkout(tmp_path)
+    # The production config example: no torch, no ultralytics, no OpenCV swap.
+    out = _run(repo, "--prefix", str(tmp_path / "p"), env=env).stdout
+    assert "smartbin-daemon[systemd,vision] " in out
+    assert _package_line(out).endswith("[systemd,vision]'"), _package_line(out)
+    assert all("ultralytics" not in line and "torchvision" not in line for line in _pip_lines(out)), _pip_lines(out)
+    assert "opencv-python" not in out
+    assert re.search(r"vision: lean .*config/smartbin\.yaml: detector\.enabled is false", out), out
+    assert "--with-ultralytics" in out  # says how to get the rest
+    # --no-vision leaves out both extras.
+    without = _run(repo, "--no-vision", "--prefix", str(tmp_path / "p"), env=env).stdout
+    assert "smartbin-daemon[systemd] " in without and "torchvision" not in without and "vision:" not in without
+
+
+def test_with_ultralytics_adds_the_extra_and_torch(env: dict[str, str], tmp_path: Path) -> None:
+    repo = _checkout(tmp_path)
+    out = _run(repo, "--with-ultralytics", "--prefix", str(tmp_path / "p"), env=env).stdout
+    assert "smartbin-daemon[systemd,vision,ultralytics]" in out
+    assert _package_line(out).endswith("[systemd,vision,ultralytics]'"), _package_line(out)
+    torch_line = _torch_line(env)
+    assert torch_line in out
+    assert out.index(torch_line) < out.index(_package_line(out)), "torch comes first, from torchvision"
+    assert "uninstall --quiet --yes opencv-python" in out
+    assert "--force-reinstall --no-deps opencv-python-headless" in out
+    assert "vision: adding the ultralytics extra" in out and "--with-ultralytics" in out
+    # Jetson: JetPack's torch is pinned, never replaced from PyPI.
+    jetson = _run(repo, "--with-ultralytics", "--prefix", str(tmp_path / "p"), env=env, platform="jetson").stdout
+    assert torch_line not in jetson, "JetPack's torch must not be replaced from PyPI"
+    assert "--constraint" in _package_line(jetson) and "torch/torchvision" in jetson
+    assert "uninstall --quiet --yes opencv-python-headless" in jetson
+
+
+@pytest.mark.parametrize(("detector", "ultralytics"), [
+    ("detector:\n  enabled: true\n  model: /opt/smartbin/models/best.pt\n", True),
+    ("detector:\n  enabled: true\n  model: /opt/smartbin/models/best_openvino_model\n", True),
+    ("detector:\n  enabled: true\n  model: /opt/smartbin/models/best.engine\n  backend: auto\n", True),
+    ("detector:\n  enabled: true\n  model: /opt/smartbin/models/best.onnx\n  backend: ultralytics\n", True),
+    ("detector:\n  enabled: true\n  model: /opt/smartbin/models/best.ONNX\n", False),
+    ("detector:\n  enabled: true\n", False),  # the default model is the shipped .onnx
+    ("detector:\n  enabled: false\n  model: /opt/smartbin/models/best.pt\n", False),
+    ("detector:\n  enabled: true\n  model: /opt/smartbin/models/best.pt\n  backend: onnxruntime\n", False),  # check-config's business
+], ids=["pt", "openvino-dir", "engine", "backend-ultralytics", "onnx", "default-model", "disabled", "backend-onnxruntime"])
+def test_the_installed_config_decides_on_ultralytics(detector: str, ultralytics: bool, env: dict[str, str], tmp_path: Path) -> None:
+    repo = _checkout(tmp_path)
+    prefix = tmp_path / "p"
+    config = _write_config(prefix / "etc/smartbin/config.yaml", detector)  # an existing config wins over the example
+    out = _run(repo, "--prefix", str(prefix), env=env).stdout
+    pkg = _package_line(out)
+    decision = next(line for line in out.splitlines() if line.startswith("==> vision: "))
+    assert str(config) in decision, decision  # says which config ...
+    assert "detector." in decision, decision  # ... and why
+    if ultralytics:
+        assert pkg.endswith("[systemd,vision,ultralytics]'"), pkg
+        assert _torch_line(env) in out
+    else:
+        assert pkg.endswith("[systemd,vision]'"), pkg
+        assert "torchvision" not in out and "opencv-python" not in out
+
+
+def test_an_unreadable_config_falls_back_to_lean_with_a_warning(env: dict[str, str], tmp_path: Path) -> None:
+    repo = _checkout(tmp_path)
+    prefix = tmp_path / "p"
+    _write_config(prefix / "etc/smartbin/config.yaml", "detector: [unclosed\n")
+    result = _run(repo, "--prefix", str(prefix), env=env)
+    assert _package_line(result.stdout).endswith("[systemd,vision]'")
+    assert "--with-ultralytics" in result.stderr and "cannot read" in result.stderr
+
+
+def test_simulate_reads_config_simulation_yaml(env: dict[str, str], tmp_path: Path) -> None:
+    repo = _checkout(tmp_path)
+    out = _run(repo, "--simulate", env=env).stdout
+    assert re.search(r"vision: lean .*config/simulation\.yaml: detector\.model \S+\.onnx is ONNX", out), out
+    pkg = _package_line(out)
+    assert f"-e '{repo}[systemd,vision]'" in pkg, pkg
+    assert "torchvision" not in out
+    assert f"write {repo}/.venv/.smartbin-install-stamp-systemd-vision\n" in out  # the stamp names the extras
+    assert "smartbin-daemon run --config config/simulation.yaml" in out
+    # A .pt model in the simulation config brings the ultralytics extra.
+    sim = repo / "config/simulation.yaml"
+    sim.write_text(re.sub(r"(?m)^(  model: .*)\.onnx$", r"\1.pt", sim.read_text()))
+    out = _run(repo, "--simulate", env=env).stdout
+    assert re.search(r"vision: adding the ultralytics extra .*config/simulation\.yaml: detector\.model \S+\.pt is not ONNX", out), out
+    assert f"-e '{repo}[systemd,vision,ultralytics]'" in _package_line(out)
+    assert _torch_line(env) in out
+    assert f"write {repo}/.venv/.smartbin-install-stamp-systemd-vision-ultralytics\n" in out
+
+
+def test_test_mode_installs_both_stacks(env: dict[str, str], tmp_path: Path) -> None:
+    repo = _checkout(tmp_path)
+    out = _run(repo, "--test", "--", "-k", "nothing", env=env).stdout
+    pkg = _package_line(out)
+    assert f"-e '{repo}[test,vision,ultralytics]'" in pkg, pkg
+    torch_line = _torch_line(env)
+    assert torch_line in out and out.index(torch_line) < out.index(pkg)
+    assert "--force-reinstall --no-deps opencv-python-headless" in out
+    assert "vision: adding the ultralytics extra" in out and "--test" in out
+    assert re.search(r"\[dry-run\] \.venv/bin/python -m pytest -k nothing$", out, re.M), out
+
+
+def _fake_distribution(root: Path, name: str, version: str) -> Path:
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return root
+
+
+def test_jetson_lean_install_prefers_the_systems_onnxruntime_gpu(env: dict[str, str], tmp_path: Path) -> None:
+    repo = _checkout(tmp_path)
+    prefix = tmp_path / "p"
+    uninstall_ort = re.compile(r"\[dry-run\] \S+ -m pip uninstall --quiet --yes onnxruntime$", re.M)
+    # Without NVIDIA's build the CPU provider is all there is: a warning says how to get the GPU one.
+    plain = _run(repo, "--prefix", str(prefix), env=env, platform="jetson")
+    pkg = _package_line(plain.stdout)
+    assert pkg.endswith("[systemd,vision]'") and "--constraint" in pkg, pkg  # numpy<2 for JetPack's cv2
+    assert "numpy<2" in plain.stdout
+    assert _torch_line(env) not in plain.stdout and "torch/torchvision" not in plain.stdout  # no torch needed
+    assert "uninstall --quiet --yes opencv-python-headless" in plain.stdout  # JetPack's cv2 as before
+    assert not uninstall_ort.search(plain.stdout)
+    assert "onnxruntime-gpu" in plain.stderr and "CPU" in plain.stderr, plain.stderr
+    # With onnxruntime-gpu in the system site, the venv's PyPI onnxruntime is removed so it is imported.
+    site = _fake_distribution(tmp_path / "system-site", "onnxruntime-gpu", "1.20.0")
+    gpu_env = {**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{site}"}
+    gpu = _run(repo, "--prefix", str(prefix), env=gpu_env, platform="jetson")
+    assert uninstall_ort.search(gpu.stdout), gpu.stdout
+    assert "onnxruntime-gpu 1.20.0" in gpu.stdout
+    assert "onnxruntime-gpu" not in gpu.stderr
 
 
 def test_udev_rule_names_the_arduino_by_usb_id(installed: tuple[Layout, subprocess.CompletedProcess[str]], env: dict[str, str]) -> None:
