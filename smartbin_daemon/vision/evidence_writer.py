@@ -59,6 +59,7 @@ class EvidenceWriter:
         self.store = store
         self.publish_snapshot = publish_snapshot
         self.housekeeping_interval_s = housekeeping_interval_s
+        self.submitted = 0
         self.written = 0
         self.errors = 0
         self.dropped = dict.fromkeys(KINDS, 0)
@@ -98,6 +99,12 @@ class EvidenceWriter:
         if thread.is_alive():
             logger.warning("evidence writer did not stop within %.1f s (disk stalled?)", timeout,
                            extra=ev("worker_stop_timeout", worker="evidence"))
+
+    @property
+    def thread_id(self) -> int | None:
+        """The writer thread's ident while it runs (for per-thread CPU clocks in benchmarks)."""
+        thread = self._thread
+        return thread.ident if thread is not None and thread.is_alive() else None
 
     @property
     def running(self) -> bool:
@@ -176,6 +183,7 @@ class EvidenceWriter:
                 "queued": self._queue.qsize(),
                 "queue_size": self._queue.maxsize,
                 "max_queued": self.max_queued,
+                "submitted": self.submitted,
                 "written": self.written,
                 "dropped": dict(self.dropped),
                 "errors": self.errors,
@@ -203,6 +211,7 @@ class EvidenceWriter:
                            self._queue.maxsize, extra=ev("evidence_skipped", kind=job.kind))
             return False
         with self._lock:
+            self.submitted += 1
             self.max_queued = max(self.max_queued, self._queue.qsize())
         return True
 

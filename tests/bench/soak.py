@@ -6,14 +6,21 @@ model, real workers, simulated Arduino on a pty, file camera, health monitor on)
 `--item-interval` seconds. Every `--sample-interval` seconds the daemon's RSS (VmRSS), thread count, open fds,
 CPU % of one core, items so far and worker restarts are sampled from /proc and from its retained MQTT state.
 
-Criteria, all over the samples taken after the warm-up:
+Criteria, all over the samples taken after the warm-up (but the RSS cap):
 - RSS: median of the first 3 samples vs median of the last 3 grows by less than 5 % (the max and a
   Theil–Sen trend in MB/h are reported, not judged);
+- RSS cap (`rss_10min`), only for the shipped ONNX model and a run of at least 10 minutes: the sample at the
+  10-minute mark (the first at t >= 600 s; with the default one-minute samples, after 10 minutes of items)
+  holds RSS <= 200 MB (MB = MiB here, as in every RSS figure of this report; the largest RSS after the mark
+  is reported, not judged). A shorter run, or another model or backend set with --set, reports the figure
+  (`rss_at_10min_mb`, None when short) without the criterion;
 - threads and fds: the median of the last 3 samples is not above the median of the first 3 (a one-sample
   excursion cannot move a median of 3; every excursion is listed in the report);
 - no worker restart, no worker leaving `running`, no daemon exit or pid change;
 - every item the workflow started (item id seen in the retained `workflow` state) got an outcome event
   (item_sorted / item_refused / item_failed / item_interrupted), waiting for the in-flight ones at the end.
+Whether a `libtorch*` library is mapped in the daemon (/proc/<pid>/maps) is read at every sample and reported
+(`libtorch_mapped`: it must be False with the shipped ONNX model; a torch-free daemon is what the RSS cap needs).
 Exit status 0 when all hold, 1 otherwise.
 """
 
@@ -48,6 +55,10 @@ logger = logging.getLogger(__name__)
 DEVICE_ID = "sim-bin"
 OUTCOME_TYPES = ("item_sorted", "item_refused", "item_failed", "item_interrupted")
 RSS_GROWTH_LIMIT_PCT = 5.0
+RSS_CAP_MB = 200.0
+"""RSS limit at the 10-minute mark, shipped ONNX model (MiB, like every RSS figure here)."""
+RSS_CAP_AT_S = 600.0
+SHIPPED_MODEL = "smartbin-waste-nano.onnx"
 WINDOW = 3
 """Samples per robust window (first / last after warm-up)."""
 OUTCOME_GRACE_S = 40.0
@@ -78,6 +89,21 @@ class ProcReading:
     cpu_ticks: int
     fd_kinds: dict[str, int]
     thread_names: dict[str, int]
+
+
+def mapped_libraries(pid: int) -> set[str]:
+    """Base names of the shared objects mapped in `pid` (from /proc/<pid>/maps), e.g. {'libtorch_cpu.so', ...}."""
+    names: set[str] = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].startswith("/") and ".so" in parts[5]:
+            names.add(parts[5].rsplit("/", 1)[-1].split(" (deleted)")[0])
+    return names
+
+
+def libtorch_mapped(pid: int) -> bool:
+    """Whether any libtorch* library (torch's C++ runtime) is mapped in `pid`."""
+    return any(name.startswith("libtorch") for name in mapped_libraries(pid))
 
 
 def fd_kind(target: str) -> str:
@@ -366,14 +392,22 @@ def _count_criterion(after: Sequence[dict[str, Any]], key: str, window: int) -> 
             "excursions": excursions, "target": "growth <= 0", "target_met": last - first <= 0}
 
 
+def rss_at(samples: Sequence[dict[str, Any]], at_s: float = RSS_CAP_AT_S) -> dict[str, Any] | None:
+    """The first sample at or after `at_s` (1 s of slack for the sampling clock), or None when the run was shorter."""
+    return next((s for s in samples if s["t_s"] >= at_s - 1.0), None)
+
+
 def evaluate(samples: Sequence[dict[str, Any]], warmup_s: float, *, started: Sequence[str],
              outcomes: dict[str, str], worker_restarts: int, workers_not_running: Sequence[str],
              daemon_pids: Sequence[int], daemon_exit: str | None, window: int = WINDOW,
-             rss_limit_pct: float = RSS_GROWTH_LIMIT_PCT) -> dict[str, Any]:
+             rss_limit_pct: float = RSS_GROWTH_LIMIT_PCT, rss_cap_mb: float | None = None,
+             rss_cap_at_s: float = RSS_CAP_AT_S) -> dict[str, Any]:
     """The verdict: every criterion with its figures and `target_met`, and `target_met` over all of them.
 
     `samples` need `t_s`, `rss_kb`, `threads`, `fds`; only those at or after `warmup_s` count. Fewer than two
     samples after the warm-up cannot show growth either way, so they fail the memory/thread/fd criteria.
+    With `rss_cap_mb` (the shipped ONNX model), a run that reached `rss_cap_at_s` also gets `rss_10min`: the
+    RSS of the first sample at or after that mark (warm-up or not) must be <= `rss_cap_mb`.
     """
     after = [s for s in samples if s["t_s"] >= warmup_s]
     criteria: dict[str, dict[str, Any]] = {}
@@ -394,6 +428,15 @@ def evaluate(samples: Sequence[dict[str, Any]], warmup_s: float, *, started: Seq
         }
         criteria["threads"] = _count_criterion(after, "threads", window)
         criteria["fds"] = _count_criterion(after, "fds", window)
+    at_mark = rss_at(samples, rss_cap_at_s)
+    if rss_cap_mb is not None and at_mark is not None:
+        criteria["rss_10min"] = {
+            "at_s": at_mark["t_s"], "rss_mb": round(at_mark["rss_kb"] / 1024, 1),
+            "max_after_mb": round(max(s["rss_kb"] for s in samples if s["t_s"] >= at_mark["t_s"]) / 1024, 1),
+            "target_mb": rss_cap_mb,
+            "target": f"RSS <= {rss_cap_mb:g} MB at the {rss_cap_at_s / 60:g}-minute mark (shipped ONNX model)",
+            "target_met": at_mark["rss_kb"] / 1024 <= rss_cap_mb,
+        }
     pid_changes = max(0, len(set(daemon_pids)) - 1)
     criteria["restarts"] = {
         "worker_restarts": worker_restarts, "workers_not_running": list(workers_not_running),
@@ -408,6 +451,12 @@ def evaluate(samples: Sequence[dict[str, Any]], warmup_s: float, *, started: Seq
         "target_met": bool(started) and not missing,
     }
     return {"criteria": criteria, "target_met": all(c["target_met"] for c in criteria.values())}
+
+
+def shipped_onnx(detector: dict[str, Any]) -> bool:
+    """Whether a config's detector section runs the shipped ONNX model on onnxruntime (what the RSS cap is for)."""
+    model = Path(str(detector.get("model", "")))
+    return model.name == SHIPPED_MODEL and detector.get("backend", "auto") in ("auto", "onnxruntime")
 
 
 # --------------------------------------------------------------------------- the run
@@ -451,8 +500,12 @@ def scan_log(text: str) -> dict[str, Any]:
 
 def run_soak(duration_s: float, *, item_interval_s: float = 2.0, sample_interval_s: float = 60.0,
              warmup_s: float = 300.0, workdir: Path | None = None, keep: bool = False,
-             overrides: dict[str, Any] | None = None, on_sample: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run the soak and return the report (settings, samples, counts, criteria, verdict)."""
+             overrides: dict[str, Any] | None = None, on_sample: Callable[[dict[str, Any]], None] | None = None,
+             rss_cap_at_s: float = RSS_CAP_AT_S) -> dict[str, Any]:
+    """Run the soak and return the report (settings, samples, counts, criteria, verdict).
+
+    `rss_cap_at_s` moves the RSS cap's mark (10 minutes; the smoke test sets it inside its 30 s run).
+    """
     own_dir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="smartbin-soak-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -467,6 +520,7 @@ def run_soak(duration_s: float, *, item_interval_s: float = 2.0, sample_interval
     try:
         broker.start()
         config = soak_config(work, broker.port, item_interval_s, overrides)
+        detector_cfg = (yaml.safe_load(config.read_text()) or {}).get("detector") or {}
         observer = Observer(broker.port, f"smartbin/{DEVICE_ID}")
         daemon = DaemonProcess(config, log=work / "daemon.log")
         t0, t0_wall = time.monotonic(), time.time()
@@ -492,6 +546,7 @@ def run_soak(duration_s: float, *, item_interval_s: float = 2.0, sample_interval
                 "workflow_state": (seen.states.get("workflow") or {}).get("state"),
                 "outbox_pending": ((seen.states.get("mqtt") or {}).get("outbox") or {}).get("pending"),
                 "storage_kb": dir_kb(work / "state"),
+                "libtorch_mapped": libtorch_mapped(daemon.pid),
                 "fd_kinds": reading.fd_kinds,
             })
             if t_s >= warmup_s and "warmup_end" not in fd_maps:
@@ -520,16 +575,23 @@ def run_soak(duration_s: float, *, item_interval_s: float = 2.0, sample_interval
         broker.stop()
     verdict = evaluate(samples, warmup_s, started=started, outcomes=final.outcomes,
                        worker_restarts=final.worker_restarts, workers_not_running=final.workers_not_running,
-                       daemon_pids=[*final.daemon_pids, daemon.pid], daemon_exit=daemon_exit)
+                       daemon_pids=[*final.daemon_pids, daemon.pid], daemon_exit=daemon_exit,
+                       rss_cap_mb=RSS_CAP_MB if shipped_onnx(detector_cfg) else None, rss_cap_at_s=rss_cap_at_s)
+    at_mark = rss_at(samples, rss_cap_at_s)
     presences = classify_presences(final.presences, list(final.started_at.values()), final.blocked,
                                    t0_wall + warmup_s, cutoff_wall)
     cpu_after = [s["cpu_pct"] for s in samples if s["t_s"] >= warmup_s] or [0.0]
     report: dict[str, Any] = {
         "settings": {"duration_s": duration_s, "warmup_s": warmup_s, "sample_interval_s": sample_interval_s,
                      "item_interval_s": item_interval_s, "empty_after_s": EMPTY_AFTER_S, "item_mm": ITEM_MM,
+                     "rss_cap_mb": RSS_CAP_MB, "rss_cap_at_s": rss_cap_at_s,
                      "health_monitor": True, "overrides": overrides or {}, "python": sys.version.split()[0], "cpus": os.cpu_count()},
         **verdict,
         "cpu_mean_pct": round(statistics.fmean(cpu_after), 1), "cpu_max_pct": max(cpu_after),
+        "model": Path(str(detector_cfg.get("model", ""))).name, "backend": detector_cfg.get("backend", "auto"),
+        "rss_at_10min_mb": round(at_mark["rss_kb"] / 1024, 1) if at_mark is not None else None,
+        "rss_cap_judged": "rss_10min" in verdict["criteria"],
+        "libtorch_mapped": any(s["libtorch_mapped"] for s in samples) if samples else None,
         "counts": {
             "simulated_items": final.simulated_items, "presence_events": len(final.presences),
             "presences": {k: len(v) for k, v in presences.items()},
@@ -562,14 +624,15 @@ def run_soak(duration_s: float, *, item_interval_s: float = 2.0, sample_interval
 
 
 HEADER = (f"{'t_min':>6} {'phase':<7} {'rss_MB':>7} {'thr':>4} {'fds':>4} {'cpu_%':>6} {'started':>7} "
-          f"{'sorted':>6} {'outc':>5} {'rst':>3} {'store_MB':>8} {'wf_state':<10}")
+          f"{'sorted':>6} {'outc':>5} {'rst':>3} {'store_MB':>8} {'torch':>5} {'wf_state':<10}")
 
 
 def format_sample(s: dict[str, Any]) -> str:
     """One table row."""
     return (f"{s['t_s'] / 60:6.2f} {s['phase']:<7} {s['rss_kb'] / 1024:7.1f} {s['threads']:4d} {s['fds']:4d} "
             f"{s['cpu_pct']:6.1f} {s['items_started']:7d} {s['items_sorted']:6d} {s['outcomes']:5d} "
-            f"{s['worker_restarts']:3d} {s['storage_kb'] / 1024:8.1f} {str(s['workflow_state']):<10}")
+            f"{s['worker_restarts']:3d} {s['storage_kb'] / 1024:8.1f} {'yes' if s.get('libtorch_mapped') else 'no':>5} "
+            f"{str(s['workflow_state']):<10}")
 
 
 def format_verdict(report: dict[str, Any]) -> str:
@@ -584,6 +647,18 @@ def format_verdict(report: dict[str, Any]) -> str:
                    f"({rss['growth_pct']:+.2f} %, limit < {rss['target_pct']} %), max {rss['max_mb']} MB "
                    f"({rss['max_growth_pct']:+.2f} %), trend {rss['slope_mb_per_h']:+.1f} MB/h  "
                    f"{'pass' if rss['target_met'] else 'FAIL'}")
+    cap = c.get("rss_10min")
+    if cap is not None:
+        out.append(f"RSS cap  : {cap['rss_mb']} MB at t={cap['at_s'] / 60:.1f} min (limit <= {cap['target_mb']:g} MB), "
+                   f"max after it {cap['max_after_mb']} MB  {'pass' if cap['target_met'] else 'FAIL'}")
+    else:
+        mark = report.get("settings", {}).get("rss_cap_at_s", RSS_CAP_AT_S)
+        at_mark = report.get("rss_at_10min_mb")
+        why = "not the shipped ONNX model" if at_mark is not None else f"run shorter than {mark / 60:g} minutes"
+        out.append(f"RSS cap  : not judged ({why}); RSS at the {mark / 60:g}-minute mark: "
+                   f"{'n/a' if at_mark is None else f'{at_mark} MB'}")
+    out.append(f"libtorch : mapped in the daemon: {report.get('libtorch_mapped')} (model {report.get('model')}, "
+               f"backend {report.get('backend')})")
     for name in ("threads", "fds"):
         x = c[name]
         if "error" in x:
@@ -633,6 +708,10 @@ def bench(quick: bool = False) -> dict[str, Any]:
         "rss_slope_mb_per_h": c["rss"].get("slope_mb_per_h"),
         "rss_growth_target_pct": RSS_GROWTH_LIMIT_PCT,
         "rss_target_met": c["rss"]["target_met"],
+        "rss_at_10min_mb": report["rss_at_10min_mb"],
+        "rss_cap_mb": RSS_CAP_MB,
+        "rss_cap_target_met": c["rss_10min"]["target_met"] if "rss_10min" in c else None,
+        "libtorch_mapped": report["libtorch_mapped"],
         "threads_growth": c["threads"].get("growth"),
         "threads_target_met": c["threads"]["target_met"],
         "fds_growth": c["fds"].get("growth"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +103,44 @@ def test_a_run_without_any_item_fails() -> None:
     assert verdict(samples(), started=[], outcomes={})["criteria"]["outcomes"]["target_met"] is False
 
 
+def test_the_rss_cap_judges_the_sample_at_the_ten_minute_mark() -> None:
+    # Samples every 60 s up to 12 min; t=600 s is the 10th. 150 MB there passes, 250 MB fails.
+    low = [150 * 1024] * 12
+    c = verdict(samples({"rss_kb": low}), rss_cap_mb=200.0)["criteria"]["rss_10min"]
+    assert c["target_met"] is True and c["at_s"] == 600.0 and c["rss_mb"] == 150.0 and c["target_mb"] == 200.0
+    high = [150 * 1024] * 9 + [250 * 1024] + [150 * 1024] * 2
+    result = verdict(samples({"rss_kb": high}), rss_cap_mb=200.0)
+    assert result["criteria"]["rss_10min"]["target_met"] is False and result["target_met"] is False
+    assert result["criteria"]["rss_10min"]["rss_mb"] == 250.0
+    # Only the mark is judged; a later peak is reported.
+    later = [150 * 1024] * 10 + [260 * 1024, 150 * 1024]
+    c = verdict(samples({"rss_kb": later}), rss_cap_mb=200.0)["criteria"]["rss_10min"]
+    assert c["target_met"] is True and c["max_after_mb"] == 260.0
+
+
+def test_the_rss_cap_is_not_judged_for_a_short_run_or_without_a_cap() -> None:
+    small = [150 * 1024] * 12
+    assert "rss_10min" not in verdict(samples({"rss_kb": small}, n=9), rss_cap_mb=200.0)["criteria"]  # 9 min
+    assert "rss_10min" not in verdict(samples({"rss_kb": small}))["criteria"]  # another model: no cap
+    assert soak.rss_at(samples(n=9)) is None and soak.rss_at(samples(n=12))["t_s"] == 600.0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("detector", "shipped"), [
+    ({"model": "/opt/smartbin/models/smartbin-waste-nano.onnx"}, True),
+    ({"model": "/x/smartbin-waste-nano.onnx", "backend": "onnxruntime"}, True),
+    ({"model": "/x/smartbin-waste-nano.onnx", "backend": "ultralytics"}, False),
+    ({"model": "/x/smartbin-arch.pt"}, False),
+])
+def test_the_rss_cap_applies_to_the_shipped_onnx_model_only(detector: dict[str, Any], shipped: bool) -> None:
+    assert soak.shipped_onnx(detector) is shipped
+
+
+def test_libtorch_is_seen_in_the_maps_exactly_when_torch_is_loaded() -> None:
+    libs = soak.mapped_libraries(os.getpid())
+    assert any(name.startswith("libpython") or name.startswith("libc.so") for name in libs), sorted(libs)[:20]
+    assert soak.libtorch_mapped(os.getpid()) is ("torch" in sys.modules)
+
+
 def test_too_few_samples_after_warm_up_cannot_pass() -> None:
     result = verdict(samples(n=3), warmup_s=180.0)
     assert result["criteria"]["rss"]["target_met"] is False and "need at least 2" in result["criteria"]["rss"]["error"]
@@ -134,8 +173,9 @@ def test_read_proc_sees_an_extra_open_file_and_thread(tmp_path: Path) -> None:
 
 def test_a_30_second_soak_of_the_real_daemon_reports_samples_and_a_verdict() -> None:
     q = soak.QUICK
+    mark = q["duration_s"] - 2 * q["sample_interval_s"]  # the RSS cap's 10-minute mark, moved inside this run
     report = soak.run_soak(q["duration_s"], item_interval_s=q["item_interval_s"],
-                           sample_interval_s=q["sample_interval_s"], warmup_s=q["warmup_s"])
+                           sample_interval_s=q["sample_interval_s"], warmup_s=q["warmup_s"], rss_cap_at_s=mark)
     print(soak.HEADER, *map(soak.format_sample, report["samples"]), soak.format_verdict(report), sep="\n")  # on failure
     json.dumps(report)  # the report is written as JSON
     assert len(report["samples"]) == int(q["duration_s"] // q["sample_interval_s"])
@@ -143,7 +183,14 @@ def test_a_30_second_soak_of_the_real_daemon_reports_samples_and_a_verdict() -> 
         assert s["rss_kb"] > 0 and s["threads"] >= 1 and s["fds"] >= 3 and s["cpu_pct"] >= 0, s
     for s in (s for s in report["samples"] if s["phase"] == "measure"):  # the daemon is up: model, workers
         assert s["rss_kb"] > 50_000 and s["threads"] > 3, s
-    assert set(report["criteria"]) == {"rss", "threads", "fds", "restarts", "outcomes"}
+    assert set(report["criteria"]) == {"rss", "rss_10min", "threads", "fds", "restarts", "outcomes"}
+    cap = report["criteria"]["rss_10min"]  # judged on the shipped ONNX model at the (moved) mark
+    assert report["rss_cap_judged"] is True and cap["target_mb"] == soak.RSS_CAP_MB == 200.0
+    assert mark - 1 <= cap["at_s"] < mark + q["sample_interval_s"] and cap["rss_mb"] == report["rss_at_10min_mb"]
+    assert cap["target_met"] is (cap["rss_mb"] <= 200.0) and cap["rss_mb"] <= cap["max_after_mb"]
+    assert report["model"] == soak.SHIPPED_MODEL
+    # The shipped ONNX model runs on onnxruntime: torch is never loaded (not a timing figure: asserted).
+    assert report["libtorch_mapped"] is False and all(s["libtorch_mapped"] is False for s in report["samples"])
     assert all(isinstance(c["target_met"], bool) for c in report["criteria"].values())
     assert report["target_met"] == all(c["target_met"] for c in report["criteria"].values())
     assert isinstance(report["criteria"]["rss"]["growth_pct"], float)

@@ -44,6 +44,22 @@ def test_startup_reaches_ready_before_the_detector_and_the_first_detection(figur
     assert s["runs"] >= 1
     assert _positive(s["ready_median_s"], 30), s
     assert s["ready_median_s"] <= s["ready_to_detect_median_s"] <= s["first_detection_event_median_s"] < 120, s
+    assert s["target_s"] == system.STARTUP_TARGET_S == 2.0 and s["target"]
+    assert s["target_met"] is (s["ready_to_detect_median_s"] <= 2.0)
+
+
+@pytest.mark.parametrize(("median", "met"), [(1.2, True), (2.0, True), (2.01, False), (6.9, False), (None, False)])
+def test_the_startup_target_is_the_median_time_to_ready_to_detect(median: float | None, met: bool) -> None:
+    summary: dict[str, Any] = {"runs": 3, "ready_median_s": 1.0}
+    if median is not None:
+        summary["ready_to_detect_median_s"] = median
+    verdict = system.startup_verdict(summary)
+    assert verdict["target_met"] is met and verdict["runs"] == 3
+
+
+def test_the_system_bench_refuses_an_unknown_part() -> None:
+    with pytest.raises(ValueError, match="unknown part"):
+        system.bench(quick=True, only=["startup", "latency"])
 
 
 def test_round_trips_are_measured_beside_the_bare_broker(figures: dict[str, Any]) -> None:
