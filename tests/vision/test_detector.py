@@ -275,3 +275,14 @@ def test_the_camera_decodes_only_for_an_item_or_a_snapshot(tmp_path: Path, tiny:
         assert cam.worker.decoded_total > decoded, "the snapshot asked the camera for a current frame"
     finally:
         r.close()
+
+
+def test_a_hot_swap_can_change_the_backend_and_back(rig: Rig, tiny: Path) -> None:
+    assert rig.worker.model is not None and rig.worker.model.backend_name == "onnxruntime"
+    to_pt = rig.request("model/reload", {"path": str(tiny.with_suffix(".pt"))})
+    assert to_pt.ok, to_pt.error
+    assert to_pt.data["backend"] == "ultralytics" and rig.worker.own_state()["backend"] == "ultralytics"
+    rig.bus.publish(PresenceChanged("gpio", True, time.monotonic()))
+    wait_until(lambda: any(isinstance(m, Decision) for m in rig.drain()), 20, what="a decision with the .pt model")
+    back = rig.request("model/reload", {})
+    assert back.ok and back.data["backend"] == "onnxruntime" and back.data["model"] == "tiny.onnx"
