@@ -13,12 +13,16 @@ import yaml
 from smartbin_daemon.training.classmap import ClassMap
 from smartbin_daemon.training.dataset import format_balance
 from smartbin_daemon.training.evaluate import format_confusions, format_metrics_table
+from smartbin_daemon.training.init_weights import card_line
 
 logger = logging.getLogger(__name__)
 
 
-def _start_point(model: str) -> str:
-    """The card's line on where training started: a model YAML (random init) or an earlier checkpoint."""
+def _start_point(model: str, init: dict[str, Any] | None = None) -> str:
+    """The card's line on where training started: a pretrained detector (`--init`), a model YAML (random init) or
+    an earlier checkpoint."""
+    if init:
+        return card_line(init)
     if model.endswith(".pt"):
         return f"- Start point: continued from the checkpoint `{model}`; its weights are kept (`pretrained=True`)."
     return (f"- Architecture: `{model}` built from its YAML (random init, no pretrained weights: none can be "
@@ -158,6 +162,10 @@ def write_card(
         "(stretch) and re-encoded as JPEG quality 65. The model weights are a derived work trained on them; this card "
         "is the attribution. Training data is not shipped in this repository.",
         "",
+        "License: the weights are trained with ultralytics (AGPL-3.0) and shipped under the project's AGPL-3.0 "
+        "(`LICENSE`)" + (f"; the pretrained start point is credited under Training ({init_license})."
+                         if (init_license := (settings.get("init") or {}).get("checkpoint_license")) else "."),
+        "",
         "## Categories, compartments and class decisions",
         "",
         "The detector's classes ARE the product categories (labels merged before training), in this index order:",
@@ -186,7 +194,7 @@ def write_card(
     out += ["## Training", ""]
     sessions = train_info.get("sessions", [])
     out += [
-        _start_point(str(settings.get("model"))),
+        _start_point(str(settings.get("model")), settings.get("init")),
         f"- imgsz {imgsz}, epochs run {train_info.get('epochs_done')} (schedule {train_info.get('epochs_planned')}), batch "
         f"{settings.get('batch')}, device `{settings.get('device')}`, seed {settings.get('seed')}, workers {settings.get('workers')}, "
         f"cache {settings.get('cache')}, time cap {settings.get('time_hours')} h, optimizer {settings.get('optimizer')}, "

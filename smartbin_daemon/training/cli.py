@@ -130,6 +130,20 @@ def _add_prepare(p: argparse.ArgumentParser) -> None:
 def _add_train(p: argparse.ArgumentParser) -> None:
     """Training options."""
     p.add_argument("--model", default=DEFAULT_ARCH, help="architecture YAML or .pt (default: %(default)s)")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="PT",
+        help="transfer learning: a pretrained YOLO detection checkpoint whose matching layers are kept, the class "
+        "head re-initialised for our categories (replaces --model)",
+    )
+    p.add_argument(
+        "--init-source",
+        default=None,
+        metavar="TEXT",
+        help="where the --init checkpoint comes from (package, version, license, lineage), for the model card",
+    )
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -246,11 +260,24 @@ def cmd_train(args: argparse.Namespace, paths: Paths, command: str) -> Path:
     """Train or resume; return best.pt."""
     from smartbin_daemon.training.train import TrainSettings, train
 
+    init = None
+    if args.init is not None:
+        if args.resume:
+            raise ValueError("--init starts a new run; it cannot be combined with --resume")
+        if args.model != DEFAULT_ARCH:
+            raise ValueError("--init replaces --model; give one of them")
+        from smartbin_daemon.training.init_weights import inspect_init
+
+        info = inspect_init(args.init, len(load_classmap(_repo_path(args.classmap)).categories), args.init_source)
+        logger.info("transfer learning from %s: %s, %d/%d tensors carried over", args.init, info.architecture,
+                    info.tensors_transferred, info.tensors_total)
+        init = info.as_dict()
     settings = TrainSettings(
         data_yaml=paths.data_yaml,
         project=paths.project,
         run_name="train",
-        model=args.model,
+        model=str(args.init) if args.init is not None else args.model,
+        init=init,
         imgsz=args.imgsz,
         epochs=args.epochs,
         batch=args.batch,

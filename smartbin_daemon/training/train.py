@@ -45,6 +45,8 @@ class TrainSettings:
     val_every_epoch: bool = True
     threads: int | None = None
     plots: bool = False
+    init: dict[str, Any] | None = None
+    """What `--init` started from (training/init_weights.InitCheckpoint); recorded, not passed to ultralytics."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def ultralytics_args(self) -> dict[str, Any]:
