@@ -153,12 +153,34 @@ class MqttConfig(_Model):
         return f"{self.base_topic}/{device_id}"
 
 
+KeyId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+
+
+class SigningKeyConfig(_Model):
+    """One named request-signing key (a technician's, a dashboard's, the fleet's), revocable on its own."""
+
+    secret: SecretStr | None = Field(default=None, description="the key's secret (prefer secret_file)")
+    secret_file: Path | None = Field(
+        default=None, description="file holding it; relative: $CREDENTIALS_DIRECTORY first, then next to the config")
+    revoked: bool = Field(default=False, description="true: requests signed with this key are refused (named as revoked)")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> SigningKeyConfig:
+        if (self.secret is None) == (self.secret_file is None) and not self.revoked:
+            raise ValueError("give secret or secret_file (exactly one)")
+        if self.secret is not None and not self.secret.get_secret_value().strip():
+            raise ValueError("secret: must not be empty\n")
+        return self
+
+
 class SecurityConfig(_Model):
     """Who may send privileged requests (HMAC signatures or the broker's ACL) and request rate limits."""
 
-    hmac_secret: SecretStr | None = Field(default=None, description="shared signing secret (prefer hmac_secret_file)")
+    hmac_secret: SecretStr | None = Field(default=None, description="shared signing secret, key id 'default' (prefer hmac_secret_file)")
     hmac_secret_file: Path | None = Field(
         default=None, description="file holding the secret; relative: $CREDENTIALS_DIRECTORY first, then next to the config")
+    keys: dict[KeyId, SigningKeyConfig] = Field(
+        default_factory=dict, description="named signing keys: id -> {secret_file | secret, revoked}")
     privileged: Literal["hmac", "broker_acl"] = Field(
         default="hmac",
         description="hmac: privileged requests must be signed; broker_acl: the broker's ACL alone decides who may send them")
@@ -178,6 +200,8 @@ class SecurityConfig(_Model):
     def _one_secret(self) -> SecurityConfig:
         if self.hmac_secret is not None and self.hmac_secret_file is not None:
             raise ValueError("hmac_secret_file: give hmac_secret or hmac_secret_file, not both\n")
+        if "default" in self.keys and (self.hmac_secret is not None or self.hmac_secret_file is not None):
+            raise ValueError("keys.default: 'default' is the id of hmac_secret(_file); rename the key or drop those\n")
         if self.hmac_secret is not None and not self.hmac_secret.get_secret_value().strip():
             raise ValueError("hmac_secret: must not be empty\n")
         return self
@@ -185,6 +209,18 @@ class SecurityConfig(_Model):
     def secret(self) -> str | None:
         """The signing secret (already read from hmac_secret_file by the loader), or None."""
         return self.hmac_secret.get_secret_value() if self.hmac_secret is not None else None
+
+    def signing_keys(self) -> dict[str, str]:
+        """Active keys, id -> secret (files already read by the loader): `default` for hmac_secret, then `keys`."""
+        out = {"default": self.secret()} if self.secret() else {}
+        for key_id, key in self.keys.items():
+            if not key.revoked and key.secret is not None:
+                out[key_id] = key.secret.get_secret_value()
+        return {k: v for k, v in out.items() if v}
+
+    def revoked_keys(self) -> frozenset[str]:
+        """Ids of the keys marked revoked."""
+        return frozenset(k for k, v in self.keys.items() if v.revoked)
 
 
 class StorageConfig(_Model):
@@ -1060,6 +1096,18 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
                 errors.append(f"security.hmac_secret_file: {str(cfg.security.hmac_secret_file)!r} is empty")
             else:
                 cfg.security.hmac_secret = SecretStr(secret)
+    for key_id, key in cfg.security.keys.items():
+        if key.secret_file is None or key.revoked:
+            continue
+        where = f"security.keys.{key_id}.secret_file"
+        try:
+            secret = _read_secret_file(key.secret_file, base_dir)
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(f"{where}: cannot read {str(key.secret_file)!r}: {getattr(exc, 'strerror', None) or exc}")
+        else:
+            if not secret:
+                errors.append(f"{where}: {str(key.secret_file)!r} is empty")
+            key.secret = SecretStr(secret)
     if errors:
         raise ConfigError(source, errors)
     return cfg

@@ -308,6 +308,7 @@ def secret_values(cfg: Config) -> list[str]:
     security = getattr(cfg, "security", None)
     if security is not None:
         candidates.append(getattr(security, "hmac_secret", None))
+        candidates.extend(getattr(key, "secret", None) for key in (getattr(security, "keys", None) or {}).values())
     for value in candidates:
         if value is None:
             continue
@@ -635,7 +636,16 @@ class DaemonControl(Worker):
             "failed_workers": failed,
             "restart_required": list(self.restart_required),
             "bus_dropped": self.bus.dropped(),
+            "audit": self._audit(),
         }
+
+    def _audit(self) -> dict[str, Any]:
+        """Privileged requests accepted (by signing key) and refused, as the MQTT worker last counted them."""
+        mqtt = self.bus.states().get("mqtt") or {}
+        return {"privileged_accepted": dict(mqtt.get("requests_privileged") or {}),
+                "refused": int(mqtt.get("requests_unauthorized") or 0),
+                "signing_keys": sorted(self.cfg.security.signing_keys()),
+                "revoked_keys": sorted(self.cfg.security.revoked_keys())}
 
     def _publish(self) -> None:
         self._last_publish = time.monotonic()

@@ -161,6 +161,31 @@ def signing_secret(cfg: Config, base_dir: Path | None = None) -> tuple[str | Non
     return text, None
 
 
+def signing_key(cfg: Config, base_dir: Path | None, wanted: str | None) -> tuple[str | None, str | None, str | None]:
+    """(key id to name in `auth`, secret, note): `wanted` (--key / $SMARTBIN_KEY), else the single key the config has.
+
+    The key id is left out (the first signature format) only when `hmac_secret(_file)` is the bin's one key.
+    """
+    security = getattr(cfg, "security", None)
+    named = {k: v.secret.get_secret_value() for k, v in (getattr(security, "keys", None) or {}).items()
+             if not v.revoked and v.secret is not None}
+    legacy, note = signing_secret(cfg, base_dir)
+    if wanted:
+        if wanted == "default" and legacy:
+            return ("default" if named else None), legacy, None
+        if wanted in named:
+            return wanted, named[wanted], None
+        return None, None, f"no usable signing key {wanted!r} in the config; requests go unsigned"
+    if legacy:
+        return ("default" if named else None), legacy, note
+    if len(named) == 1:
+        key_id = next(iter(named))
+        return key_id, named[key_id], note
+    if named:
+        return None, None, f"several signing keys ({', '.join(sorted(named))}): choose one with --key; requests go unsigned"
+    return None, None, note
+
+
 # --------------------------------------------------------------------------- MQTT
 
 
@@ -797,19 +822,19 @@ class Answer:
 
 
 def build_request(cfg: Config, command: str, args: dict[str, Any], secret: str | None,
-                  transaction: str | None = None) -> dict[str, Any]:
+                  transaction: str | None = None, key: str | None = None) -> dict[str, Any]:
     """The request payload: transaction, args and, when a secret is readable, the HMAC `auth` object."""
     body: dict[str, Any] = {"transaction": transaction or uuid.uuid4().hex, "args": args}
     if secret:
-        body["auth"] = sign(secret, cfg.device.id, command, args)
+        body["auth"] = sign(secret, cfg.device.id, command, args, key=key)
     return body
 
 
 def send_request(cfg: Config, command: str, args: dict[str, Any], *, secret: str | None, connect_timeout: float,
-                 answer_timeout: float) -> Answer:
+                 answer_timeout: float, key: str | None = None) -> Answer:
     """Publish `<root>/request/<command>` and wait for the response with our transaction (raise BrokerError)."""
     root = cfg.root_topic
-    body = build_request(cfg, command, args, secret)
+    body = build_request(cfg, command, args, secret, key=key)
     availability: str | None = None
     with BrokerSession(cfg, connect_timeout) as session:
         session.subscribe(f"{root}/response/{command}")
@@ -1397,13 +1422,13 @@ def _parse_args_json(text: str | None) -> dict[str, Any] | None:
 
 
 def _request(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: dict[str, Any]) -> Answer | None:
-    secret, note = signing_secret(ctl.cfg, ctl.base_dir)
+    key, secret, note = signing_key(ctl.cfg, ctl.base_dir, getattr(args, "key", None) or os.environ.get("SMARTBIN_KEY"))
     if note:
         _err(f"note: {note}")
     answer_timeout = float(args.timeout) if args.timeout else ctl.cfg.mqtt.request_timeout_s + 2.0
     try:
         return send_request(ctl.cfg, command, payload, secret=secret, connect_timeout=_connect_timeout(args),
-                            answer_timeout=answer_timeout)
+                            answer_timeout=answer_timeout, key=key)
     except BrokerError as exc:
         _err(f"smartbinctl: {exc.reason}" + (f" — {exc.advice}" if exc.advice else ""))
         return None
@@ -1515,6 +1540,8 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=default(None),
                    help=f"seconds to wait for the broker (default {DEFAULT_CONNECT_TIMEOUT_S:g}) and for an answer "
                         "(default mqtt.request_timeout_s + 2)")
+    p.add_argument("--key", default=default(None),
+                   help="the security.keys id to sign requests with (default: $SMARTBIN_KEY, else the config's only key)")
     p.add_argument("--verbose", "-v", action="store_true", default=default(False), help="debug logging")
     return p
 

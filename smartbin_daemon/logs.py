@@ -27,6 +27,14 @@ def ev(event_id: str, **fields: Any) -> dict[str, Any]:
     return extra
 
 
+def audit(log: logging.Logger, command: str, detail: str, *, authority: str, key: str | None, transaction: Any) -> None:
+    """The journal line for an actuator command or a data rewrite: what, and who asked (authority, key, transaction)."""
+    shown = repr(transaction)
+    log.info("audit: %s %s by %s%s (transaction %s)", command, detail, authority, f" key {key}" if key else "",
+             shown if len(shown) <= 64 else shown[:61] + "...",
+             extra=ev("actuator_command", command=command, authority=authority, key=key or ""))
+
+
 def component_of(logger_name: str) -> str:
     """`smartbin_daemon.mqtt.client` -> `mqtt`; `...hardware.arduino.link` -> `arduino`; `...vision.sources` ->
     `camera`, other vision modules -> `detector`; `...bins.workflow` -> `workflow`, other bins modules -> `fill`;

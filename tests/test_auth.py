@@ -141,10 +141,10 @@ def test_the_nonce_memory_is_bounded() -> None:
     ("auth", "message"),
     [
         (None, "unsigned privileged request refused: 'route' must carry auth"),
-        ("ts=1,nonce=2", "auth: must be an object with exactly ts, nonce and sig"),
+        ("ts=1,nonce=2", "auth: must be an object with key, ts, nonce and sig"),
         ([1, 2, 3], "auth: must be an object"),
         ({}, "auth: must be an object"),
-        ({"ts": NOW, "nonce": "ab" * 8}, "auth: must be an object with exactly ts, nonce and sig"),
+        ({"ts": NOW, "nonce": "ab" * 8}, "auth: must be an object with key, ts, nonce and sig"),
         ({"ts": NOW, "nonce": "ab" * 8, "sig": "0" * 64, "extra": 1}, "auth: must be an object"),
         ({"ts": str(NOW), "nonce": "ab" * 8, "sig": "0" * 64}, "auth.ts: must be a finite number"),
         ({"ts": True, "nonce": "ab" * 8, "sig": "0" * 64}, "auth.ts: must be a finite number"),
@@ -238,7 +238,8 @@ def test_route_and_lid_open_unlock_are_privileged_on_the_arduino(tmp_path: Path)
     lid = specs["lid"]
     assert {op: lid.is_privileged({"op": op}) for op in ("open", "close", "lock", "unlock")} == \
         {"open": True, "close": False, "lock": False, "unlock": True}
-    assert not any(specs[c].is_privileged({}) for c in ("tare", "led", "buzzer"))
+    assert specs["tare"].is_privileged({}), "zeroing the load cell rewrites its calibration"
+    assert not any(specs[c].is_privileged({}) for c in ("led", "buzzer"))
 
 
 def test_the_gpio_lid_is_privileged_for_open_and_unlock() -> None:
@@ -256,7 +257,10 @@ def test_model_reload_is_privileged(tmp_path: Path) -> None:
     worker = DetectorWorker(Bus(), cfg.detector, cfg.camera, cfg.evidence, LatestFrame(), tmp_path)
     specs = {s.command: s for s in worker.requests()}
     assert specs["model/reload"].privileged
-    assert not specs["snapshot"].privileged and not specs["detection"].privileged
+    assert not specs["snapshot"].privileged
+    detection = specs["detection"]  # pausing fails safe; continuous decisions can start items and move the flap
+    assert not detection.is_privileged({"enabled": False, "continuous": False})
+    assert detection.is_privileged({"enabled": True, "continuous": True})
 
 
 def test_help_documents_privilege_as_true_false_or_the_condition(tmp_path: Path) -> None:
@@ -265,7 +269,7 @@ def test_help_documents_privilege_as_true_false_or_the_condition(tmp_path: Path)
         registry.register(spec)
     catalogue = registry.catalogue()
     assert catalogue["route"]["privileged"] is True
-    assert catalogue["ping"]["privileged"] is False and catalogue["tare"]["privileged"] is False
+    assert catalogue["ping"]["privileged"] is False and catalogue["tare"]["privileged"] is True
     assert catalogue["lid"]["privileged"] == "when op is open or unlock"
     json.dumps(catalogue)  # still plain JSON
     custom = RequestSpec("x", "o", "s", privileged_when=lambda a: bool(a))
@@ -490,13 +494,19 @@ def test_privileged_requests_are_checked_in_the_worker(tmp_path: Path) -> None:
     worker.handle(incoming("route", {"transaction": "a", "args": ARGS}))
     auth = sign(SECRET, DEVICE, "route", ARGS)
     worker.handle(incoming("route", {"transaction": "b", "args": ARGS, "auth": auth}))
-    worker.handle(incoming("lid", {"transaction": "c", "args": {"op": "close"}, "auth": "ignored"}))
+    worker.handle(incoming("lid", {"transaction": "c", "args": {"op": "close"}, "auth": "not an auth object"}))
+    worker.handle(incoming("lid", {"transaction": "d", "args": {"op": "close"}}))
+    led_auth = sign(SECRET, DEVICE, "led", {"pattern": "blink"})
+    worker.handle(incoming("led", {"transaction": "e", "args": {"pattern": "blink"}, "auth": led_auth}))
     replies = [json.loads(p[1]) for p in client.published]
-    assert [r["transaction"] for r in replies] == ["a"]
+    assert [r["transaction"] for r in replies] == ["a", "c"]
     assert replies[0]["error"].startswith("unsigned privileged request refused")
-    routed = [owner.get(0), owner.get(0)]
-    assert [(r.command, r.args) for r in routed] == [("route", {**ARGS, "command_id": None}), ("lid", {"op": "close"})]
-    assert worker.own_state()["requests_unauthorized"] == 1
+    assert replies[1]["error"].startswith("auth: must be an object"), "a signature sent is always checked"
+    routed = [owner.get(0), owner.get(0), owner.get(0)]
+    assert [(r.command, r.authority) for r in routed] == [("route", "signed"), ("lid", "unsigned"),
+                                                         ("led", "signed")]
+    assert routed[0].args == {**ARGS, "command_id": None}
+    assert worker.own_state()["requests_unauthorized"] == 2
 
 
 # =========================================================================== HA discovery (unit level)
@@ -608,9 +618,9 @@ def test_signed_privileged_requests_end_to_end(tmp_path: Path, broker: Broker, p
     stale = send(probe, "route", signed("route", ARGS, ts=time.time() - 600))
     assert stale["status"] == "error" and stale["error"].startswith("auth.ts: stale or from the future")
 
-    # unprivileged requests stay open; an auth object on them is ignored
+    # unprivileged requests stay open; a signature sent with one is checked all the same
     assert send(probe, "ping", unsigned())["status"] == "ok"
-    assert send(probe, "ping", {**unsigned(), "auth": {"junk": True}})["status"] == "ok"
+    assert send(probe, "ping", {**unsigned(), "auth": {"junk": True}})["error"].startswith("auth: must be an object")
     # lid: close is open to all, open needs a signature
     assert send(probe, "lid", unsigned({"op": "close"}))["status"] == "ok"
     assert "unsigned privileged request refused" in send(probe, "lid", unsigned({"op": "open"}))["error"]
@@ -618,8 +628,8 @@ def test_signed_privileged_requests_end_to_end(tmp_path: Path, broker: Broker, p
 
     catalogue = send(probe, "help", unsigned())["data"]
     assert catalogue["route"]["privileged"] is True and catalogue["lid"]["privileged"] == "when op is open or unlock"
-    mqtt_state = wait_until(lambda: [s for s in map(_json, probe.on(f"{ROOT}/mqtt")) if s.get("requests_unauthorized") == 5],
-                            timeout=10, what="5 refusals counted")
+    mqtt_state = wait_until(lambda: [s for s in map(_json, probe.on(f"{ROOT}/mqtt")) if s.get("requests_unauthorized") == 6],
+                            timeout=10, what="6 refusals counted")
     assert mqtt_state[-1]["requests_rate_limited"] == 0
     log = daemon.log()
     assert "refused privileged request route: auth.nonce: already used" in log

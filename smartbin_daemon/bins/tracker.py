@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..clock import CLOCK_SANE_AFTER, iso_utc
 from ..config import TOPIC_NAME_RE, BinsConfig, CompartmentConfig
-from ..logs import ev
+from ..logs import audit, ev
 from ..messages import (
     ITEM_HANDOFF_DDL,
     DistanceReading,
@@ -145,12 +145,14 @@ class FillTracker(Worker):
         first = self.cfg.compartments[0].id if self.cfg.compartments else "recycling"
         return [
             RequestSpec("bin/calibrate", self.name, "Take the current distance (or distance_mm) as the empty or the full "
-                        "point of a compartment; persisted, overrides the config.", CalibrateArgs,
+                        "point of a compartment; persisted, overrides the config.", CalibrateArgs, privileged=True,
                         example={"compartment": first, "point": "empty"}),
             RequestSpec("bin/emptied", self.name, "Record that a compartment (default: all) was emptied: counters reset, "
-                        "emptied_at set, forecast restarted.", EmptiedArgs, example={"compartment": first}),
+                        "emptied_at set, forecast restarted.", EmptiedArgs, privileged=True,
+                        example={"compartment": first}),
             RequestSpec("bin/reset_counters", self.name, "Zero the item counters of a compartment (default: all); "
-                        "totals too with totals=true.", ResetCountersArgs, example={"compartment": first, "totals": False}),
+                        "totals too with totals=true.", ResetCountersArgs, privileged=True,
+                        example={"compartment": first, "totals": False}),
         ]
 
     def entities(self) -> tuple[Entity, ...]:
@@ -424,6 +426,9 @@ class FillTracker(Worker):
 
     def _on_request(self, req: Request) -> None:
         a = req.args
+        if req.command in ("bin/calibrate", "bin/emptied", "bin/reset_counters"):
+            audit(logger, req.command, " ".join(f"{k}={v}" for k, v in a.items()), authority=req.authority,
+                  key=req.key_id, transaction=req.transaction)
         if req.command == "bin/calibrate":
             self._calibrate(req, a)
         elif req.command == "bin/emptied":

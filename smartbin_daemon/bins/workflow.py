@@ -29,6 +29,7 @@ from ..messages import (
     ITEM_HANDOFF_DDL,
     ButtonPressed,
     Decision,
+    DoorChanged,
     FillLevel,
     ItemDropped,
     ItemSorted,
@@ -61,7 +62,7 @@ _SAVE_META = "INSERT INTO workflow_meta (key, value) VALUES (?, ?) ON CONFLICT (
 
 
 class MaintenanceArgs(BaseModel):
-    """`maintenance`: pause sorting and unlock the lid (on), or resume (off)."""
+    """`maintenance`: pause sorting (on), or resume (off); the lid unlocks only when signed."""
 
     model_config = ConfigDict(extra="forbid")
     on: bool = Field(description="true: maintenance mode on")
@@ -103,7 +104,8 @@ class SortingWorkflow(Worker):
     def __init__(self, bus: Bus, cfg: BinsConfig, store: Store, *, owners: dict[str, str | None],
                  vision: dict[str, bool], name: str = "workflow") -> None:
         super().__init__(name, bus, tick_s=0.2, inbox=(PresenceChanged, Decision, Response, ItemDropped, WeightReading,
-                                                       FillLevel, ButtonPressed, StateUpdate, WorkersChanged, Request))
+                                                       FillLevel, ButtonPressed, StateUpdate, WorkersChanged, Request,
+                                                       DoorChanged))
         self.cfg = cfg
         self.wf = cfg.workflow
         self.store = store
@@ -132,18 +134,31 @@ class SortingWorkflow(Worker):
         self._led: str | None = None
         self._actions: set[str] = set()
         self._maintenance_pending = False
+        self._pending_trusted = False
+        self.maintenance_unlocked = False
+        """The lid was unlocked for maintenance: only by the service button or a trusted (signed) request."""
+        self._lid: dict[str, str] = {}
+        """The lid state each source last reported (DoorChanged)."""
+        self._own_lock = False
+        """The workflow locked the lid (refusal, error) and has not released it."""
+        self._foreign_lock = False
+        """When the workflow locked it, the lid was already locked by someone else (an operator's signed lock)."""
         self._presence_seen = False
         """A presence sensor exists (it has reported): decisions never start items on their own then."""
+        self._switched_off_in_block = False
+        """Detection was switched off during the current vision_down block: switching it on again is a `detection`
+        request anyone may send, so that end of the block is no trusted cause and does not unlock."""
 
     # -- catalogue --------------------------------------------------------------------------
 
     def requests(self) -> list[RequestSpec]:
         """Commands this component answers."""
         return [
-            RequestSpec("workflow/clear_error", self.name, "Leave the error or blocked state: unlock the lid and resume "
-                        "sorting (after fixing the cause).", NoArgs),
-            RequestSpec("maintenance", self.name, "Maintenance mode: sorting pauses, the lid unlocks, events are labelled "
-                        "maintenance (also toggled by holding the service button).", MaintenanceArgs,
+            RequestSpec("workflow/clear_error", self.name, "Leave the error or blocked state and resume sorting (after "
+                        "fixing the cause); the lid unlocks only when the request is signed.", NoArgs),
+            RequestSpec("maintenance", self.name, "Maintenance mode: sorting pauses, events are labelled maintenance; the "
+                        "lid unlocks only when signed or by holding the service button (which also toggles it).",
+                        MaintenanceArgs,
                         example={"on": True}),
         ]
 
@@ -179,6 +194,7 @@ class SortingWorkflow(Worker):
                 db.execute(sql)
         meta = {str(k): json.loads(str(v)) for k, v in self.store.query("SELECT key, value FROM workflow_meta")}
         self.maintenance = bool(meta.get("maintenance", False))
+        self.maintenance_unlocked = self.maintenance and bool(meta.get("maintenance_unlocked", False))
         self.error = meta.get("error")
         self.blocked = None
         self.item = None
@@ -190,10 +206,11 @@ class SortingWorkflow(Worker):
         if self.maintenance:
             self.bus.publish(MaintenanceChanged(True, time.monotonic()))
             self._set_state(MAINTENANCE, "restored after restart")
-            self._actuate("lid", {"op": "unlock"})
+            if self.maintenance_unlocked:
+                self._actuate("lid", {"op": "unlock"})
         elif self.error is not None:
             self._set_state(ERROR, f"restored after restart: {self.error.get('message')}")
-            self._actuate("lid", {"op": "lock"})
+            self._lock_lid()
         else:
             self._set_state(IDLE, "started")
         self._show()
@@ -259,8 +276,10 @@ class SortingWorkflow(Worker):
         elif isinstance(msg, FillLevel):
             self._on_fill(msg)
         elif isinstance(msg, ButtonPressed):
-            if msg.kind == "hold":
-                self._set_maintenance(not self.maintenance, "service button held")
+            if msg.kind == "hold":  # someone at the bin: local presence may unlock
+                self._set_maintenance(not self.maintenance, "service button held", trusted=True)
+        elif isinstance(msg, DoorChanged):
+            self._lid[msg.source] = msg.state
         elif isinstance(msg, StateUpdate):
             self._on_component_state(msg)
         elif isinstance(msg, WorkersChanged):
@@ -284,7 +303,7 @@ class SortingWorkflow(Worker):
             self._show()
             if self.state in (ERROR, BLOCKED):
                 self._actuate("lid", {"op": "lock"})
-            elif self.state == MAINTENANCE:
+            elif self.state == MAINTENANCE and self.maintenance_unlocked:
                 self._actuate("lid", {"op": "unlock"})
 
     def _timers(self, now: float) -> None:
@@ -446,7 +465,7 @@ class SortingWorkflow(Worker):
                                    "workflow/clear_error"))
         self._clear_item()
         self._set_state(ERROR, message)
-        self._actuate("lid", {"op": "lock"})
+        self._lock_lid()
         self._actuate("buzzer", {"pattern": "alarm"})
         self._show()
 
@@ -521,24 +540,26 @@ class SortingWorkflow(Worker):
         self.bus.raise_alert(Alert(self.name, f"refused_{code}", "critical", f"item refused: {message}"))
         self._clear_item()
         self._set_state(BLOCKED, message)
-        self._actuate("lid", {"op": "lock"})
+        self._lock_lid()
         self._actuate("buzzer", {"pattern": "alarm"})
         self._show()
 
-    def _unblock(self, why: str) -> None:
+    def _unblock(self, why: str, trusted: bool = True) -> bool:
         blocked = self.blocked or {}
         logger.info("workflow unblocked: %s", why, extra=ev("workflow_resumed"))
         self.bus.raise_alert(Alert(self.name, f"refused_{blocked.get('code')}", "critical",
                                    f"resumed: {why}", active=False))
         self.blocked = None
+        self._switched_off_in_block = False
         self._set_state(IDLE, why)
-        self._actuate("lid", {"op": "unlock"})
+        unlocked = self._release_lid(trusted)
         self._show()
+        return unlocked
 
     def _after_item(self) -> None:
         if self._maintenance_pending:
             self._maintenance_pending = False
-            self._set_maintenance(True, "requested during an item")
+            self._set_maintenance(True, "requested during an item", trusted=self._pending_trusted)
             return
         self._set_state(IDLE, "item done")
         self._show()
@@ -552,8 +573,12 @@ class SortingWorkflow(Worker):
             self._camera_down_since = None
         elif self._camera_down_since is None:
             self._camera_down_since = now
-        if self.state == BLOCKED and (self.blocked or {}).get("code") == "vision_down" and self._vision_down() is None:
-            self._unblock("vision is back")
+        if self.state == BLOCKED and (self.blocked or {}).get("code") == "vision_down":
+            down = self._vision_down()
+            if down == "detection switched off":
+                self._switched_off_in_block = True
+            elif down is None:
+                self._unblock("vision is back", trusted=not self._switched_off_in_block)
 
     def _vision_down(self) -> str | None:
         """Why the camera/detector cannot classify now, or None when they can."""
@@ -575,11 +600,14 @@ class SortingWorkflow(Worker):
 
     # -- maintenance, errors, requests ---------------------------------------------------------
 
-    def _set_maintenance(self, on: bool, why: str) -> None:
+    def _set_maintenance(self, on: bool, why: str, *, trusted: bool) -> None:
+        """Pause or resume sorting. Only the service button or a trusted request unlocks the lid for it; anyone may
+        pause (it fails safe: items are refused, nothing moves)."""
         if on == self.maintenance and not (on and self._maintenance_pending):
             return
         if on and self.item is not None and self.state in (ROUTING, CONFIRMING):
             self._maintenance_pending = True  # the flap is moving: finish this item first
+            self._pending_trusted = trusted
             logger.info("maintenance requested; entering it after the current item", extra=ev("maintenance_pending"))
             return
         if on and self.item is not None:
@@ -594,11 +622,20 @@ class SortingWorkflow(Worker):
         logger.info("maintenance mode %s (%s)", "on" if on else "off", why, extra=ev("maintenance_changed", state="on" if on else "off"))
         if on:
             self._set_state(MAINTENANCE, why)
-            self._actuate("lid", {"op": "unlock"})
+            self.maintenance_unlocked = trusted
+            self._save_meta("maintenance_unlocked", trusted)
+            if trusted:
+                self._own_lock = False
+                self._actuate("lid", {"op": "unlock"})
         else:
+            self.maintenance_unlocked = False
+            self._save_meta("maintenance_unlocked", False)
             if self.error is not None:
                 self._set_state(ERROR, "maintenance off; the error is still not cleared")
-                self._actuate("lid", {"op": "lock"})
+                self._lock_lid()
+            elif self.blocked is not None and not trusted:
+                self._set_state(BLOCKED, f"maintenance off; still blocked: {self.blocked.get('message')}")
+                self._lock_lid()
             elif self.blocked is not None:
                 self._unblock(f"{why} (maintenance over)")
             else:
@@ -608,8 +645,9 @@ class SortingWorkflow(Worker):
 
     def _on_request(self, req: Request) -> None:
         if req.command == "maintenance":
-            self._set_maintenance(bool(req.args["on"]), "request")
-            reply = {"maintenance": self.maintenance, "state": self.state, "pending": self._maintenance_pending}
+            self._set_maintenance(bool(req.args["on"]), "request", trusted=req.trusted)
+            reply = {"maintenance": self.maintenance, "state": self.state, "pending": self._maintenance_pending,
+                     "lid_unlocked": self.maintenance_unlocked}
             self.bus.publish(Response(req.request_id, req.command, True, reply))
         elif req.command == "workflow/clear_error":
             if self.state not in (ERROR, BLOCKED) and self.error is None:
@@ -622,15 +660,19 @@ class SortingWorkflow(Worker):
                                            "cleared by request", active=False))
             self.error = None
             self._save_meta("error", None)
+            unlocked = False
             if self.blocked is not None:
-                self._unblock("cleared by request")
+                unlocked = self._unblock("cleared by request", trusted=req.trusted)
             elif not self.maintenance:
                 self._set_state(IDLE, "error cleared by request")
-                self._actuate("lid", {"op": "unlock"})
+                unlocked = self._release_lid(req.trusted)
                 self._actuate("buzzer", {"pattern": "off"})
                 self._show()
-            logger.info("workflow error cleared by request", extra=ev("workflow_error_cleared"))
-            self.bus.publish(Response(req.request_id, req.command, True, {"cleared": cleared, "state": self.state}))
+            logger.info("workflow error cleared by %s request%s", req.authority,
+                        "" if req.trusted else " (the lid stays locked: it needs a signed lid unlock or the service button)",
+                        extra=ev("workflow_error_cleared"))
+            self.bus.publish(Response(req.request_id, req.command, True, {
+                "cleared": cleared, "state": self.state, "lid_unlocked": unlocked}))
         else:
             self.bus.publish(Response(req.request_id, req.command, False, error=f"workflow does not handle {req.command!r}"))
         self.publish_state(self.own_state, force=True)
@@ -687,6 +729,23 @@ class SortingWorkflow(Worker):
                                (item.id, item.compartment)))
         self._emit(type_, data, statements)
         self.last_item = {**data, "at": iso_utc(time.time())}
+
+    def _lock_lid(self) -> None:
+        """Lock for a refusal or an error, noting whether someone else (an operator's signed lock) had locked it."""
+        if not self._own_lock:
+            self._foreign_lock = "locked" in self._lid.values()
+        self._own_lock = True
+        self._actuate("lid", {"op": "lock"})
+
+    def _release_lid(self, trusted: bool) -> bool:
+        """Undo the workflow's own lock: only for a trusted cause, and never a lock someone else had set."""
+        if not trusted or not self._own_lock:
+            return False
+        self._own_lock = False
+        if self._foreign_lock:
+            return False
+        self._actuate("lid", {"op": "unlock"})
+        return True
 
     def _actuate(self, command: str, args: dict[str, Any]) -> None:
         owner = self.owners.get(command)

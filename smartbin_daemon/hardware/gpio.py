@@ -45,7 +45,7 @@ from gpiozero.pins import Factory
 from pydantic import ValidationError
 
 from ..config import GpioConfig, GpioLidConfig
-from ..logs import ev
+from ..logs import audit, ev
 from ..messages import (
     ButtonPressed,
     BuzzerArgs,
@@ -685,7 +685,10 @@ class GpioWorker(Worker):
         """Carry out one request and publish its Response (never raises)."""
         try:
             if req.command == "lid":
-                data = self._lid_request(LidArgs.model_validate(req.args))
+                lid = LidArgs.model_validate(req.args)
+                audit(logger, "lid", f"op={lid.op}", authority=req.authority, key=req.key_id,
+                      transaction=req.transaction)
+                data = self._lid_request(lid)
             elif req.command == "led":
                 data = self._led_request(LedArgs.model_validate(req.args))
             elif req.command == "buzzer":

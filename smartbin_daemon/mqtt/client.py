@@ -26,7 +26,19 @@ from ..clock import iso_utc
 from ..config import Config, MqttConfig
 from ..logs import ev
 from ..runtime.auth import AuthError, Verifier
-from ..runtime.bus import BinaryPublish, Bus, Discovery, Entity, EventsPending, Request, Response, StateUpdate
+from ..runtime.bus import (
+    ACL,
+    SIGNED,
+    UNSIGNED,
+    BinaryPublish,
+    Bus,
+    Discovery,
+    Entity,
+    EventsPending,
+    Request,
+    Response,
+    StateUpdate,
+)
 from ..runtime.commands import ParsedRequest, RateLimiter, RequestError, RequestRegistry, valid_command
 from ..runtime.worker import Worker
 from . import discovery as disco
@@ -80,6 +92,12 @@ class _Pending:
     correlation: bytes | None
 
 
+def _short(value: Any, limit: int = 64) -> str:
+    """A requester's value for a log line: repr, cut short (no line breaks from the payload)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass
 class _Counters:
     connects: int = 0
@@ -88,6 +106,8 @@ class _Counters:
     request_errors: int = 0
     unauthorized: int = 0
     rate_limited: int = 0
+    privileged: dict[str, int] = field(default_factory=dict)
+    """Accepted privileged requests by signing key (or `acl`)."""
     events_sent: int = 0
     events_acked: int = 0
     events_rejected: int = 0
@@ -165,11 +185,12 @@ class MqttWorker(Worker):
         self._connect_deadline = 0.0
         self.counters = _Counters()
         sec = cfg.security
-        secret = sec.secret()
+        keys = sec.signing_keys()
         self.verifier: Verifier | None = None
-        if secret is not None:
+        if keys or sec.revoked_keys():
             # not_before: a request signed before this worker existed may already have been seen by its predecessor
-            self.verifier = Verifier(secret, cfg.device.id, max_skew_s=sec.max_skew_s, not_before=time.time())
+            self.verifier = Verifier(keys, cfg.device.id, revoked=sec.revoked_keys(), max_skew_s=sec.max_skew_s,
+                                     not_before=time.time())
         self.limiter = RateLimiter(sec.rate_limit_per_min, sec.privileged_rate_limit_per_min)
         self._loop_thread: int | None = None
 
@@ -507,12 +528,14 @@ class MqttWorker(Worker):
         if rt_problem is not None:
             self._reply(command, parsed.transaction, False, None, f"response_topic: {rt_problem}", None, None)
             return
-        refusal = self._admit(parsed)
+        refusal, authority, key_id = self._admit(parsed)
         if refusal is not None:
             self._reply(command, parsed.transaction, False, None, refusal, response_topic, msg.correlation)
             return
         request_id = uuid.uuid4().hex
-        delivered = self.bus.publish(Request(target=parsed.spec.owner, command=command, args=parsed.args, request_id=request_id))
+        delivered = self.bus.publish(Request(target=parsed.spec.owner, command=command, args=parsed.args,
+                                             request_id=request_id, authority=authority, key_id=key_id,
+                                             transaction=parsed.transaction))
         if not delivered:
             self._reply(command, parsed.transaction, False, None,
                         f"component {parsed.spec.owner!r} is not running", response_topic, msg.correlation)
@@ -536,12 +559,19 @@ class MqttWorker(Worker):
             return "must not point at this bin's own topics or at the discovery prefix (only <root>/response/... there)"
         return None
 
-    def _admit(self, parsed: ParsedRequest) -> str | None:
-        """Authorisation of privileged requests, then the per-command rate limit; the refusal, or None."""
+    def _admit(self, parsed: ParsedRequest) -> tuple[str | None, str, str | None]:
+        """Authorisation, then the per-command rate limit: (the refusal or None, the authority, the signing key id).
+
+        A signature is checked whenever one is sent, also on an unprivileged command: a signed `maintenance` or
+        `workflow/clear_error` may then unlock the lid, an unsigned one may not (the owner decides by authority).
+        """
         command = parsed.spec.command
         privileged = parsed.spec.is_privileged(parsed.args)
         sec = self.cfg.security
-        if privileged and sec.privileged == "hmac":
+        authority, key_id = UNSIGNED, None
+        if sec.privileged == "broker_acl":
+            authority = ACL if privileged else UNSIGNED  # only a privileged topic is guarded by the broker's ACL
+        elif privileged or (parsed.auth is not None and self.verifier is not None):
             problem: str | None = None
             if self.verifier is None:
                 problem = (f"privileged request refused: {command!r} must be signed, but this bin has no signing secret; "
@@ -550,21 +580,30 @@ class MqttWorker(Worker):
                            f"if the broker's ACL alone restricts who may publish to {self.topics.command(command)}")
             else:
                 try:
-                    self.verifier.verify(command, parsed.raw_args, parsed.auth)
+                    key_id = self.verifier.verify(command, parsed.raw_args, parsed.auth)
+                    authority = SIGNED
                 except AuthError as exc:
                     problem = str(exc)
             if problem is not None:
                 self.counters.unauthorized += 1
-                logger.warning("refused privileged request %s: %s", command, problem, extra=ev("request_unauthorized"))
-                return problem
+                logger.warning("refused %s request %s: %s", "privileged" if privileged else "signed", command, problem,
+                               extra=ev("request_unauthorized"))
+                return problem, authority, None
         retry_in = self.limiter.take(command, privileged, time.monotonic())
         if retry_in is not None:
             self.counters.rate_limited += 1
             limit = self.limiter.limit(privileged)
             logger.warning("rate limited %s requests (at most %d per minute)", command, limit,
                            extra=ev("request_rate_limited"))
-            return f"rate limited: at most {limit} {command} requests per minute; retry in {retry_in:.1f}s"
-        return None
+            return (f"rate limited: at most {limit} {command} requests per minute; retry in {retry_in:.1f}s", authority,
+                    key_id)
+        if privileged:
+            who = key_id or authority
+            self.counters.privileged[who] = self.counters.privileged.get(who, 0) + 1
+            logger.info("privileged request %s accepted (%s%s, transaction %s)", command, authority,
+                        f" key {key_id}" if key_id else "", _short(parsed.transaction),
+                        extra=ev("request_privileged", command=command, key=key_id or "", authority=authority))
+        return None, authority, key_id
 
     def _on_response(self, resp: Response) -> None:
         pending = self._pending.pop(resp.request_id, None)
@@ -629,6 +668,7 @@ class MqttWorker(Worker):
             "request_errors": c.request_errors,
             "requests_unauthorized": c.unauthorized,
             "requests_rate_limited": c.rate_limited,
+            "requests_privileged": dict(c.privileged),
             "outbox": {
                 "pending": len(self.outbox),
                 "inflight": len(self._inflight),

@@ -80,14 +80,34 @@ class Discovery:
     entities: tuple[Entity, ...]
 
 
+INTERNAL, LOCAL, SIGNED, ACL, UNSIGNED = "internal", "local", "signed", "acl", "unsigned"
+"""Who stands behind a request: the daemon's own logic, someone at the bin (service button), a verified signature,
+the broker's ACL on a privileged topic (`security.privileged: broker_acl`), or nobody in particular."""
+TRUSTED = frozenset({INTERNAL, LOCAL, SIGNED, ACL})
+
+
 @dataclass(frozen=True)
 class Request:
-    """A validated operator request addressed to the component that owns the command."""
+    """A validated operator request addressed to the component that owns the command.
+
+    `authority` travels with the request (and with what a component does because of it), so an effect that needs
+    privilege (unlocking the lid, say) is decided where it happens, whatever command led there.
+    """
 
     target: str
     command: str
     args: dict[str, Any]
     request_id: str
+    authority: str = INTERNAL
+    key_id: str | None = None
+    """The signing key of a `signed` request (for the audit log)."""
+    transaction: Any = None
+    """The requester's transaction id (for the audit log)."""
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the request may have privileged effects (signed, ACL-guarded, local or the daemon's own)."""
+        return self.authority in TRUSTED
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,10 @@ class DetectorWorker(Worker):
             RequestSpec("snapshot", self.name, "Capture the current frame, save it and publish it as the latest snapshot "
                         "(optionally also into the active-learning dataset with its predicted boxes).",
                         SnapshotArgs, example={"dataset": False}),
-            RequestSpec("detection", self.name, "Switch detection on/off and the continuous (debug) mode.",
-                        DetectionArgs, example={"enabled": True, "continuous": False}),
+            RequestSpec("detection", self.name, "Switch detection on/off and the continuous (debug) mode; off pauses "
+                        "sorting safely (items go to the fallback), continuous decisions can route items.",
+                        DetectionArgs, example={"enabled": True, "continuous": False},
+                        privileged_when=RequestSpec.arg_in("continuous", True)),
         ]
 
     def entities(self) -> tuple[Entity, ...]:

@@ -33,7 +33,7 @@ from smartbin_daemon.messages import (
     WeightReading,
 )
 from smartbin_daemon.mqtt.outbox import Outbox
-from smartbin_daemon.runtime.bus import Bus, Event, Request, Response, StateUpdate
+from smartbin_daemon.runtime.bus import SIGNED, UNSIGNED, Bus, Event, Request, Response, StateUpdate
 from smartbin_daemon.runtime.supervisor import WorkersChanged
 from smartbin_daemon.runtime.worker import Worker
 from smartbin_daemon.store import Store
@@ -216,9 +216,10 @@ class Bench:
     def decide(self, category: str, **kw: Any) -> None:
         self.bus.publish(decision(category, **kw))
 
-    def request(self, target: str, command: str, args: dict[str, Any] | None = None, timeout: float = 5.0) -> Response:
+    def request(self, target: str, command: str, args: dict[str, Any] | None = None, timeout: float = 5.0,
+                authority: str = SIGNED) -> Response:
         rid = f"test-{uuid.uuid4().hex}"
-        self.bus.publish(Request(target, command, args or {}, rid))
+        self.bus.publish(Request(target, command, args or {}, rid, authority=authority))
         return wait_until(lambda: next((m for m in self.drain() if isinstance(m, Response) and m.request_id == rid),  # type: ignore[no-any-return]
                                        None), timeout, what=f"the answer to {command}")
 
@@ -714,10 +715,11 @@ def test_a_row_left_in_the_store_is_reported_as_interrupted_on_start(tmp_path: P
 # --------------------------------------------------------------------------- maintenance
 
 
-def test_maintenance_on_request_pauses_sorting_and_unlocks_the_lid(bench: Bench) -> None:
+def test_a_signed_maintenance_request_pauses_sorting_and_unlocks_the_lid(bench: Bench) -> None:
     assert bench.request("arduino", "lid", {"op": "lock"}).ok
     resp = bench.request("workflow", "maintenance", {"on": True})
-    assert resp.ok and resp.data == {"maintenance": True, "state": "maintenance", "pending": False}
+    assert resp.ok and resp.data == {"maintenance": True, "state": "maintenance", "pending": False,
+                                     "lid_unlocked": True}
     st = bench.wait_state("maintenance")
     assert st["maintenance"] is True
     wait_until(lambda: bench.sim.lid == "closed", 5, what="the lid unlock to reach the simulator")
@@ -882,3 +884,82 @@ def test_sorted_items_fill_the_simulated_bin_and_are_counted_until_it_is_emptied
     assert emptied["compartment"] == "recycling" and emptied["source"] == "sensor" and emptied["items"] == 2
     wait_until(lambda: bench.fill_state("recycling")["items"] == 0, 5, what="items reset by the emptying")
     assert bench.fill_state("recycling")["items_total"] == 2
+
+
+# --------------------------------------------------------------------------- privilege follows the effect
+
+
+def test_an_unsigned_maintenance_request_pauses_sorting_but_never_unlocks(bench: Bench) -> None:
+    assert bench.request("arduino", "lid", {"op": "lock"}).ok  # an operator's signed lock
+    wait_until(lambda: bench.sim.lid == "locked", 5, what="the operator's lock")
+    resp = bench.request("workflow", "maintenance", {"on": True}, authority=UNSIGNED)
+    assert resp.ok and resp.data["maintenance"] is True and resp.data["lid_unlocked"] is False
+    bench.wait_state("maintenance")
+    bench.present()
+    bench.decide("plastic")
+    bench.sync()
+    assert bench.route_requests() == [], "paused: nothing moves"
+    assert bench.request("workflow", "maintenance", {"on": False}, authority=UNSIGNED).ok
+    bench.wait_state("idle")
+    bench.sync()
+    assert "unlock" not in bench.lid_ops() and "open" not in bench.lid_ops()
+    assert bench.sim.lid == "locked", "closing a locked lid keeps it locked"
+
+
+def test_maintenance_entered_unsigned_does_not_unlock_after_a_restart(make_bench: Callable[..., Bench]) -> None:
+    bench = make_bench()
+    assert bench.request("workflow", "maintenance", {"on": True}, authority=UNSIGNED).ok
+    assert workflow_meta(bench.store)["maintenance_unlocked"] is False
+    bench.restart_workflow()
+    bench.wait_state("maintenance")
+    bench.sync()
+    assert "unlock" not in bench.lid_ops()
+
+
+def test_holding_the_service_button_is_local_presence_and_unlocks(bench: Bench) -> None:
+    assert bench.request("arduino", "lid", {"op": "lock"}).ok
+    wait_until(lambda: bench.sim.lid == "locked", 5, what="the operator's lock")
+    bench.publish(ButtonPressed("hold", time.monotonic()))
+    bench.wait_state("maintenance")
+    wait_until(lambda: bench.sim.lid == "closed", 5, what="the unlock for the technician at the bin")
+    assert workflow_meta(bench.store)["maintenance_unlocked"] is True
+
+
+def test_an_unsigned_clear_error_clears_the_state_but_keeps_the_lid_locked(bench: Bench) -> None:
+    bench.into_error()
+    resp = bench.request("workflow", "workflow/clear_error", authority=UNSIGNED)
+    assert resp.ok and resp.data["state"] == "idle" and resp.data["lid_unlocked"] is False
+    bench.sync()
+    assert bench.sim.lid == "locked" and bench.lid_ops()[-1] == "lock"
+    bench.into_error()
+    resp = bench.request("workflow", "workflow/clear_error")  # signed
+    assert resp.ok and resp.data["lid_unlocked"] is True
+    wait_until(lambda: bench.sim.lid == "closed", 5, what="the signed clear's unlock")
+
+
+def test_leaving_maintenance_unsigned_while_blocked_stays_blocked_and_locked(bench: Bench) -> None:
+    bench.set_level("recycling", "full", 97.0)
+    bench.present()
+    bench.decide("plastic")
+    bench.wait_state("blocked")
+    for on in (True, False):
+        assert bench.request("workflow", "maintenance", {"on": on}, authority=UNSIGNED).ok
+    st = bench.wait_state("blocked")
+    assert st["blocked"]["code"] == "compartment_full"
+    bench.sync()
+    assert bench.sim.lid == "locked" and "unlock" not in bench.lid_ops()
+
+
+def test_the_workflow_never_unlocks_a_lock_an_operator_had_set(make_bench: Callable[..., Bench]) -> None:
+    """Detection off and on again (unsigned requests) around an item: the block and its end must not undo the lock."""
+    bench = make_bench(workflow={"degraded_policy": "refuse"})
+    assert bench.request("arduino", "lid", {"op": "lock"}).ok  # signed operator lock
+    wait_until(lambda: bench.sim.lid == "locked", 5, what="the operator's lock")
+    bench.sync()
+    bench.publish(StateUpdate("detector", {"enabled": False, "model": "waste-nano"}))
+    bench.present()
+    bench.wait_state("blocked")
+    bench.publish(StateUpdate("detector", {"enabled": True, "model": "waste-nano"}))  # vision is back
+    bench.wait_state("idle")
+    bench.sync()
+    assert "unlock" not in bench.lid_ops() and bench.sim.lid == "locked"

@@ -54,6 +54,7 @@ def serial_app(tmp_path: Path, broker: Broker) -> Iterator[App]:
         "storage": {"path": str(tmp_path / "state")},
         "logging": {"journal": "off"},
         "health": {"enabled": False},
+        "security": {"privileged": "broker_acl"},  # the test's MQTT client stands for an administrator
         "arduino": {"enabled": True, "backend": "simulator", "boot_wait_s": 0.2,
                     "simulator": {"compartments": 3, "item_mm": 12}},
         "gpio": {"enabled": True, "pin_factory": "mock", "presence": {"pin": "GPIO17", "settle_s": 0.05}},
@@ -178,10 +179,15 @@ def test_unplugging_the_arduino_while_items_flow_loses_and_duplicates_no_item_an
         # The replugged board came up with its lock relay released: the workflow locks the lid again.
         wait_until(lambda: puller.arduino().get("status") == "connected", timeout=30, what="link before clearing")
         wait_until(lambda: sim.lid == "locked", timeout=5, what="the lid locked again while in error")
-        # The technician's part: clear the error; the lid unlocks and sorting resumes.
+        # The technician's part: clear the error (sorting resumes; an unsigned clear leaves the lid locked), then
+        # unlock it with a privileged request (the broker's ACL guards it: broker_acl mode).
         answer = probe.request(ROOT, "workflow/clear_error")
         assert answer["status"] == "ok", answer
+        assert answer["data"]["lid_unlocked"] is False
         clears += 1
+        if not puller.unplugged.is_set():
+            unlocked = probe.request(ROOT, "lid", {"args": {"op": "unlock"}})
+            assert unlocked["status"] == "ok" or puller.unplugged.is_set(), unlocked
         wait_until(lambda: sim.lid == "closed" or puller.unplugged.is_set(), timeout=5, what="the lid unlocked")
 
     presented = 0

@@ -21,7 +21,7 @@ from serial.tools import list_ports
 
 from ...clock import iso_utc
 from ...config import ArduinoConfig
-from ...logs import ev
+from ...logs import audit, ev
 from ...messages import (
     BuzzerArgs,
     DistanceReading,
@@ -49,6 +49,9 @@ from .protocol import (
 )
 
 logger = logging.getLogger(__name__)
+
+AUDITED = frozenset({"ROUTE", "LID", "TARE"})
+"""Frames that move the flap or the lid or rewrite the load cell's zero: each one gets an audit line."""
 
 DISCONNECTED, CONNECTING, CONNECTED, STALE, INCOMPATIBLE = "disconnected", "connecting", "connected", "stale", "incompatible"
 READ_TIMEOUT_S = 0.2
@@ -135,7 +138,7 @@ class ArduinoLink(Worker):
         specs = [
             RequestSpec("route", self.name, "Move the flap to a compartment and release the item (manual test).",
                         RouteArgs, privileged=True, example={"compartment": 2}),
-            RequestSpec("tare", self.name, "Zero the load cell.", NoArgs),
+            RequestSpec("tare", self.name, "Zero the load cell (rewrites its calibration).", NoArgs, privileged=True),
         ]
         specs += [
             RequestSpec("lid", self.name, "Open, close, lock or unlock the lid.", LidArgs, example={"op": "open"},
@@ -514,6 +517,9 @@ class ArduinoLink(Worker):
         except ValueError as exc:
             self.bus.publish(Response(msg.request_id, msg.command, False, error=str(exc)))
             return
+        if type_ in AUDITED:
+            audit(logger, msg.command, " ".join(f"{k}={v}" for k, v in args.items()), authority=msg.authority,
+                  key=msg.key_id, transaction=msg.transaction)
         self._send(type_, args, msg)
 
     def _frame_for(self, req: Request) -> tuple[str, dict[str, Any]]:
