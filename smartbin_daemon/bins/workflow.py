@@ -46,6 +46,8 @@ from ..store import Store
 
 logger = logging.getLogger(__name__)
 
+AUTO, ASKED, UNTRUSTED = "auto", "asked", "untrusted"
+"""Why the workflow's lid lock ends: the bin resumed on its own, a trusted request, an unsigned request."""
 IDLE, ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING = "idle", "item_present", "classifying", "routing", "confirming"
 ERROR, BLOCKED, MAINTENANCE = "error", "blocked", "maintenance"
 STATES = (IDLE, ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING, ERROR, BLOCKED, MAINTENANCE)
@@ -544,7 +546,7 @@ class SortingWorkflow(Worker):
         self._actuate("buzzer", {"pattern": "alarm"})
         self._show()
 
-    def _unblock(self, why: str, trusted: bool = True) -> bool:
+    def _unblock(self, why: str, cause: str = AUTO) -> bool:
         blocked = self.blocked or {}
         logger.info("workflow unblocked: %s", why, extra=ev("workflow_resumed"))
         self.bus.raise_alert(Alert(self.name, f"refused_{blocked.get('code')}", "critical",
@@ -552,7 +554,7 @@ class SortingWorkflow(Worker):
         self.blocked = None
         self._switched_off_in_block = False
         self._set_state(IDLE, why)
-        unlocked = self._release_lid(trusted)
+        unlocked = self._release_lid(cause)
         self._show()
         return unlocked
 
@@ -578,7 +580,7 @@ class SortingWorkflow(Worker):
             if down == "detection switched off":
                 self._switched_off_in_block = True
             elif down is None:
-                self._unblock("vision is back", trusted=not self._switched_off_in_block)
+                self._unblock("vision is back", UNTRUSTED if self._switched_off_in_block else AUTO)
 
     def _vision_down(self) -> str | None:
         """Why the camera/detector cannot classify now, or None when they can."""
@@ -637,7 +639,7 @@ class SortingWorkflow(Worker):
                 self._set_state(BLOCKED, f"maintenance off; still blocked: {self.blocked.get('message')}")
                 self._lock_lid()
             elif self.blocked is not None:
-                self._unblock(f"{why} (maintenance over)")
+                self._unblock(f"{why} (maintenance over)", ASKED)
             else:
                 self._set_state(IDLE, why)
                 self._actuate("lid", {"op": "close"})
@@ -662,10 +664,10 @@ class SortingWorkflow(Worker):
             self._save_meta("error", None)
             unlocked = False
             if self.blocked is not None:
-                unlocked = self._unblock("cleared by request", trusted=req.trusted)
+                unlocked = self._unblock("cleared by request", ASKED if req.trusted else UNTRUSTED)
             elif not self.maintenance:
                 self._set_state(IDLE, "error cleared by request")
-                unlocked = self._release_lid(req.trusted)
+                unlocked = self._release_lid(ASKED if req.trusted else UNTRUSTED)
                 self._actuate("buzzer", {"pattern": "off"})
                 self._show()
             logger.info("workflow error cleared by %s request%s", req.authority,
@@ -737,15 +739,16 @@ class SortingWorkflow(Worker):
         self._own_lock = True
         self._actuate("lid", {"op": "lock"})
 
-    def _release_lid(self, trusted: bool) -> bool:
-        """Undo the workflow's own lock: only for a trusted cause, and never a lock someone else had set."""
-        if not trusted or not self._own_lock:
-            return False
+    def _release_lid(self, cause: str) -> bool:
+        """End the workflow's lock. ASKED (a trusted request) unlocks; AUTO (the bin resuming on its own) unlocks only
+        its own lock, never one someone else had set; UNTRUSTED unlocks nothing and gives up the workflow's claim, so
+        no later automatic resume unlocks it either (a signed `lid unlock` or the service button does)."""
+        own, foreign = self._own_lock, self._foreign_lock
         self._own_lock = False
-        if self._foreign_lock:
-            return False
-        self._actuate("lid", {"op": "unlock"})
-        return True
+        if cause == ASKED or (cause == AUTO and own and not foreign):
+            self._actuate("lid", {"op": "unlock"})
+            return True
+        return False
 
     def _actuate(self, command: str, args: dict[str, Any]) -> None:
         owner = self.owners.get(command)

@@ -963,3 +963,22 @@ def test_the_workflow_never_unlocks_a_lock_an_operator_had_set(make_bench: Calla
     bench.wait_state("idle")
     bench.sync()
     assert "unlock" not in bench.lid_ops() and bench.sim.lid == "locked"
+
+
+def test_after_an_unsigned_clear_no_automatic_resume_unlocks_but_a_signed_clear_does(bench: Bench) -> None:
+    """An unsigned clear leaves the lid locked and gives up the workflow's claim on that lock: a later refusal and
+    its automatic end (the compartment no longer full) do not unlock it; a signed clear, asked explicitly, does."""
+    bench.into_error()
+    assert bench.request("workflow", "workflow/clear_error", authority=UNSIGNED).ok
+    bench.set_level("recycling", "full", 97.0)
+    bench.present()
+    bench.decide("plastic")
+    bench.wait_state("blocked")
+    bench.set_level("recycling", "ok", 3.0)  # the bin resumes on its own
+    bench.wait_state("idle")
+    bench.sync()
+    assert bench.sim.lid == "locked" and "unlock" not in bench.lid_ops()
+    bench.into_error()
+    resp = bench.request("workflow", "workflow/clear_error")  # signed
+    assert resp.ok and resp.data["lid_unlocked"] is True
+    wait_until(lambda: bench.sim.lid == "closed", 5, what="the signed clear's unlock")
