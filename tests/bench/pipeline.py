@@ -251,12 +251,15 @@ class Pipeline:
         self._rounds = 0
 
     def ready(self) -> None:
-        """Wait for the model load and warm-up; then count the jobs handed to the evidence writer."""
-        _wait(lambda: self.worker.model is not None and self.worker.evidence_writer is not None, 120,
-              "the detector's model")
-        writer = self.worker.evidence_writer
-        assert writer is not None and writer.thread_id is not None
-        self.slot.writer_clock = time.pthread_getcpuclockid(writer.thread_id)
+        """Wait for the model load and warm-up and for the evidence writer's thread (whose CPU clock the bench reads)."""
+        def writer_thread() -> int | None:
+            writer = self.worker.evidence_writer
+            return writer.thread_id if self.worker.model is not None and writer is not None else None
+
+        _wait(lambda: writer_thread() is not None, 120, "the detector's model and evidence writer")
+        thread_id = writer_thread()
+        assert thread_id is not None
+        self.slot.writer_clock = time.pthread_getcpuclockid(thread_id)
 
     def evidence_pending(self) -> int:
         """Evidence jobs queued or being written (submitted minus written or failed)."""
