@@ -664,7 +664,8 @@ class DetectorConfig(_Model):
         default="auto", description="auto: onnxruntime for .onnx, ultralytics for every other format")
     device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:[0-9]+)?|[0-9]+)$")
     threads: int = Field(default=0, ge=0, le=64, description="onnxruntime intra-op threads; 0: all cores but one")
-    imgsz: int = Field(default=320, ge=32, le=1920)
+    imgsz: int | None = Field(default=None, ge=32, le=1920,
+                              description="inference size; unset: the model's own (its classes.yaml, else 320)")
     conf: float = Field(default=0.25, gt=0, lt=1)
     iou: float = Field(default=0.45, gt=0, lt=1)
     max_det: int = Field(default=20, ge=1, le=300)
@@ -673,8 +674,12 @@ class DetectorConfig(_Model):
     settle_s: float = Field(default=0.3, ge=0, le=10, description="wait after presence before the first frame")
     frames_per_decision: int = Field(default=5, ge=1, le=50, description="K frames aggregated into one decision")
     decision_timeout_s: float = Field(default=4.0, gt=0, le=60, description="decide with the frames gathered by then")
-    min_confidence: float = Field(default=0.5, ge=0, le=1, description="below this mean confidence: uncertain → residual")
-    min_margin: float = Field(default=0.15, ge=0, le=1, description="below this margin over the runner-up: uncertain")
+    min_confidence: float | None = Field(
+        default=None, ge=0, le=1,
+        description="below this mean confidence: uncertain → residual; unset: the model's own (its classes.yaml), else 0.5")
+    min_margin: float | None = Field(
+        default=None, ge=0, le=1,
+        description="below this margin over the runner-up: uncertain; unset: the model's own, else 0.15")
     motion: MotionGateConfig = Field(default_factory=MotionGateConfig)
 
     @model_validator(mode="after")

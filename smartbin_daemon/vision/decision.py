@@ -25,6 +25,26 @@ class VotePolicy:
     fallback_category: str = RESIDUAL
 
 
+def effective_policy(min_confidence: float | None, min_margin: float | None,
+                     model: tuple[float, float] | None) -> tuple[VotePolicy, dict[str, str]]:
+    """The vote thresholds in force: each one from the config when set, else the model's own, else the default.
+
+    Why the model's own: a threshold only means something for the model it was chosen on (smartbin-train picks
+    them on the valid split and writes them into the model's classes.yaml), so swapping the model swaps them.
+    """
+    default = VotePolicy()
+    chosen: dict[str, float] = {}
+    source: dict[str, str] = {}
+    for i, (key, configured) in enumerate((("min_confidence", min_confidence), ("min_margin", min_margin))):
+        if configured is not None:
+            chosen[key], source[key] = configured, "config"
+        elif model is not None:
+            chosen[key], source[key] = model[i], "model"
+        else:
+            chosen[key], source[key] = getattr(default, key), "default"
+    return VotePolicy(chosen["min_confidence"], chosen["min_margin"]), source
+
+
 def dominant(boxes: Sequence[DetectedBox], frame_area: float | None = None) -> DetectedBox | None:
     """The frame's main object: highest confidence, with size as a mild tie-breaker (an item in the
     intake fills more of the view than clutter at its edge)."""

@@ -26,7 +26,7 @@ from ..runtime.bus import Alert, BinaryPublish, Bus, Discovery, Entity, Request,
 from ..runtime.commands import RequestSpec
 from ..runtime.worker import FatalWorkerError, Worker
 from .camera import is_fresh
-from .decision import VotePolicy, decide
+from .decision import VotePolicy, decide, effective_policy
 from .evidence import EvidenceStore
 from .evidence_writer import EvidenceWriter
 from .frames import Frame, LatestFrame
@@ -317,7 +317,7 @@ class DetectorWorker(Worker):
     def _decide(self, item: _Item) -> None:
         assert self.model is not None
         t0 = time.monotonic()
-        policy = VotePolicy(self.cfg.min_confidence, self.cfg.min_margin)
+        policy, _ = self._policy()
         decision = decide(item.item_id, item.frames, policy, self.model.classmap.category_compartments(), t0)
         t1 = time.monotonic()
         self._stage_ms["decision"].append((t1 - t0) * 1000.0)
@@ -450,6 +450,12 @@ class DetectorWorker(Worker):
                                     "backend": msg.model.backend_name, "device": msg.model.device, "load_s": round(msg.model.load_s, 2)})
         self._publish_state(force=True)
 
+    def _policy(self) -> tuple[VotePolicy, dict[str, str]]:
+        """Thresholds for the loaded model: the config's where set, else the model's own (see effective_policy)."""
+        own = self.model.classmap.thresholds if self.model is not None else None
+        return effective_policy(self.cfg.min_confidence, self.cfg.min_margin,
+                                (own.min_confidence, own.min_margin) if own is not None else None)
+
     # -- state ----------------------------------------------------------------------------------------------
 
     def own_state(self) -> dict[str, Any]:
@@ -457,6 +463,7 @@ class DetectorWorker(Worker):
         now = time.monotonic()
         per_min = sum(1 for t in self._decision_times if now - t <= 60.0)
         last = self.last_decision
+        policy, source = self._policy()
         stages = {k: {"p50": _r(percentile(v, 50)), "p95": _r(percentile(v, 95))} for k, v in self._stage_ms.items()}
         return {
             "enabled": self.enabled,
@@ -467,6 +474,7 @@ class DetectorWorker(Worker):
             "backend": self.model.backend_name if self.model else None,
             "device": self.model.device if self.model else None,
             "imgsz": self.model.imgsz if self.model else self.cfg.imgsz,
+            "thresholds": {"min_confidence": policy.min_confidence, "min_margin": policy.min_margin, "source": source},
             "warnings": self.warnings,
             "inferences": self.inferences,
             "decisions": self.decisions,

@@ -35,6 +35,15 @@ class ClassEntry(BaseModel):
     compartment: str
 
 
+class ModelThresholds(BaseModel):
+    """The vote thresholds chosen for this model on its valid split (smartbin-train writes how)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    min_confidence: float = Field(ge=0, le=1)
+    min_margin: float = Field(ge=0, le=1)
+
+
 class ClassMapFile(BaseModel):
     """`models/<name>.classes.yaml`, written by smartbin-train."""
 
@@ -45,6 +54,7 @@ class ClassMapFile(BaseModel):
     imgsz: int | None = None
     classes: list[ClassEntry]
     compartments: dict[str, str] = Field(default_factory=dict)
+    thresholds: ModelThresholds | None = None
 
     def by_index(self) -> dict[int, ClassEntry]:
         """Entries keyed by class index."""
@@ -155,17 +165,22 @@ class LoadedModel:
         return boxes, speed
 
 
-def load_model(path: Path, *, classmap: Path | None, device: str, imgsz: int, conf: float, iou: float,
+DEFAULT_IMGSZ = 320
+
+
+def load_model(path: Path, *, classmap: Path | None, device: str, imgsz: int | None, conf: float, iou: float,
                max_det: int, backend: str = "auto", threads: int = 0, state_dir: Path | None = None) -> LoadedModel:
     """Load with the chosen backend, warm up, check the class map; raise ModelError naming the file and the reason.
 
-    `state_dir` (the daemon's storage) holds ultralytics' settings and onnxruntime's TensorRT engine cache.
+    `imgsz` None means the size the model was exported at (its class map's), else 320. `state_dir` (the daemon's
+    storage) holds ultralytics' settings and onnxruntime's TensorRT engine cache.
     """
     t0 = time.monotonic()
     if not path.exists():
         raise ModelError(f"model not found: {path}")
     cmap_path = classmap or classmap_path_for(path)
     cmap = load_classmap(cmap_path)
+    imgsz = imgsz or cmap.imgsz or DEFAULT_IMGSZ
     chosen = resolve_backend(path, backend)
     problem = missing_backend(chosen)
     if problem is not None:

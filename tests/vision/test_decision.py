@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from smartbin_daemon.messages import DetectedBox
-from smartbin_daemon.vision.decision import VotePolicy, decide, dominant
+from smartbin_daemon.vision.decision import VotePolicy, decide, dominant, effective_policy
 
 COMPARTMENTS = {"plastic": "recycling", "metal": "recycling", "glass": "glass", "residual": "residual",
                 "paper_cardboard": "paper"}
@@ -93,3 +93,12 @@ def test_recorded_outputs_never_decide_a_minority_category_and_honour_the_thresh
         else:
             assert d.category == max(counts, key=counts.__getitem__), case["item_id"]
             assert d.confidence >= POLICY.min_confidence and d.margin >= POLICY.min_margin, case["item_id"]
+
+
+def test_effective_thresholds_come_from_config_then_model_then_default() -> None:
+    policy, source = effective_policy(None, None, (0.42, 0.07))
+    assert (policy.min_confidence, policy.min_margin) == (0.42, 0.07) and set(source.values()) == {"model"}
+    policy, source = effective_policy(0.0, None, (0.42, 0.07))  # 0 is a setting, not "unset"
+    assert (policy.min_confidence, policy.min_margin) == (0.0, 0.07) and source["min_confidence"] == "config"
+    policy, source = effective_policy(None, None, None)
+    assert (policy.min_confidence, policy.min_margin) == (0.5, 0.15) and set(source.values()) == {"default"}

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from smartbin_daemon.config import CameraConfig, DetectorConfig, EvidenceConfig
 from smartbin_daemon.messages import Decision, PresenceChanged
@@ -286,3 +287,29 @@ def test_a_hot_swap_can_change_the_backend_and_back(rig: Rig, tiny: Path) -> Non
     wait_until(lambda: any(isinstance(m, Decision) for m in rig.drain()), 20, what="a decision with the .pt model")
     back = rig.request("model/reload", {})
     assert back.ok and back.data["backend"] == "onnxruntime" and back.data["model"] == "tiny.onnx"
+
+
+def test_the_model_s_own_thresholds_apply_unless_the_config_sets_them(tmp_path: Path, tiny: Path) -> None:
+    model = tmp_path / "m" / "tuned.onnx"
+    model.parent.mkdir()
+    shutil.copyfile(tiny, model)
+    cmap = classes_yaml(model.with_name("tuned.classes.yaml"), model.name)
+    doc = yaml.safe_load(cmap.read_text())
+    cmap.write_text(yaml.safe_dump({**doc, "thresholds": {"min_confidence": 0.77, "min_margin": 0.05,
+                                                         "rule": "chosen on the valid split"}}))
+    for overrides, expected in (
+        ({}, {"min_confidence": 0.77, "min_margin": 0.05, "source": {"min_confidence": "model", "min_margin": "model"}}),
+        ({"min_confidence": 0.6}, {"min_confidence": 0.6, "min_margin": 0.05,
+                                   "source": {"min_confidence": "config", "min_margin": "model"}}),
+    ):
+        r = Rig(tmp_path / str(len(overrides)), model, **overrides)
+        try:
+            assert r.worker.own_state()["thresholds"] == expected
+        finally:
+            r.close()
+    r = Rig(tmp_path / "plain", tiny)  # a class map without thresholds: the built-in defaults
+    try:
+        assert r.worker.own_state()["thresholds"]["source"] == {"min_confidence": "default", "min_margin": "default"}
+        assert r.worker.own_state()["imgsz"] == IMGSZ
+    finally:
+        r.close()
