@@ -11,7 +11,7 @@ Idle costs nothing: a frame is decoded only while a consumer wants one (`LatestF
 proves the stream decodes and gives the resolution. Otherwise the frame is only grabbed (taken
 from the source undecoded): it counts for the stall watchdog, `frames`, fps and `connected`, so
 status and alerts do not depend on demand, but nothing new enters the slot, whose last frame goes
-stale (consumers refuse stale frames, see `is_fresh`). `decoded` in the state counts decoded frames.
+stale (consumers refuse stale frames, see `frames.is_fresh`). `decoded` in the state counts decoded frames.
 """
 
 from __future__ import annotations
@@ -46,17 +46,6 @@ IDLE_SLEEP_S = 0.02
 _SEQUENCE = itertools.count(1)
 """Process-wide frame numbers: a camera worker replaced on reload continues above what consumers saw,
 so their `wait_newer(last_seq)` never waits for numbers the new worker would only reach much later."""
-
-
-def is_fresh(frame: Frame | None, cfg: CameraConfig, now: float | None = None) -> bool:
-    """Whether a frame may still be analysed (not older than `max_frame_age_s`)."""
-    return frame is not None and frame.age(now) <= cfg.max_frame_age_s
-
-
-def next_fresh_frame(frames: LatestFrame, cfg: CameraConfig, after_seq: int, timeout: float) -> Frame | None:
-    """The newest frame after `after_seq` (waiting up to `timeout` s), or None if none came or it is stale."""
-    frame = frames.wait_newer(after_seq, timeout)
-    return frame if is_fresh(frame, cfg) else None
 
 
 def camera_entities(component: str) -> tuple[Entity, ...]:

@@ -25,11 +25,10 @@ from ..messages import Decision, DetectedBox, PresenceChanged
 from ..runtime.bus import Alert, BinaryPublish, Bus, Discovery, Entity, Request, Response
 from ..runtime.commands import RequestSpec
 from ..runtime.worker import FatalWorkerError, Worker
-from .camera import is_fresh
 from .decision import VotePolicy, decide, effective_policy
 from .evidence import EvidenceStore
 from .evidence_writer import EvidenceWriter
-from .frames import Frame, LatestFrame
+from .frames import Frame, LatestFrame, is_fresh
 from .model import LoadedModel, ModelError, load_model, percentile
 from .motion import MotionGate
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import CameraConfig
 
 LINGER_S = 0.5
 """How long frames keep coming after a `wait_newer` wait, so a consumer asking in a loop is never starved."""
@@ -90,3 +94,14 @@ class LatestFrame:
         """Forget the frame (camera lost: nobody may analyse a stale image); the demand stays."""
         with self._cond:
             self._frame = None
+
+
+def is_fresh(frame: Frame | None, cfg: CameraConfig, now: float | None = None) -> bool:
+    """Whether a frame may still be analysed (not older than `max_frame_age_s`)."""
+    return frame is not None and frame.age(now) <= cfg.max_frame_age_s
+
+
+def next_fresh_frame(frames: LatestFrame, cfg: CameraConfig, after_seq: int, timeout: float) -> Frame | None:
+    """The newest frame after `after_seq` (waiting up to `timeout` s), or None if none came or it is stale."""
+    frame = frames.wait_newer(after_seq, timeout)
+    return frame if is_fresh(frame, cfg) else None
