@@ -26,6 +26,7 @@ from ..clock import iso_utc
 from ..config import Config, MqttConfig
 from ..logs import ev
 from ..runtime.auth import AuthError, Verifier
+from ..runtime.backoff import Backoff
 from ..runtime.bus import (
     ACL,
     SIGNED,
@@ -171,7 +172,7 @@ class MqttWorker(Worker):
         self._client: paho.Client | None = None
         self.status = DISCONNECTED
         self._next_attempt = 0.0
-        self._backoff = cfg.mqtt.reconnect.min_s
+        self._backoff = Backoff(cfg.mqtt.reconnect.min_s, cfg.mqtt.reconnect.max_s)
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
         self._acked: list[int] = []  # seqs PUBACKed during this inbox drain, forgotten together at its end
         self._last_sent_seq = 0
@@ -202,7 +203,7 @@ class MqttWorker(Worker):
         self._inflight.clear()
         self._last_sent_seq = 0
         self._next_attempt = time.monotonic()
-        self._backoff = self.cfg.mqtt.reconnect.min_s
+        self._backoff = Backoff(self.cfg.mqtt.reconnect.min_s, self.cfg.mqtt.reconnect.max_s)
         self._loop_thread = threading.get_ident()
         assert self.inbox is not None
         self.inbox.set_waker(self._wake_network_loop)
@@ -304,8 +305,7 @@ class MqttWorker(Worker):
     def _schedule_retry(self, error: str, delay: float | None = None) -> None:
         self.counters.last_error = error
         if delay is None:
-            delay = self._backoff
-            self._backoff = min(self.cfg.mqtt.reconnect.max_s, self._backoff * 2)
+            delay = self._backoff.next()
         self._next_attempt = time.monotonic() + delay
         if self.status != AUTH_FAILED:
             self.status = DISCONNECTED
@@ -408,7 +408,7 @@ class MqttWorker(Worker):
         self.counters.connects += 1
         self.counters.connected_since = time.time()
         self.counters.last_error = None
-        self._backoff = self.cfg.mqtt.reconnect.min_s
+        self._backoff.reset()
         logger.info("connected to %s:%d (MQTT %s)", self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.protocol,
                     extra=ev("mqtt_connected"))
         client = self._client

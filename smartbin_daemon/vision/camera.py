@@ -29,6 +29,7 @@ import numpy as np
 from ..clock import iso_utc
 from ..config import CameraConfig
 from ..logs import ev
+from ..runtime.backoff import Backoff
 from ..runtime.bus import Alert, Bus, Discovery, Entity
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
@@ -89,7 +90,7 @@ class CameraWorker(Worker):
         self._last_error_wall: float | None = None
         self._logged_error: str | None = None
         self._next_attempt = 0.0
-        self._backoff = cfg.reconnect_min_s
+        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._progress_at = 0.0
         """When the source was opened or last gave a frame (stall clock)."""
         self._last_frame_at: float | None = None
@@ -108,7 +109,7 @@ class CameraWorker(Worker):
         now = time.monotonic()
         self.status = DISCONNECTED
         self._next_attempt = now
-        self._backoff = self.cfg.reconnect_min_s
+        self._backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         self._unavailable_since = now
         # A worker replaced on reload inherits an alert its predecessor raised, so it clears it later.
         self._alert_active = bool(self.bus.states().get(self.name, {}).get("unavailable_alert", False))
@@ -161,8 +162,7 @@ class CameraWorker(Worker):
         error = redact(error)
         self.last_error = error
         self._last_error_wall = time.time()
-        delay = self._backoff
-        self._backoff = min(self.cfg.reconnect_max_s, self._backoff * 2)
+        delay = self._backoff.next()
         self._next_attempt = time.monotonic() + delay
         if not log:
             pass  # the caller has already said why
@@ -198,11 +198,11 @@ class CameraWorker(Worker):
             self.stalls_total += 1
             self._stall_stamps.append(now)
             logger.warning("camera stalled (%s): releasing and re-opening %s in %.1fs", reason, self.description,
-                           self._backoff, extra=ev("camera_stall"))
+                           self._backoff.delay, extra=ev("camera_stall"))
         else:
             self.errors_total += 1
             if self.status == CONNECTED:
-                logger.warning("camera lost (%s): re-opening %s in %.1fs", reason, self.description, self._backoff,
+                logger.warning("camera lost (%s): re-opening %s in %.1fs", reason, self.description, self._backoff.delay,
                                extra=ev("camera_lost"))
             else:
                 logged = False
@@ -266,7 +266,7 @@ class CameraWorker(Worker):
         if self.status == CONNECTED:
             return
         self.status = CONNECTED
-        self._backoff = self.cfg.reconnect_min_s
+        self._backoff.reset()
         self._unavailable_since = None
         logger.info("camera connected: %s, %s", self.description, self._resolution_text() or "size unknown",
                     extra=ev("camera_connected"))

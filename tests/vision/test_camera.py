@@ -18,8 +18,7 @@ import pytest
 
 from smartbin_daemon.config import CameraConfig
 from smartbin_daemon.vision.camera import camera_entities
-from smartbin_daemon.vision.frames import is_fresh, next_fresh_frame
-from smartbin_daemon.vision.frames import LINGER_S, Frame, LatestFrame
+from smartbin_daemon.vision.frames import LINGER_S, Frame, LatestFrame, is_fresh, next_fresh_frame
 from smartbin_daemon.vision.sources import (
     ImageFolderSource,
     MjpegSource,

@@ -33,6 +33,7 @@ from ...messages import (
     TemperatureReading,
     WeightReading,
 )
+from ...runtime.backoff import Backoff
 from ...runtime.bus import Alert, Bus, Discovery, Entity, Request, Response
 from ...runtime.commands import NoArgs, RequestSpec
 from ...runtime.worker import Worker
@@ -119,7 +120,7 @@ class ArduinoLink(Worker):
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
         self._next_attempt = 0.0
-        self._backoff = cfg.reconnect_min_s
+        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._opened_at = 0.0
         self._hello_sent = False
         self._last_rx = 0.0
@@ -184,7 +185,7 @@ class ArduinoLink(Worker):
         self._close("starting")
         self.status = DISCONNECTED
         self._next_attempt = time.monotonic()
-        self._backoff = self.cfg.reconnect_min_s
+        self._backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         assert self.inbox is not None
         self.inbox.set_waker(self._wake_reader)
         self.bus.publish(Discovery(self.name, self.entities()))
@@ -246,8 +247,7 @@ class ArduinoLink(Worker):
     def _retry_later(self, error: str, delay: float | None = None) -> None:
         self.last_error = error
         if delay is None:
-            delay = self._backoff
-            self._backoff = min(self.cfg.reconnect_max_s, self._backoff * 2)
+            delay = self._backoff.next()
         self._next_attempt = time.monotonic() + delay
         logger.warning("arduino: %s; retrying in %.1fs", error, delay, extra=ev("arduino_connect_failed"))
         self.publish_state(self.own_state, force=True)
@@ -398,7 +398,7 @@ class ArduinoLink(Worker):
             return
         self.status = CONNECTED
         self.last_error = None
-        self._backoff = self.cfg.reconnect_min_s
+        self._backoff.reset()
         self._last_ping = time.monotonic()
         logger.info("arduino connected on %s: %s %s, protocol %d, %d compartments, sensors %s", self.port,
                     self.firmware["name"], self.firmware["version"], proto, bins,
