@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +37,7 @@ from . import __version__
 from .clock import iso_utc
 from .config import REDACTED, Config, ConfigError, load_config, parse_config, redacted_dict
 from .logs import ev, under_systemd
+from .runtime import files
 from .runtime.bus import Bus, Discovery, Entity, Request, Response, StateUpdate
 from .runtime.commands import RequestRegistry, RequestSpec
 from .runtime.supervisor import WorkersChanged
@@ -203,14 +204,6 @@ def read_config_document(path: Path) -> dict[str, Any]:
     return data
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_stale_temps(folder: Path, name: str) -> None:
     """Temp files an interrupted write (power loss, kill -9) left behind."""
     for stale in [*folder.glob(f".{name}.tmp-*"), *folder.glob(f".{name}{PREV_SUFFIX}.tmp-*")]:
@@ -241,32 +234,17 @@ def _keep_previous(target: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> Path | None:
-    """Replace `path` with `data` so that a crash at any point leaves the old or the new file, complete.
-
-    Temp file in the same folder, written, flushed and fsynced; the current file kept as `<file>.prev`
-    (before the replace); os.replace; the folder fsynced. Returns the `.prev` path (None: no old file)."""
+    """Replace the config file `path` with `data` so that a crash at any point leaves the old or the new file,
+    complete, and the current one kept as `<file>.prev` (before the replace). Returns the `.prev` path (None: no
+    old file)."""
     target = config_target(path)
-    folder = target.parent
-    _remove_stale_temps(folder, target.name)
-    tmp = folder / f".{target.name}.tmp-{os.getpid()}"
-    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o640
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it
-        prev = _keep_previous(target) if target.exists() else None
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-    return prev
+    _remove_stale_temps(target.parent, target.name)
+    existed = target.exists()
+    mode = stat.S_IMODE(target.stat().st_mode) if existed else 0o640
+    kept: list[Path] = []
+    files.write_atomic(target, data, mode=mode,
+                       before_replace=(lambda: kept.append(_keep_previous(target))) if existed else None)
+    return kept[0] if kept else None
 
 
 def dump_config_document(doc: dict[str, Any], note: str) -> bytes:
@@ -388,9 +366,9 @@ def build_bundle(storage: Path, cfg: Config, states: dict[str, Any], workers: di
         "workers.json": json.dumps(workers, default=str, indent=1),
     }
     path = folder / f"{BUNDLE_PREFIX}{stamp}.tar.gz"
-    tmp = folder / f".{path.name}.tmp"
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
+
+    def write_bundle(fh: BinaryIO) -> None:
+        with tarfile.open(fileobj=fh, mode="w:gz") as tar:
             for name in BUNDLE_FILES:
                 data = scrub(members[name], secrets).encode("utf-8")
                 info = tarfile.TarInfo(name)
@@ -398,16 +376,8 @@ def build_bundle(storage: Path, cfg: Config, states: dict[str, Any], workers: di
                 info.mtime = int(now)
                 info.mode = 0o640
                 tar.addfile(info, io.BytesIO(data))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+
+    files.write_atomic(path, write_bundle, mode=0o640, tmp=folder / f".{path.name}.tmp")
     removed = []
     bundles = sorted(folder.glob(f"{BUNDLE_PREFIX}*.tar.gz"))
     for old in bundles[: max(0, len(bundles) - keep)]:

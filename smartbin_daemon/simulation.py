@@ -7,7 +7,6 @@ compartment: the fill tracker then sees it through the real serial telemetry.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 from .config import BinsConfig, SimulationConfig
 from .logs import ev
 from .messages import SimulatedPresence
+from .runtime import files
 from .runtime.bus import Bus
 from .runtime.worker import Worker
 
@@ -146,12 +146,10 @@ class ItemFeeder(Worker):
     def _show(self, image: np.ndarray) -> None:
         """Atomically replace the scene the camera reads (tmp + rename: the camera never sees half a file)."""
         target = self.scene_dir / SCENE_FILE
-        tmp = self.scene_dir / ".current.jpg.tmp"  # no image suffix: the camera never lists it
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         if not ok:
             raise RuntimeError("cannot encode the simulated scene")
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, target)
+        files.write_atomic(target, data.tobytes())  # the temp name has no image suffix: the camera never lists it
 
     def _publish(self) -> None:
         state: dict[str, Any] = {

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -43,6 +43,7 @@ import yaml
 from ..config import EvidenceConfig
 from ..logs import ev
 from ..messages import Decision, DetectedBox
+from ..runtime import files
 
 logger = logging.getLogger(__name__)
 
@@ -671,22 +672,14 @@ split, so their share of the validation metrics is optimistic.
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         """Write `<path>.tmp`, fsync it and rename it over `path`; the tmp file is removed on failure."""
-        tmp = path.with_name(path.name + TMP_SUFFIX)
-        try:
-            with open(tmp, "wb") as fh:
-                if self.emulated_free_bytes is not None and len(data) > self.emulated_free_bytes:
-                    fh.write(data[: self.emulated_free_bytes])
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            raise
+
+        def write(fh: BinaryIO) -> None:
+            if self.emulated_free_bytes is not None and len(data) > self.emulated_free_bytes:
+                fh.write(data[: self.emulated_free_bytes])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            fh.write(data)
+
+        files.write_atomic(path, write, tmp=path.with_name(path.name + TMP_SUFFIX))
         if self.emulated_free_bytes is not None:
             self.emulated_free_bytes -= len(data)
 
