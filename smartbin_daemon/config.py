@@ -637,6 +637,18 @@ class MotionGateConfig(_Model):
     quiet_s: float = Field(default=1.5, gt=0, le=60, description="no motion this long = the item has gone")
 
 
+def classmap_path_for(model_path: Path) -> Path:
+    """`x.onnx` / `x.pt` / `x_ncnn_model/` → `x.classes.yaml` beside it."""
+    stem = model_path.name
+    for suffix in ("_ncnn_model", "_openvino_model", "_saved_model"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    else:
+        stem = model_path.stem
+    return model_path.with_name(f"{stem}.classes.yaml")
+
+
 def resolve_backend(model: Path, requested: str) -> str:
     """`auto` picks onnxruntime for an `.onnx` file and ultralytics for every other format."""
     if requested != "auto":

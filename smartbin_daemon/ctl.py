@@ -44,6 +44,7 @@ from .config import (
     WASTE_CATEGORIES,
     Config,
     ConfigError,
+    classmap_path_for,
     load_config,
     parse_config,
     resolve_secret_file,
@@ -1127,20 +1128,6 @@ def check_disk(path: Path, *, warn_pct: float = 90.0, fail_pct: float = 98.0,
     return CheckResult("OK", "disk", finding)
 
 
-def classmap_path(model: Path, classmap: Path | None = None) -> Path:
-    """`x.onnx` / `x.pt` / `x_ncnn_model/` → `x.classes.yaml` beside it (as the detector resolves it)."""
-    if classmap is not None:
-        return classmap
-    stem = model.name
-    for suffix in ("_ncnn_model", "_openvino_model", "_saved_model"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    else:
-        stem = model.stem
-    return model.with_name(f"{stem}.classes.yaml")
-
-
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -1160,7 +1147,7 @@ def check_model(cfg: Config) -> CheckResult:
     size = _size(model)
     if size == 0:
         return CheckResult("FAIL", "model", f"{model} is empty", "copy the model file again")
-    cmap = classmap_path(model, det.classmap)
+    cmap = det.classmap or classmap_path_for(model)  # as the detector resolves it
     advice = "`smartbin-train` writes <model>.classes.yaml beside the model it exports; copy it along"
     try:
         doc = yaml.safe_load(cmap.read_text(encoding="utf-8"))

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import missing_backend, resolve_backend
+from ..config import classmap_path_for, missing_backend, resolve_backend
 from ..messages import DetectedBox
 
 logger = logging.getLogger(__name__)
@@ -74,18 +74,6 @@ class ClassMapFile(BaseModel):
                 "model classes and class map disagree: "
                 f"model has {only_model or 'nothing else'}, class map has {only_map or 'nothing else'}"
             )
-
-
-def classmap_path_for(model_path: Path) -> Path:
-    """`x.onnx` / `x.pt` / `x_ncnn_model/` → `x.classes.yaml` beside it."""
-    stem = model_path.name
-    for suffix in ("_ncnn_model", "_openvino_model", "_saved_model"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    else:
-        stem = model_path.stem
-    return model_path.with_name(f"{stem}.classes.yaml")
 
 
 def load_classmap(path: Path) -> ClassMapFile:
