@@ -345,13 +345,7 @@ class MqttWorker(Worker):
     # -- inbox ---------------------------------------------------------------------------
 
     def _drain_inbox(self, wait_s: float) -> None:
-        assert self.inbox is not None
-        msg = self.inbox.get(wait_s) if wait_s > 0 else (self.inbox.get(0) if len(self.inbox) else None)
-        handled = 0
-        while msg is not None and handled < 1000:
-            self.handle(msg)
-            handled += 1
-            msg = self.inbox.get(0) if len(self.inbox) else None
+        self.drain(wait_s, limit=1000)
         self._forget_acked()
 
     def _forget_acked(self) -> None:

@@ -81,6 +81,20 @@ class Worker:
             return None
         return self.inbox.get(timeout)
 
+    def drain(self, wait_s: float = 0.0, limit: int = 100) -> int:
+        """Handle what is queued, at most `limit` messages so the loop keeps its pace; with `wait_s` > 0 first wait
+        that long for a message. Returns how many were handled."""
+        assert self.inbox is not None
+        msg = self.inbox.get(wait_s) if wait_s > 0 else (self.inbox.get(0) if len(self.inbox) else None)
+        handled = 0
+        while msg is not None:
+            self.handle(msg)
+            handled += 1
+            if handled >= limit:
+                break
+            msg = self.inbox.get(0) if len(self.inbox) else None
+        return handled
+
     def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on stop; True if stop was requested."""
         return self.stop_event.wait(seconds)

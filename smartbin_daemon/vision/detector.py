@@ -92,6 +92,7 @@ class DetectorWorker(Worker):
     """Owns the model; answers `model/reload`, `snapshot`, `detection`; publishes Decision and event/detection."""
 
     critical = True
+    state_min_interval_s = 5.0  # the stage timings change with every inference; decisions force a publish
 
     def __init__(self, bus: Bus, cfg: DetectorConfig, camera: CameraConfig, evidence_cfg: EvidenceConfig,
                  frames: LatestFrame, storage: Path, *, name: str = "detector") -> None:
@@ -123,7 +124,6 @@ class DetectorWorker(Worker):
         self._decision_times: collections.deque[float] = collections.deque(maxlen=1000)
         self.last_decision: Decision | None = None
         self.warnings: list[str] = []
-        self._last_state_at = 0.0
 
     # -- catalogue -----------------------------------------------------------------------------
 
@@ -221,21 +221,11 @@ class DetectorWorker(Worker):
             if self.enabled and self.cfg.gate == "motion" and self.gate_state == IDLE:
                 self._check_motion(time.monotonic())
         else:
-            self._drain(0)
+            self.drain(limit=50)
             if self.continuous and self.gate_state == IDLE and self.enabled:
                 self._start_item(time.monotonic(), settle=False)
             self._collect()
         self._publish_state()
-
-    def _drain(self, limit_s: float) -> None:
-        """Handle what is queued; with `limit_s` > 0, first wait that long for a message (the settle wait)."""
-        assert self.inbox is not None
-        msg = self.inbox.get(limit_s) if limit_s > 0 else (self.inbox.get(0) if len(self.inbox) else None)
-        for _ in range(50):
-            if msg is None:
-                return
-            self.handle(msg)
-            msg = self.inbox.get(0) if len(self.inbox) else None
 
     def handle(self, msg: Any) -> None:
         if isinstance(msg, PresenceChanged):
@@ -277,7 +267,7 @@ class DetectorWorker(Worker):
             return
         now = time.monotonic()
         if now < item.start_after:
-            self._drain(min(self.tick_s, item.start_after - now))
+            self.drain(min(self.tick_s, item.start_after - now), limit=50)  # the settle wait
             return
         self.gate_state = COLLECTING
         if len(item.frames) < self.cfg.frames_per_decision and now < item.deadline:
@@ -490,10 +480,7 @@ class DetectorWorker(Worker):
         }
 
     def _publish_state(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_state_at >= 5.0:
-            self._last_state_at = now
-            self.bus.set_state(self.name, self.own_state())
+        self.publish_state(self.own_state, force)
 
 
 def _r(value: float | None) -> float | None:

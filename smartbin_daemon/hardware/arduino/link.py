@@ -216,7 +216,7 @@ class ArduinoLink(Worker):
             self.publish_state(self.own_state)
             return
         self._read_once()
-        self._drain_requests()
+        self.drain()
         self._timers()
         self.publish_state(self.own_state)
 
@@ -495,14 +495,6 @@ class ArduinoLink(Worker):
             return False
         self.counters.frames_out += 1
         return True
-
-    def _drain_requests(self) -> None:
-        assert self.inbox is not None
-        for _ in range(100):
-            msg = self.inbox.get(0) if len(self.inbox) else None
-            if msg is None:
-                return
-            self.handle(msg)
 
     def handle(self, msg: Any) -> None:
         if not isinstance(msg, Request):
