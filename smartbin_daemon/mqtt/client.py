@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -194,6 +195,9 @@ class MqttWorker(Worker):
                                      not_before=time.time())
         self.limiter = RateLimiter(sec.rate_limit_per_min, sec.privileged_rate_limit_per_min)
         self._loop_thread: int | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -211,20 +215,44 @@ class MqttWorker(Worker):
         self._publish_own_state(force=True)
 
     def _wake_network_loop(self) -> None:
-        """Cut paho's select() short when another thread hands this worker a response, state or event.
+        """Cut the network loop's select() short when another thread hands this worker a response, state or event.
 
-        Why: the network loop blocks up to LOOP_TIMEOUT_S in select() on the broker socket; without this a
-        request's response waited for that timeout. paho has no public wake-up call, so this writes to the
-        same internal pipe its own publish() uses from other threads; without the pipe the timeout still bounds it.
+        Why: the loop waits up to LOOP_TIMEOUT_S on the broker socket; it also watches this worker's own wake-up
+        pipe (see `_network_loop`), so a request's response goes out at once.
         """
         if threading.get_ident() == self._loop_thread:
             return  # paho's callbacks run on this thread, inside the loop: nothing to wake
-        pipe = getattr(self._client, "_sockpairW", None)
-        if pipe is not None:
+        try:
+            self._wake_w.send(b"0")
+        except OSError:  # full: already woken
+            pass
+
+    def _network_loop(self, client: paho.Client, timeout: float) -> paho.MQTTErrorCode:
+        """One pass of paho's network loop through its public hooks (socket, want_write, loop_read/write/misc),
+        selecting on the broker socket and this worker's wake-up pipe."""
+        sock = client.socket()
+        if sock is None:
+            return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
+        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0  # TLS bytes already decrypted
+        try:
+            readable, writable, _ = select.select([sock, self._wake_r], [sock] if client.want_write() else [], [],
+                                                  0.0 if pending else timeout)
+        except (TypeError, ValueError, OSError):  # the socket was closed under us: the connection is gone
+            return paho.MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if self._wake_r in readable:
             try:
-                pipe.send(b"0")
-            except OSError:  # full (already woken) or closed by a reconnect
+                self._wake_r.recv(4096)
+            except BlockingIOError:
                 pass
+        if sock in readable or pending:
+            rc = client.loop_read()
+            if rc or client.socket() is None:
+                return rc
+        if sock in writable or client.want_write():
+            rc = client.loop_write()
+            if rc or client.socket() is None:
+                return rc
+        return client.loop_misc()
 
     def teardown(self) -> None:
         self._forget_acked()
@@ -264,7 +292,7 @@ class MqttWorker(Worker):
                 return
         client = self._client
         if client is not None:
-            rc = client.loop(timeout=LOOP_TIMEOUT_S)
+            rc = self._network_loop(client, LOOP_TIMEOUT_S)
             if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN) and self.status in (CONNECTED, CONNECTING):
                 self._on_lost(f"network loop: {paho.error_string(rc)}")
         self._drain_inbox(0.0)
