@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from smartbin_daemon.config import ArduinoConfig
+from smartbin_daemon.hardware.arduino import link as link_module
 from smartbin_daemon.hardware.arduino.link import ArduinoLink
 from smartbin_daemon.hardware.arduino.protocol import encode
 from smartbin_daemon.hardware.arduino.simulator import SimulatedArduino
@@ -255,3 +256,21 @@ def test_lid_buttons_follow_ownership(tmp_path: Path) -> None:
     gpio_has_lid = ArduinoLink(Bus(), cfg, tmp_path, exclude=frozenset({"lid"}))
     assert not {"arduino_lid_open"} & {e.object_id for e in gpio_has_lid.entities()}
     assert "lid" not in {s.command for s in gpio_has_lid.requests()}
+
+
+def test_a_request_is_served_at_once_while_the_port_is_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module, "READ_TIMEOUT_S", 3.0)  # a read that only the port could end would wait this
+    rig = Rig(tmp_path, stale_after_s=60, reconnect_after_s=120)
+    try:
+        rig.connected(10)
+        rig.sim.telemetry_interval_s = rig.sim.heartbeat_interval_s = 60.0
+        time.sleep(1.5)  # the last telemetry is read; the link now waits on a silent port
+        latencies = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert rig.request("route", {"compartment": 1, "command_id": None}).ok
+            latencies.append(time.monotonic() - t0)
+            time.sleep(0.5)
+        assert max(latencies) < 1.0, latencies
+    finally:
+        rig.close()

@@ -2,8 +2,8 @@
 ACKed commands with retries, and recovers from unplugs, resets, noise and silence by itself.
 
 One thread does everything (read, parse, write, timeouts), so there is no shared state and no
-writer can be left blocked: writes have a timeout, and a blocked read is woken through pyserial's
-cancel_read() when a request arrives.
+writer can be left blocked: writes have a timeout, and the wait for serial data also watches the
+worker's own wake-up pipe, which the bus pokes when a request arrives (no other thread touches the port).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
+import select
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +124,9 @@ class ArduinoLink(Worker):
         self._next_attempt = 0.0
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._opened_at = 0.0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._hello_sent = False
         self._last_rx = 0.0
         self._last_rx_wall: float | None = None
@@ -200,9 +205,11 @@ class ArduinoLink(Worker):
         self.publish_state(self.own_state, force=True)
 
     def _wake_reader(self) -> None:
-        ser = self.ser
-        if ser is not None and ser.is_open:
-            ser.cancel_read()
+        """Called on the requester's thread: only pokes the pipe the read loop waits on."""
+        try:
+            self._wake_w.send(b"0")
+        except OSError:  # full: already woken
+            pass
 
     def step(self) -> None:
         now = time.monotonic()
@@ -277,12 +284,14 @@ class ArduinoLink(Worker):
         ser = self.ser
         assert ser is not None
         try:
-            data = ser.read(1)
-            if data:
-                waiting = ser.in_waiting
-                if waiting:
-                    data += ser.read(min(waiting, 4096))
-        except (serial.SerialException, OSError) as exc:
+            ready, _, _ = select.select([ser.fileno(), self._wake_r], [], [], READ_TIMEOUT_S)
+            if self._wake_r in ready:
+                try:
+                    self._wake_r.recv(4096)
+                except BlockingIOError:
+                    pass
+            data = ser.read(max(1, min(ser.in_waiting, 4096))) if ser.fileno() in ready else b""
+        except (serial.SerialException, OSError, ValueError) as exc:
             self._lost(f"read failed: {exc}")
             return
         if not data:
