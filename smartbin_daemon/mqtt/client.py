@@ -42,6 +42,7 @@ from ..runtime.bus import (
     StateUpdate,
 )
 from ..runtime.commands import ParsedRequest, RateLimiter, RequestError, RequestRegistry, valid_command
+from ..runtime.wake import WakePipe
 from ..runtime.worker import Worker
 from . import discovery as disco
 from .discovery import Topics
@@ -195,9 +196,7 @@ class MqttWorker(Worker):
                                      not_before=time.time())
         self.limiter = RateLimiter(sec.rate_limit_per_min, sec.privileged_rate_limit_per_min)
         self._loop_thread: int | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake = WakePipe()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -222,10 +221,7 @@ class MqttWorker(Worker):
         """
         if threading.get_ident() == self._loop_thread:
             return  # paho's callbacks run on this thread, inside the loop: nothing to wake
-        try:
-            self._wake_w.send(b"0")
-        except OSError:  # full: already woken
-            pass
+        self._wake.poke()
 
     def _network_loop(self, client: paho.Client, timeout: float) -> paho.MQTTErrorCode:
         """One pass of paho's network loop through its public hooks (socket, want_write, loop_read/write/misc),
@@ -235,15 +231,12 @@ class MqttWorker(Worker):
             return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
         pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0  # TLS bytes already decrypted
         try:
-            readable, writable, _ = select.select([sock, self._wake_r], [sock] if client.want_write() else [], [],
+            readable, writable, _ = select.select([sock, self._wake], [sock] if client.want_write() else [], [],
                                                   0.0 if pending else timeout)
         except (TypeError, ValueError, OSError):  # the socket was closed under us: the connection is gone
             return paho.MQTTErrorCode.MQTT_ERR_CONN_LOST
-        if self._wake_r in readable:
-            try:
-                self._wake_r.recv(4096)
-            except BlockingIOError:
-                pass
+        if self._wake in readable:
+            self._wake.clear()
         if sock in readable or pending:
             rc = client.loop_read()
             if rc or client.socket() is None:

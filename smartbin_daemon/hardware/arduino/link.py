@@ -12,7 +12,6 @@ import collections
 import logging
 import secrets
 import select
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from ...messages import (
 from ...runtime.backoff import Backoff
 from ...runtime.bus import Alert, Bus, Discovery, Entity, Request, Response
 from ...runtime.commands import NoArgs, RequestSpec
+from ...runtime.wake import WakePipe
 from ...runtime.worker import Worker
 from .protocol import (
     ERROR_KINDS,
@@ -124,9 +124,7 @@ class ArduinoLink(Worker):
         self._next_attempt = 0.0
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._opened_at = 0.0
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake = WakePipe()
         self._hello_sent = False
         self._last_rx = 0.0
         self._last_rx_wall: float | None = None
@@ -206,10 +204,7 @@ class ArduinoLink(Worker):
 
     def _wake_reader(self) -> None:
         """Called on the requester's thread: only pokes the pipe the read loop waits on."""
-        try:
-            self._wake_w.send(b"0")
-        except OSError:  # full: already woken
-            pass
+        self._wake.poke()
 
     def step(self) -> None:
         now = time.monotonic()
@@ -284,12 +279,9 @@ class ArduinoLink(Worker):
         ser = self.ser
         assert ser is not None
         try:
-            ready, _, _ = select.select([ser.fileno(), self._wake_r], [], [], READ_TIMEOUT_S)
-            if self._wake_r in ready:
-                try:
-                    self._wake_r.recv(4096)
-                except BlockingIOError:
-                    pass
+            ready, _, _ = select.select([ser.fileno(), self._wake], [], [], READ_TIMEOUT_S)
+            if self._wake in ready:
+                self._wake.clear()
             data = ser.read(max(1, min(ser.in_waiting, 4096))) if ser.fileno() in ready else b""
         except (serial.SerialException, OSError, ValueError) as exc:
             self._lost(f"read failed: {exc}")
