@@ -371,18 +371,9 @@ class App:
         result = {"applied": applied, "restart_required": restart_required}
         if answer is not None:
             answer(result)
-        if "mqtt" in workers_to_restart:
-            if answer is not None:
-                self._let_drain("mqtt")
+        if "mqtt" in workers_to_restart:  # the answer above is in its inbox: it sends answers before it stops
             self.supervisor.replace(self._factories["mqtt"](merged))
         return result
-
-    def _let_drain(self, name: str, timeout_s: float = 2.0) -> None:
-        """Give a worker a moment to take what is queued for it (an answer to send) before it is replaced."""
-        inbox = self.supervisor.worker(name).inbox
-        deadline = time.monotonic() + timeout_s
-        while inbox is not None and len(inbox) and time.monotonic() < deadline:
-            time.sleep(0.02)
 
     # -- actions handed over by the daemon component ---------------------------------------
 
@@ -425,9 +416,8 @@ class App:
                 raise RequestFailed(f"unknown component {name!r}; known: {', '.join(known)} (or null/'daemon' for the "
                                     "whole daemon)", {"known": known})
             if name == "mqtt" and action.request_id is not None:
-                # Answers travel through this worker, and a restarting one drops them: answer first.
+                # Answers travel through this worker: answer first; it sends queued answers before it stops.
                 self._answer(action, True, {"component": name, "restarted": True, "status": "restarting"}, None)
-                self._let_drain(name)
                 self.supervisor.restart(name)
                 return _ANSWERED
             self.supervisor.restart(name)

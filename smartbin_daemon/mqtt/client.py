@@ -223,6 +223,14 @@ class MqttWorker(Worker):
             return  # paho's callbacks run on this thread, inside the loop: nothing to wake
         self._wake.poke()
 
+    def _send_queued_answers(self) -> None:
+        """Answers handed over before a stop (the reply to `restart mqtt`, or to a config change that restarts this
+        worker) go out before the offline message; other queued work is left to the next worker."""
+        assert self.inbox is not None
+        while (msg := self.inbox.get(0) if len(self.inbox) else None) is not None:
+            if isinstance(msg, Response):
+                self.handle(msg)
+
     def _network_loop(self, client: paho.Client, timeout: float) -> paho.MQTTErrorCode:
         """One pass of paho's network loop through its public hooks (socket, want_write, loop_read/write/misc),
         selecting on the broker socket and this worker's wake-up pipe."""
@@ -254,6 +262,7 @@ class MqttWorker(Worker):
             return
         if self.status == CONNECTED:
             try:
+                self._send_queued_answers()
                 info = client.publish(self.topics.availability, "offline", qos=1, retain=True)
                 deadline = time.monotonic() + 2.0
                 while not info.is_published() and time.monotonic() < deadline:
