@@ -103,19 +103,20 @@ class Supervisor:
         thread = threading.Thread(target=self._thread_main, args=(slot,), name=f"smartbin-{slot.worker.name}", daemon=True)
         slot.thread = thread
         thread.start()
+        slot.status = RUNNING
 
     def _thread_main(self, slot: _Slot) -> None:
+        """The worker's thread: runs it and hands a crash over under the lock; every status change is the
+        supervising thread's."""
         worker = slot.worker
-        slot.status = RUNNING
         try:
             worker.run()
         except BaseException as exc:  # noqa: BLE001 - a worker must never take the daemon down
-            slot.crash = exc
-            slot.crash_tb = traceback.format_exc()
-            logger.error(
-                "worker %s crashed: %s\n%s", worker.name, exc, slot.crash_tb,
-                extra=ev("worker_crashed", component=worker.name),
-            )
+            tb = traceback.format_exc()
+            logger.error("worker %s crashed: %s\n%s", worker.name, exc, tb,
+                         extra=ev("worker_crashed", component=worker.name))
+            with self._lock:
+                slot.crash, slot.crash_tb = exc, tb
 
     def stop(self, name: str, timeout: float | None = None) -> bool:
         """Stop one worker and join it; True if its thread ended in time."""
@@ -161,7 +162,9 @@ class Supervisor:
         for slot in self._slots.values():
             thread = slot.thread
             if slot.status in (RUNNING, STARTING) and thread is not None and not thread.is_alive():
-                if slot.worker.stop_event.is_set() and slot.crash is None:
+                with self._lock:
+                    crashed = slot.crash is not None
+                if slot.worker.stop_event.is_set() and not crashed:
                     slot.status = STOPPED
                     continue
                 self._on_crash(slot, now)
