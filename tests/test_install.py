@@ -200,6 +200,10 @@ def test_prefix_install_creates_a_working_layout(installed: tuple[Layout, subpro
     site = Path(subprocess.run([str(lay.venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     assert (site / "smartbin_daemon" / "__init__.py").is_file()
+    arduino = site / "smartbin_daemon/hardware/arduino"  # the sketch matching the daemon's protocol ships with it
+    for shipped in ("PROTOCOL.md", "firmware/README.md", "firmware/smartbin_fw/smartbin_fw.ino",
+                    "firmware/simavr/smartbin_simavr.c"):
+        assert (arduino / shipped).is_file(), shipped
     assert lay.config.read_text() == (REPO / "config/smartbin.yaml").read_text().replace("/etc/smartbin", f"{lay.prefix}/etc/smartbin").replace(
         "/var/lib/smartbin", f"{lay.prefix}/var/lib/smartbin")
     assert stat.S_IMODE(lay.config.stat().st_mode) == 0o640
