@@ -37,11 +37,12 @@ from smartbin_daemon.control import core_requests
 from smartbin_daemon.hardware.arduino.link import ArduinoLink
 from smartbin_daemon.hardware.gpio import GpioWorker, gpio_request_specs
 from smartbin_daemon.mqtt import discovery as disco
-from smartbin_daemon.mqtt.client import CONNECTED, MqttWorker, _Incoming
+from smartbin_daemon.mqtt.client import MqttWorker, _Incoming
 from smartbin_daemon.mqtt.outbox import Outbox
 from smartbin_daemon.runtime.auth import CLOCK_SANE_AFTER, AuthError, Verifier, sign, signing_string
 from smartbin_daemon.runtime.bus import Bus, Discovery, Request
 from smartbin_daemon.runtime.commands import RateLimiter, RequestRegistry, RequestSpec, valid_command
+from smartbin_daemon.runtime.status import CONNECTED
 from smartbin_daemon.store import Store
 
 from .conftest import REPO, Broker, DaemonProcess, Probe, wait_until, write_config

@@ -12,13 +12,13 @@ import pytest
 from smartbin_daemon.config import ConfigError, parse_config
 from smartbin_daemon.control import core_requests
 from smartbin_daemon.ctl import signing_key
-from smartbin_daemon.hardware.arduino.link import CONNECTED as LINK_CONNECTED
 from smartbin_daemon.hardware.arduino.link import ArduinoLink
-from smartbin_daemon.mqtt.client import CONNECTED, MqttWorker, _Incoming
+from smartbin_daemon.mqtt.client import MqttWorker, _Incoming
 from smartbin_daemon.mqtt.outbox import Outbox
 from smartbin_daemon.runtime.auth import AuthError, Verifier, sign
 from smartbin_daemon.runtime.bus import Bus, Request
 from smartbin_daemon.runtime.commands import RequestRegistry
+from smartbin_daemon.runtime.status import CONNECTED
 from smartbin_daemon.store import Store
 
 DEVICE = "keybin"
@@ -149,7 +149,7 @@ def test_every_frame_that_moves_something_gets_an_audit_line(tmp_path: Path, cap
         thread.start()
         try:
             deadline = time.monotonic() + 10
-            while link.status != LINK_CONNECTED and time.monotonic() < deadline:
+            while link.status != CONNECTED and time.monotonic() < deadline:
                 time.sleep(0.05)
             caplog.set_level("INFO")
             bus.publish(Request("arduino", "route", {"compartment": 1, "command_id": None}, "r1", authority="signed",

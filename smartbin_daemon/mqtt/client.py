@@ -42,6 +42,7 @@ from ..runtime.bus import (
     StateUpdate,
 )
 from ..runtime.commands import ParsedRequest, RateLimiter, RequestError, RequestRegistry, valid_command
+from ..runtime.status import AUTH_FAILED, CONNECTED, CONNECTING, DISCONNECTED
 from ..runtime.wake import WakePipe
 from ..runtime.worker import Worker
 from . import discovery as disco
@@ -51,7 +52,6 @@ from .outbox import Outbox
 logger = logging.getLogger(__name__)
 
 LOOP_TIMEOUT_S = 0.05
-DISCONNECTED, CONNECTING, CONNECTED, AUTH_FAILED = "disconnected", "connecting", "connected", "auth_failed"
 
 # CONNACK reason codes that mean "your credentials/identity are wrong": retry slowly.
 _AUTH_REASONS = {"Bad user name or password", "Not authorized", "Client identifier not valid", "Banned"}

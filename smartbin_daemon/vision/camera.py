@@ -31,6 +31,7 @@ from ..config import CameraConfig
 from ..logs import ev
 from ..runtime.backoff import Backoff
 from ..runtime.bus import Alert, Bus, Discovery, Entity
+from ..runtime.status import CONNECTED, DISCONNECTED, ENDED, RECONNECTING
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
 from .frames import Frame, LatestFrame
@@ -38,7 +39,6 @@ from .sources import FrameSource, SourceEnded, SourceError, SourceStalled, make_
 
 logger = logging.getLogger(__name__)
 
-CONNECTED, DISCONNECTED, RECONNECTING, ENDED = "connected", "disconnected", "reconnecting", "ended"
 FPS_WINDOW_S = 5.0
 HOUR_S = 3600.0
 IDLE_SLEEP_S = 0.02

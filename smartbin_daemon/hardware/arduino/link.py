@@ -37,6 +37,7 @@ from ...messages import (
 from ...runtime.backoff import Backoff
 from ...runtime.bus import Alert, Bus, Discovery, Entity, Request, Response
 from ...runtime.commands import NoArgs, RequestSpec
+from ...runtime.status import CONNECTED, CONNECTING, DISCONNECTED, INCOMPATIBLE, STALE
 from ...runtime.wake import WakePipe
 from ...runtime.worker import Worker
 from .protocol import (
@@ -56,7 +57,6 @@ logger = logging.getLogger(__name__)
 AUDITED = frozenset({"ROUTE", "LID", "TARE"})
 """Frames that move the flap or the lid or rewrite the load cell's zero: each one gets an audit line."""
 
-DISCONNECTED, CONNECTING, CONNECTED, STALE, INCOMPATIBLE = "disconnected", "connecting", "connected", "stale", "incompatible"
 READ_TIMEOUT_S = 0.2
 WRITE_TIMEOUT_S = 1.0
 PING_INTERVAL_S = 5.0
