@@ -34,7 +34,7 @@ from ..config import (
     resolve_secret_file,
 )
 from ..control import STATE_FILE
-from ..mqtt.client import build_client, set_nodelay
+from ..mqtt.paho_client import build_client, set_nodelay
 from ..runtime.auth import sign
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import select
-import socket
 import ssl
 import threading
 import time
@@ -19,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..clock import iso_utc
-from ..config import Config, MqttConfig
+from ..config import Config
 from ..logs import ev
 from ..runtime.auth import AuthError, Verifier
 from ..runtime.backoff import Backoff
@@ -48,6 +46,7 @@ from ..runtime.worker import Worker
 from . import discovery as disco
 from .discovery import Topics
 from .outbox import Outbox
+from .paho_client import build_client, set_nodelay
 
 logger = logging.getLogger(__name__)
 
@@ -121,40 +120,6 @@ class _Counters:
 
 def _json(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), default=str).encode("utf-8")
-
-
-def build_client(m: MqttConfig, client_id: str, *, reconnect_on_failure: bool) -> paho.Client:
-    """A paho 2.x client with the config's protocol, credentials and TLS (shared by the daemon and smartbinctl)."""
-    protocol = paho.MQTTv5 if m.protocol == "5" else paho.MQTTv311
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-                         reconnect_on_failure=reconnect_on_failure)
-    if m.username is not None:
-        client.username_pw_set(m.username, m.password.get_secret_value() if m.password is not None else None)
-    if m.tls.enabled:
-        client.tls_set(
-            ca_certs=str(m.tls.ca) if m.tls.ca else None,
-            certfile=str(m.tls.cert) if m.tls.cert else None,
-            keyfile=str(m.tls.key) if m.tls.key else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        if m.tls.insecure:
-            client.tls_insecure_set(True)
-    return client
-
-
-def set_nodelay(client: paho.Client) -> None:
-    """Turn Nagle off on the broker socket.
-
-    Why: a response published right after the request's PUBACK otherwise waits for the broker's delayed
-    ACK (about 40 ms on Linux); the messages are small, so batching them buys nothing.
-    """
-    setsockopt = getattr(client.socket(), "setsockopt", None)  # paho types it as a bare SocketLike
-    if setsockopt is None:
-        return
-    try:
-        setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:  # not a TCP socket (a unix socket broker)
-        pass
 
 
 class MqttWorker(Worker):
