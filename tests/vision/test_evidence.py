@@ -21,14 +21,14 @@ from smartbin_daemon.messages import Decision, DetectedBox
 from smartbin_daemon.training.classmap import load_classmap
 from smartbin_daemon.training.dataset import discover_sources, load_source, parse_dataset_arg, prepare_dataset
 from smartbin_daemon.vision import evidence as evidence_mod
-from smartbin_daemon.vision.evidence import (
+from smartbin_daemon.vision.annotate import (
     CATEGORY_COLOURS_BGR,
-    EvidenceStore,
     annotate,
     category_colour,
     encode_jpeg,
     yolo_label_lines,
 )
+from smartbin_daemon.vision.evidence import EvidenceStore
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSMAP = REPO / "config" / "training" / "waste_classmap.yaml"
