@@ -18,15 +18,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from smartbin_daemon.config import GPIO_BOARD_TO_BCM, GpioConfig, format_validation_errors, gpio_pin_key
-from smartbin_daemon.hardware.gpio import (
-    Debouncer,
-    GpioWorker,
-    board_model,
-    build_pin_factory,
-    factory_kind,
-    gpio_request_specs,
-    owned_commands,
-)
+from smartbin_daemon.hardware.gpio import GpioWorker, gpio_request_specs, owned_commands
+from smartbin_daemon.hardware.pins import Debouncer, board_model, build_pin_factory, factory_kind
 from smartbin_daemon.messages import ButtonPressed, DistanceReading, DoorChanged, PresenceChanged
 from smartbin_daemon.runtime.bus import Bus, Discovery, Event, Request, Response, StateUpdate, Subscription
 from smartbin_daemon.runtime.supervisor import RestartPolicy, Supervisor
