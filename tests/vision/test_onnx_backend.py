@@ -23,6 +23,7 @@ from .tiny_model import IMGSZ, build_tiny_onnx, classes_yaml, offline_env
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "smartbin-waste-nano.onnx"
+SHIPPED_IMGSZ = int(yaml.safe_load(SHIPPED.with_name(f"{SHIPPED.stem}.classes.yaml").read_text())["imgsz"])
 SAMPLES = REPO / "tests" / "data" / "samples"
 
 
@@ -77,7 +78,8 @@ def compare(model_path: Path, frames: list[tuple[str, np.ndarray]], *, imgsz: in
 
 
 def test_the_shipped_model_gives_the_same_boxes_as_ultralytics_predict(tmp_path: Path) -> None:
-    count, worst_iou, worst_conf = compare(SHIPPED, recorded_frames(), imgsz=320, conf=0.1, tmp_path=tmp_path)
+    count, worst_iou, worst_conf = compare(SHIPPED, recorded_frames(), imgsz=SHIPPED_IMGSZ, conf=0.1,
+                                          tmp_path=tmp_path)
     assert count >= 40, f"too few boxes to compare ({count}): the frames or the threshold changed"
     assert worst_iou >= 0.99 and worst_conf <= 1e-3, (count, worst_iou, worst_conf)
 
@@ -106,7 +108,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from smartbin_daemon.vision.model import load_model
-m = load_model(Path({str(SHIPPED)!r}), classmap=None, device="auto", imgsz=320, conf=0.25, iou=0.45, max_det=20)
+m = load_model(Path({str(SHIPPED)!r}), classmap=None, device="auto", imgsz=None, conf=0.25, iou=0.45, max_det=20)
 m.predict(np.zeros((480, 640, 3), np.uint8))
 maps = Path("/proc/self/maps").read_text()
 print(json.dumps({{"backend": m.backend_name, "modules": sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "ultralytics", "torchvision")),
@@ -118,15 +120,15 @@ print(json.dumps({{"backend": m.backend_name, "modules": sorted(k for k in sys.m
 
 
 def test_intra_op_threads_follow_the_config() -> None:
-    model = load_model(SHIPPED, classmap=None, device="cpu", imgsz=320, conf=0.25, iou=0.45, max_det=20, threads=1)
+    model = load_model(SHIPPED, classmap=None, device="cpu", imgsz=None, conf=0.25, iou=0.45, max_det=20, threads=1)
     assert model.backend.session.get_session_options().intra_op_num_threads == 1
-    assert model.device == "cpu" and model.imgsz == 320
+    assert model.device == "cpu" and model.imgsz == SHIPPED_IMGSZ and not model.warnings  # the class map's size
 
 
 def test_a_fixed_input_size_wins_over_the_configured_one_with_a_warning() -> None:
     model = load_model(SHIPPED, classmap=None, device="cpu", imgsz=640, conf=0.25, iou=0.45, max_det=20)
-    assert model.imgsz == 320
-    assert any("fixed input of 320x320" in w for w in model.warnings)
+    assert model.imgsz == SHIPPED_IMGSZ
+    assert any(f"fixed input of {SHIPPED_IMGSZ}x{SHIPPED_IMGSZ}" in w for w in model.warnings)
 
 
 def test_providers_follow_the_device_and_what_the_build_offers(tmp_path: Path) -> None:
