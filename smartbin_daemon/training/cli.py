@@ -198,6 +198,10 @@ def _add_finish(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--samples-dir", type=Path, default=DEFAULT_SAMPLES, help="sample images to score (skipped if absent)"
     )
+    p.add_argument("--route-frames", type=int, default=5,
+                   help="frames per valid item when choosing the vote thresholds (0 = keep the daemon defaults)")
+    p.add_argument("--compare", type=Path, action="append", default=[], metavar="ONNX",
+                   help="an ONNX model (with its metrics.json beside it) to compare against side by side; repeatable")
     p.add_argument("--notes", type=Path, default=None, help="markdown appended to the card")
     p.add_argument("--status", default="", help="status line at the top of the card (e.g. partial run)")
 
@@ -313,9 +317,64 @@ def _weights(args: argparse.Namespace, paths: Paths) -> Path:
     return Path(w)
 
 
+def choose_vote_thresholds(onnx_path: Path, paths: Paths, frames: int) -> dict[str, Any]:
+    """Route every valid item through the daemon's path and pick min_confidence/min_margin by routing.RULE."""
+    from smartbin_daemon.training.routing import choose_thresholds, daemon_model, observe, read_items
+
+    model = daemon_model(onnx_path)
+    items, skipped = read_items(paths.dataset / "images" / "val", paths.dataset / "labels" / "val", model.classmap)
+    if not items:
+        raise ValueError(f"no labelled valid images under {paths.dataset}: run 'smartbin-train prepare' first")
+    result = choose_thresholds(observe(model, items, frames=frames), model.classmap.category_compartments())
+    result.update(frames=frames, skipped=skipped)
+    logger.info("vote thresholds: min_confidence %.2f, min_margin %.2f: %.1f%% of %d valid items to the right "
+                "compartment, %.1f%% to a wrong one", result["min_confidence"], result["min_margin"],
+                100 * result["correct_share"], result["items"], 100 * result["wrong_share"])
+    return result
+
+
+def compare_models(name: str, onnx_path: Path, evaluated: dict[str, Any], others: Sequence[Path], paths: Paths,
+                   frames: int, routing: dict[str, Any] | None = None, route_frames: int = 0) -> dict[str, Any] | None:
+    """This model against others side by side: ms/frame through the daemon's path, size, mAP50 (theirs from the
+    metrics.json beside them) and, with `route_frames`, each one's routing of the valid items at its own thresholds
+    chosen by the same rule."""
+    if not others:
+        return None
+    from smartbin_daemon.training.routing import speed_side_by_side
+
+    models = {name: onnx_path}
+    accuracy: dict[str, dict[str, Any]] = {name: {
+        "map50": evaluated["overall"]["map50"],
+        "per_category": {k: v["map50"] for k, v in evaluated["per_category"].items()}}}
+    if routing is not None:
+        accuracy[name]["routing"] = _routing_summary(routing)
+    for other in others:
+        other = Path(other)
+        models[other.stem] = other
+        sidecar = other.with_name(f"{other.stem}.metrics.json")
+        if sidecar.is_file():
+            ev = json.loads(sidecar.read_text(encoding="utf-8")).get("eval_onnx") or {}
+            accuracy[other.stem] = {"map50": (ev.get("overall") or {}).get("map50"),
+                                    "per_category": {k: v.get("map50") for k, v in (ev.get("per_category") or {}).items()}}
+        if route_frames > 0:
+            accuracy.setdefault(other.stem, {})["routing"] = _routing_summary(
+                choose_vote_thresholds(other, paths, route_frames))
+    images = sorted((paths.dataset / "images" / "val").iterdir())[:frames]
+    speed = speed_side_by_side(models, images, threads=1, baseline=Path(others[0]).stem)
+    for key, row in speed["models"].items():
+        row.update(accuracy.get(key, {}))
+    return speed
+
+
+def _routing_summary(routing: dict[str, Any]) -> dict[str, Any]:
+    """The chosen thresholds and the shares of valid items they route right, wrong and to residual."""
+    keys = ("min_confidence", "min_margin", "items", "correct_share", "wrong_share", "to_residual_share")
+    return {k: routing[k] for k in keys}
+
+
 def cmd_finish(args: argparse.Namespace, classmap: ClassMap, paths: Paths) -> dict[str, Any]:
     """Export ONNX, evaluate pt + ONNX, time both, score samples, write classes.yaml, metrics.json and card."""
-    from smartbin_daemon.training.card import write_card, write_classes_yaml
+    from smartbin_daemon.training.card import lineage, write_card, write_classes_yaml
     from smartbin_daemon.training.evaluate import evaluate
     from smartbin_daemon.training.export import benchmark, export_onnx, save_json
     from smartbin_daemon.training.samples import SAMPLES_YAML, score_samples
@@ -335,10 +394,16 @@ def cmd_finish(args: argparse.Namespace, classmap: ClassMap, paths: Paths) -> di
     if args.bench_frames > 0:
         frames = sorted((paths.dataset / "images" / "val").iterdir())[: args.bench_frames]
         bench = benchmark(weights, onnx_path, frames, imgsz)
+    classes_yaml = models_dir / f"{args.name}.classes.yaml"
+    write_classes_yaml(classes_yaml, classmap, onnx_path.name, imgsz)
+    routing = None
+    if args.route_frames > 0:
+        routing = choose_vote_thresholds(onnx_path, paths, args.route_frames)
+        write_classes_yaml(classes_yaml, classmap, onnx_path.name, imgsz, thresholds=routing)
     samples = None
     samples_dir = _repo_path(args.samples_dir)
     if (samples_dir / SAMPLES_YAML).is_file():
-        samples = score_samples(onnx_path, samples_dir, imgsz)
+        samples = score_samples(onnx_path, samples_dir)
     else:
         logger.warning("no %s in %s: sample images not scored", SAMPLES_YAML, samples_dir)
     balance = (
@@ -360,10 +425,13 @@ def cmd_finish(args: argparse.Namespace, classmap: ClassMap, paths: Paths) -> di
         "eval_pt": eval_pt,
         "benchmark": bench,
         "samples": samples,
+        "routing": routing,
+        "comparison": compare_models(args.name, onnx_path, eval_onnx, args.compare, paths, args.bench_frames or 20,
+                                     routing, args.route_frames),
+        "lineage": lineage(train_info),
         "balance": balance,
     }
     save_json(metrics, models_dir / f"{args.name}.metrics.json")
-    write_classes_yaml(models_dir / f"{args.name}.classes.yaml", classmap, onnx_path.name, imgsz)
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
     write_card(
         models_dir / f"{args.name}.md",
@@ -377,6 +445,9 @@ def cmd_finish(args: argparse.Namespace, classmap: ClassMap, paths: Paths) -> di
         samples,
         onnx_path,
         run_dir,
+        routing=routing,
+        comparison=metrics["comparison"],
+        lineage=metrics["lineage"],
         notes=notes,
         status=args.status,
     )

@@ -17,7 +17,7 @@ from smartbin_daemon.training.env import load_yolo_class, use_all_cores
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
-MAX_ONNX_BYTES = 12 * 1024 * 1024
+MAX_ONNX_BYTES = 64 * 1024 * 1024
 
 
 def export_onnx(

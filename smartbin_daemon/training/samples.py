@@ -15,13 +15,11 @@ import yaml
 
 from smartbin_daemon.training.classmap import ClassMap
 from smartbin_daemon.training.dataset import SourceDataset, read_labels
-from smartbin_daemon.training.env import load_yolo_class
 
 logger = logging.getLogger(__name__)
 
 SAMPLES_YAML = "samples.yaml"
 ATTRIBUTION_MD = "ATTRIBUTION.md"
-SCORE_CONF = 0.10
 SELECTION_RULE = (
     "valid-split images whose boxes all map to one category (no dropped classes present) and whose "
     "largest box covers >= 5% of the image; ordered by sha1(dataset/filename); taken round-robin over "
@@ -134,53 +132,41 @@ def load_samples(samples_dir: Path) -> list[Sample]:
     return [Sample(**item) for item in doc["samples"]]
 
 
-def predicted_category(boxes: Sequence[tuple[str, float]], conf: float = SCORE_CONF) -> str | None:
-    """Category with the highest summed confidence over detections >= conf (None when nothing passes)."""
-    totals: dict[str, float] = defaultdict(float)
-    for name, score in boxes:
-        if score >= conf:
-            totals[name] += score
-    if not totals:
-        return None
-    return max(totals.items(), key=lambda kv: kv[1])[0]
+def score_samples(model_path: Path, samples_dir: Path, classmap_path: Path | None = None) -> dict[str, Any]:
+    """Route the samples as the simulation does (the daemon's ONNX path, K identical frames, the thresholds the
+    daemon would use with this model) and count how many reach their expected compartment."""
+    from smartbin_daemon.config import DetectorConfig
+    from smartbin_daemon.training.routing import Item, daemon_model, observe, route
+    from smartbin_daemon.vision.decision import effective_policy
 
-
-def score_samples(
-    model_path: Path, samples_dir: Path, imgsz: int, conf: float = SCORE_CONF
-) -> dict[str, Any]:
-    """Run a model on the samples and count how many reach their expected category."""
-    yolo_cls = load_yolo_class()
-    model = yolo_cls(str(model_path), task="detect")
+    model = daemon_model(model_path, classmap_path)
+    compartments = model.classmap.category_compartments()
+    own = model.classmap.thresholds
+    policy, source = effective_policy(None, None, (own.min_confidence, own.min_margin) if own else None)
     samples = load_samples(samples_dir)
-    rows = []
-    for s in samples:
-        result = model.predict(
-            str(Path(samples_dir) / s.file), imgsz=imgsz, conf=min(conf, 0.25), verbose=False, device="cpu"
-        )[0]
-        names = result.names
-        boxes = [
-            (names[int(c)], float(p))
-            for c, p in zip(result.boxes.cls.tolist(), result.boxes.conf.tolist(), strict=True)
-        ]
-        pred = predicted_category(boxes, conf)
-        rows.append(
-            {
-                "file": s.file,
-                "expected": s.expected_category,
-                "predicted": pred,
-                "correct": pred == s.expected_category,
-            }
-        )
-    correct = sum(1 for r in rows if r["correct"] is True)
+    items = [Item(Path(samples_dir) / s.file, s.expected_category, compartments[s.expected_category])
+             for s in samples]
+    frames = int(DetectorConfig.model_fields["frames_per_decision"].default)
+    routed = route(observe(model, items, frames=frames, vary=False), policy, compartments)
+    rows = [{"file": r["image"], "expected": r["expected_category"], "expected_compartment": r["expected_compartment"],
+             "predicted": r["category"], "compartment": r["compartment"], "confidence": r["confidence"],
+             "uncertain": r["uncertain"], "correct": r["compartment"] == r["expected_compartment"]}
+            for r in routed["rows"]]
+    correct = sum(1 for r in rows if r["correct"])
     out = {
         "model": str(model_path),
-        "imgsz": imgsz,
-        "conf": conf,
-        "rule": "predicted category = detector class with the highest summed confidence over boxes >= conf",
+        "imgsz": model.imgsz,
+        "min_confidence": policy.min_confidence,
+        "min_margin": policy.min_margin,
+        "thresholds_from": source["min_confidence"],
+        "rule": (f"the daemon's onnxruntime path and {frames}-frame vote on a still image (as the simulation shows it), "
+                 f"min_confidence {policy.min_confidence:.2f}, min_margin {policy.min_margin:.2f}; correct = routed "
+                 "to the expected category's compartment"),
         "correct": correct,
+        "category_correct": sum(1 for r in rows if r["predicted"] == r["expected"]),
         "total": len(rows),
         "share": round(correct / len(rows), 4) if rows else 0.0,
         "rows": rows,
     }
-    logger.info("samples: %d/%d correct with %s", correct, len(rows), model_path)
+    logger.info("samples: %d/%d routed to the expected compartment by %s", correct, len(rows), model_path)
     return out

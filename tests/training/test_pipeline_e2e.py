@@ -11,6 +11,10 @@ import yaml
 
 from smartbin_daemon.training.cli import main
 
+from .conftest import MODELS_DIR, SHIPPED_NAME
+
+SHIPPED = MODELS_DIR / f"{SHIPPED_NAME}.onnx"
+
 
 @pytest.mark.slow
 def test_all_tiny(
@@ -46,7 +50,9 @@ def test_all_tiny(
             "--eval-batch",
             "4",
             "--samples-dir",
-            str(tmp_path / "no-samples"),
+            str(samples_dir),
+            "--compare",
+            str(SHIPPED),
         ]
     )
     assert rc == 0
@@ -70,7 +76,22 @@ def test_all_tiny(
     gt_boxes = sum(r["instances"] for r in metrics["eval_onnx"]["per_category"].values())
     assert sum(sum(row[:-1]) for row in confusion["matrix_predicted_by_true"]) == gt_boxes > 0
 
+    # the vote thresholds were chosen on the valid items through the daemon's path and travel with the model
+    routing = metrics["routing"]
+    valid = len(list((tmp_path / "work" / "tiny" / "dataset" / "images" / "val").iterdir()))
+    assert routing["items"] + sum(routing["skipped"].values()) == valid
+    assert sum(sum(row.values()) for row in routing["matrix_expected_by_routed"].values()) == routing["items"]
+    assert classes["thresholds"]["min_confidence"] == routing["min_confidence"]
+    assert classes["thresholds"]["min_margin"] == routing["min_margin"] and "valid split" in classes["thresholds"]["rule"]
+    assert metrics["samples"]["total"] == 20 and metrics["samples"]["min_confidence"] == routing["min_confidence"]
+    assert {r["expected_compartment"] for r in metrics["samples"]["rows"]} <= set(classes["compartments"])
+    speed = metrics["comparison"]["models"]
+    assert set(speed) == {"tiny", SHIPPED.stem} and speed[SHIPPED.stem]["ratio"] == 1.0
+    assert speed["tiny"]["imgsz"] == 64 and speed[SHIPPED.stem]["map50"] is not None
+
     card = (models / "tiny.md").read_text()
+    assert f"min_confidence {routing['min_confidence']:.2f}, min_margin {routing['min_margin']:.2f}" in card
+    assert "## Model size: measured side by side" in card and f"| {SHIPPED.stem} |" in card
     for needle in (
         "CC BY 4.0",
         "ashish-patel-ids8b",

@@ -9,7 +9,6 @@ import pytest
 
 from smartbin_daemon.training.dataset import label_path_for, parse_dataset_arg
 from smartbin_daemon.training.evaluate import top_confusions
-from smartbin_daemon.training.samples import predicted_category
 
 
 def test_top_confusions_orders_off_diagonal_and_background() -> None:
@@ -26,12 +25,6 @@ def test_top_confusions_orders_off_diagonal_and_background() -> None:
     assert top[2]["share_of_true"] is None
     only_classes = top_confusions(matrix, names, include_background=False)
     assert [(c["true"], c["predicted"]) for c in only_classes] == [("glass", "plastic")]
-
-
-def test_predicted_category_sums_confidence() -> None:
-    boxes = [("metal", 0.5), ("plastic", 0.3), ("plastic", 0.3), ("glass", 0.05)]
-    assert predicted_category(boxes, conf=0.1) == "plastic"
-    assert predicted_category([("glass", 0.05)], conf=0.1) is None
 
 
 def test_parse_dataset_arg_and_label_path(tmp_path: Path) -> None:
