@@ -472,7 +472,7 @@ enabled = det.get("enabled", False)
 if isinstance(enabled, str):
     enabled = enabled.strip().lower() in ("1", "true", "yes", "on")
 backend = det.get("backend") or "auto"
-model = str(det.get("model") or "/opt/smartbin/models/smartbin-waste-nano.onnx")
+model = str(det.get("model") or "/opt/smartbin/models/smartbin-waste-s.onnx")
 if not enabled:
     print("lean", "detector.enabled is false")
 elif backend == "ultralytics":

@@ -98,7 +98,7 @@ def test_status_shows_daemon_links_workflow_and_every_compartment_with_a_fill_ba
     assert re.search(r"^daemon\s+v\S+ · up .* failed: none", out, re.M), out
     assert re.search(r"^arduino\s+connected · port \S+arduino-sim\.tty · firmware smartbin-fw", out, re.M), out
     assert re.search(r"^camera\s+connected · [\d.]+ fps", out, re.M), out
-    assert re.search(r"^detector\s+smartbin-waste-nano\.onnx on cpu .* inference p50 [\d.]+ ms", out, re.M), out
+    assert re.search(r"^detector\s+smartbin-waste-s\.onnx on cpu .* inference p50 [\d.]+ ms", out, re.M), out
     assert re.search(r"^sorting\s+(idle|item_present|classifying|routing|confirming|blocked|error) · \d+ sorted", out, re.M), out
     for cid in ("recycling", "paper", "residual"):
         assert re.search(rf"^  {cid}\s+\[[#.]{{20}}\]\s+\d+\.\d%  \S+\s+\d+ items  ", out, re.M), out
@@ -193,7 +193,7 @@ def test_doctor_against_the_simulation_config(sim: Sim) -> None:
         assert by_check["disk"].startswith("OK    "), by_check["disk"]
     systemd = [line for line in lines if "systemd unit:" in line]
     assert len(systemd) == 1 and systemd[0].startswith("WARN  ") and " — " in systemd[0], systemd
-    assert "smartbin-waste-nano.onnx" in by_check["model"] and "8 classes" in by_check["model"]
+    assert "smartbin-waste-s.onnx" in by_check["model"] and "8 classes" in by_check["model"]
     assert all(re.match(r"^(OK  |WARN|FAIL)  [a-z ]+: ", line) for line in lines), lines
     assert result.returncode == (1 if any(line.startswith("FAIL") for line in lines) else 0)
     assert result.returncode == 0, result.stdout

@@ -63,7 +63,7 @@ SECRET = "privilege-test-" + "5e" * 16
 REVOKED_KEY = "nodered"
 REVOKED_SECRET = "revoked-key-" + "7a" * 16
 """A key that was configured and then revoked (`security.keys.nodered.revoked: true`)."""
-MODEL = (REPO / "models" / "smartbin-waste-nano.onnx").resolve()
+MODEL = (REPO / "models" / "smartbin-waste-s.onnx").resolve()
 SAMPLES = sorted((REPO / "tests" / "data" / "samples").glob("*.jpg"))[:2]
 FULL_FILL_MM = 490.0
 """Simulated fill height that makes every compartment `full` (98 % of the 500 mm span)."""

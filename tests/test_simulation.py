@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import yaml
 
 from smartbin_daemon.hardware.arduino.simulator import SimulatedArduino
 
-from .conftest import Broker, DaemonProcess, Probe, simulation_doc, write_config
+from .conftest import REPO, Broker, DaemonProcess, Probe, simulation_doc, write_config
 
 ROOT = "smartbin/sim-bin"
 
@@ -81,7 +82,7 @@ def test_simulated_items_trigger_detections_with_the_shipped_model(
     daemon = daemon_factory(path)
     event = probe.wait_for(f"{ROOT}/event/detection", timeout=60).json()["data"]
     assert event["category"] in {"plastic", "metal", "glass", "paper_cardboard", "organic", "e_waste", "hazardous", "residual"}
-    assert event["frames"] == 5 and event["model"] == "smartbin-waste-nano.onnx"
+    assert event["frames"] == 5 and event["model"] == "smartbin-waste-s.onnx"
     assert event["snapshot"] and Path(event["snapshot"]).is_file(), "the event references a saved snapshot"
     snapshot = probe.wait_for(f"{ROOT}/detector/snapshot")
     assert snapshot.payload[:2] == b"\xff\xd8", "a JPEG for the HA image entity"
@@ -90,4 +91,39 @@ def test_simulated_items_trigger_detections_with_the_shipped_model(
     assert probe.wait_for(f"{ROOT}/simulation", lambda m: m.json()["items"] >= 1).json()["samples"] >= 10
     camera = probe.wait_for(f"{ROOT}/camera", lambda m: m.json()["status"] == "connected").json()
     assert camera["kind"] == "images"
+    assert "Traceback" not in daemon.log()
+
+
+def test_the_simulation_sorts_the_samples_as_the_model_card_says(
+        tmp_path: Path, broker: Broker, probe_factory: Callable[..., Probe],
+        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    """Each of the 20 sample images shown once to the file camera: the daemon, at the thresholds its model brings,
+    routes about as many to the expected compartment as the card claims (the simulation re-encodes each image),
+    and sorts some into a compartment other than residual as the card says it does."""
+    model = REPO / "config" / yaml.safe_load((REPO / "config" / "simulation.yaml").read_text())["detector"]["model"]
+    classes = yaml.safe_load(model.with_name(f"{model.stem}.classes.yaml").read_text())
+    compartment = {c["category"]: c["compartment"] for c in classes["classes"]}
+    card = json.loads(model.with_name(f"{model.stem}.metrics.json").read_text())["samples"]
+    claimed = card["correct"]
+    sorted_into = {r["compartment"] for r in card["rows"] if r["correct"] and r["compartment"] != "residual"}
+    probe = probe_factory(broker.port)
+    probe.subscribe("smartbin/#")
+    path = simulation_config(tmp_path, broker.port)
+    doc = yaml.safe_load(path.read_text())
+    doc["simulation"].update(item_interval_s=2.5, item_dwell_s=1.5, seed=3)
+    path.write_text(yaml.safe_dump(doc))
+    daemon = daemon_factory(path)
+    probe.wait_for(f"{ROOT}/simulation", lambda m: m.json()["items"] >= 21, timeout=150)
+    routed: list[tuple[str, str]] = []  # (expected category, compartment decided), in arrival order
+    showing: str | None = None
+    for m in probe.under(ROOT):
+        if m.topic == f"{ROOT}/simulation" and m.json()["current"] is not None:
+            showing = m.json()["expected_category"]
+        elif m.topic == f"{ROOT}/event/detection" and showing is not None:
+            routed.append((showing, m.json()["data"]["compartment"]))
+    assert len(routed) >= 20, routed
+    routed = routed[:20]
+    right = sum(1 for expected, got in routed if compartment[expected] == got)
+    assert right >= claimed - 2, routed
+    assert sorted_into and sorted_into & {got for _, got in routed}, (sorted_into, routed)  # not all to residual
     assert "Traceback" not in daemon.log()

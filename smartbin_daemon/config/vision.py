@@ -89,7 +89,7 @@ class DetectorConfig(_Model):
     """YOLO detector: model, inference settings, gating and the multi-frame vote."""
 
     enabled: bool = False
-    model: Path = Field(default=Path("/opt/smartbin/models/smartbin-waste-nano.onnx"),
+    model: Path = Field(default=Path("/opt/smartbin/models/smartbin-waste-s.onnx"),
                         description=".onnx (onnxruntime), or .pt, .engine, NCNN/OpenVINO folder (ultralytics)")
     classmap: Path | None = Field(default=None, description="default: <model stem>.classes.yaml beside the model")
     backend: Literal["auto", "onnxruntime", "ultralytics"] = Field(

@@ -132,7 +132,7 @@ class DetectorWorker(Worker):
         return [
             RequestSpec("model/reload", self.name, "Load (optionally another) model off the hot path, validate it with a "
                         "test inference and the class-map check, swap atomically; roll back on any failure.",
-                        ReloadArgs, privileged=True, example={"path": "/opt/smartbin/models/smartbin-waste-nano.onnx"}),
+                        ReloadArgs, privileged=True, example={"path": "/opt/smartbin/models/smartbin-waste-s.onnx"}),
             RequestSpec("snapshot", self.name, "Capture the current frame, save it and publish it as the latest snapshot "
                         "(optionally also into the active-learning dataset with its predicted boxes).",
                         SnapshotArgs, example={"dataset": False}),

@@ -56,8 +56,8 @@ from tests.bench.soak import mapped_libraries
 from tests.conftest import Broker, DaemonProcess, Probe, free_port, simulation_doc, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO / "models" / "smartbin-waste-nano.onnx"
-DEFAULT_CLASSMAP = REPO / "models" / "smartbin-waste-nano.classes.yaml"
+DEFAULT_MODEL = REPO / "models" / "smartbin-waste-s.onnx"
+DEFAULT_CLASSMAP = REPO / "models" / "smartbin-waste-s.classes.yaml"
 ROOT = "smartbin/sim-bin"
 CAMERA_FPS = 15.0
 TARGET_CPU_PCT = 1.5

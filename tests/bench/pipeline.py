@@ -83,7 +83,7 @@ from smartbin_daemon.vision.frames import Frame, LatestFrame
 from smartbin_daemon.vision.ultralytics_backend import configure_ultralytics
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO / "models" / "smartbin-waste-nano.onnx"
+DEFAULT_MODEL = REPO / "models" / "smartbin-waste-s.onnx"
 SAMPLES = REPO / "tests" / "data" / "samples"
 TARGET_RATIO = 0.95
 EXPECTED_ORT_VS_ULTRALYTICS = 0.5

@@ -58,7 +58,7 @@ RSS_GROWTH_LIMIT_PCT = 5.0
 RSS_CAP_MB = 200.0
 """RSS limit at the 10-minute mark, shipped ONNX model (MiB, like every RSS figure here)."""
 RSS_CAP_AT_S = 600.0
-SHIPPED_MODEL = "smartbin-waste-nano.onnx"
+SHIPPED_MODEL = "smartbin-waste-s.onnx"
 WINDOW = 3
 """Samples per robust window (first / last after warm-up)."""
 OUTCOME_GRACE_S = 40.0

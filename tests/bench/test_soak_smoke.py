@@ -126,9 +126,9 @@ def test_the_rss_cap_is_not_judged_for_a_short_run_or_without_a_cap() -> None:
 
 
 @pytest.mark.parametrize(("detector", "shipped"), [
-    ({"model": "/opt/smartbin/models/smartbin-waste-nano.onnx"}, True),
-    ({"model": "/x/smartbin-waste-nano.onnx", "backend": "onnxruntime"}, True),
-    ({"model": "/x/smartbin-waste-nano.onnx", "backend": "ultralytics"}, False),
+    ({"model": "/opt/smartbin/models/smartbin-waste-s.onnx"}, True),
+    ({"model": "/x/smartbin-waste-s.onnx", "backend": "onnxruntime"}, True),
+    ({"model": "/x/smartbin-waste-s.onnx", "backend": "ultralytics"}, False),
     ({"model": "/x/smartbin-arch.pt"}, False),
 ])
 def test_the_rss_cap_applies_to_the_shipped_onnx_model_only(detector: dict[str, Any], shipped: bool) -> None:

@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO_ROOT / "models"
 SAMPLES_DIR = REPO_ROOT / "tests" / "data" / "samples"
 CLASSMAP = REPO_ROOT / "config" / "training" / "waste_classmap.yaml"
-SHIPPED_NAME = "smartbin-waste-nano"
+SHIPPED_NAME = "smartbin-waste-s"
 
 
 def datasets_dir() -> Path:

@@ -35,7 +35,7 @@ def jitter(image: np.ndarray, i: int, rng: np.random.Generator) -> np.ndarray:
 
 def main() -> None:
     """Record, print a summary, write the JSON."""
-    model = load_model(REPO / "models" / "smartbin-waste-nano.onnx", classmap=None, device="cpu", imgsz=None,
+    model = load_model(REPO / "models" / "smartbin-waste-s.onnx", classmap=None, device="cpu", imgsz=None,
                        conf=0.25, iou=0.45, max_det=20)
     samples = yaml.safe_load((REPO / "tests/data/samples/samples.yaml").read_text())["samples"]
     rng = np.random.default_rng(42)

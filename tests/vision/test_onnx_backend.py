@@ -22,7 +22,7 @@ from .record_outputs import jitter
 from .tiny_model import IMGSZ, build_tiny_onnx, classes_yaml, offline_env
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "models" / "smartbin-waste-nano.onnx"
+SHIPPED = REPO / "models" / "smartbin-waste-s.onnx"
 SHIPPED_IMGSZ = int(yaml.safe_load(SHIPPED.with_name(f"{SHIPPED.stem}.classes.yaml").read_text())["imgsz"])
 SAMPLES = REPO / "tests" / "data" / "samples"
 
