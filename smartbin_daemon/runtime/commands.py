@@ -2,16 +2,20 @@
 
 Why here (foundation) and not in mqtt/: components declare the commands they own without
 importing the MQTT component; the MQTT component only parses, validates and routes.
+A component declares a command on the method that serves it (`@command(...)`); the `Worker` base
+turns those declarations into catalogue entries (`Worker.requests()`) and serves requests with them
+(`Worker.answer()`), so a command's schema and its handler cannot drift apart.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -86,11 +90,77 @@ class ArgIn:
 
 
 class RequestError(Exception):
-    """A request that cannot be served; the message goes back in the error response."""
+    """The one error a request handler (or the registry's parse) raises: the message is the answer, `data` goes along."""
 
-    def __init__(self, message: str, transaction: Any = None) -> None:
+    def __init__(self, message: str, transaction: Any = None, *, data: Any = None) -> None:
         super().__init__(message)
         self.transaction = transaction
+        self.data = data
+
+
+class _AnsweredLater:
+    """Type of ANSWERED_LATER."""
+
+    def __repr__(self) -> str:
+        return "ANSWERED_LATER"
+
+
+ANSWERED_LATER: Final = _AnsweredLater()
+"""What a handler returns when it answers the request later itself (from a thread, the App or the MCU's ACK)."""
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class CommandDecl:
+    """A command as declared on its handler: everything of its `RequestSpec` but the owner (the worker's name)."""
+
+    command: str
+    args: type[BaseModel]
+    summary: str
+    privileged: bool = False
+    example: dict[str, Any] = field(default_factory=dict)
+    privileged_when: Callable[[dict[str, Any]], bool] | None = None
+
+    def spec(self, owner: str) -> RequestSpec:
+        """The catalogue entry of this command when `owner` serves it."""
+        return RequestSpec(self.command, owner, self.summary, self.args, privileged=self.privileged,
+                           example=dict(self.example), privileged_when=self.privileged_when)
+
+
+_DECL_ATTR = "__smartbin_command__"
+
+
+def command(name: str, args: type[BaseModel] = NoArgs, *, summary: str, privileged: bool = False,
+            example: dict[str, Any] | None = None,
+            privileged_when: Callable[[dict[str, Any]], bool] | None = None) -> Callable[[Handler], Handler]:
+    """Declare `handler(self, req, args)` as a command's: it returns the data, raises RequestError, or ANSWERED_LATER."""
+    if not valid_command(name):
+        raise ValueError(f"invalid command name {name!r}")
+    decl = CommandDecl(name, args, summary, privileged, dict(example or {}), privileged_when)
+
+    def mark(handler: Handler) -> Handler:
+        setattr(handler, _DECL_ATTR, decl)
+        return handler
+
+    return mark
+
+
+@functools.cache
+def declared_commands(cls: type) -> dict[str, tuple[CommandDecl, str]]:
+    """The commands a class declares (its bases' too, a subclass's winning): name -> (declaration, method name)."""
+    found: dict[str, tuple[CommandDecl, str]] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            decl = getattr(value, _DECL_ATTR, None)
+            if isinstance(decl, CommandDecl):
+                found[decl.command] = (decl, attr)
+    return found
+
+
+def declared_specs(cls: type, owner: str) -> list[RequestSpec]:
+    """Catalogue entries of every command a class declares, in declaration order, owned by `owner`."""
+    return [decl.spec(owner) for decl, _ in declared_commands(cls).values()]
 
 
 @dataclass(frozen=True)
@@ -174,7 +244,7 @@ class RequestRegistry:
         try:
             model = spec.args.model_validate(args)
         except ValidationError as exc:
-            raise RequestError("; ".join(_field_errors(exc)), transaction) from None
+            raise RequestError("; ".join(field_errors(exc)), transaction) from None
         return ParsedRequest(spec=spec, args=model.model_dump(mode="json"), transaction=transaction, raw_args=args,
                              auth=body.get("auth"))
 
@@ -217,7 +287,8 @@ class RateLimiter:
         return (1.0 - tokens) / rate
 
 
-def _field_errors(exc: ValidationError) -> list[str]:
+def field_errors(exc: ValidationError) -> list[str]:
+    """A validation error as the field errors a requester reads: `args.<field>: <message>`."""
     out: list[str] = []
     for err in exc.errors(include_url=False):
         loc = ".".join(_key(p) for p in err.get("loc", ()))

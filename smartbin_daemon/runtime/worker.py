@@ -1,4 +1,5 @@
-"""The worker base every component thread is built on: a name, a stop event, a heartbeat, a bounded loop."""
+"""The worker base every component thread is built on: a name, a stop event, a heartbeat, a bounded loop, and
+the serving of the requests it declares with `@command` (runtime/commands.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .bus import Bus, Subscription
+from pydantic import ValidationError
+
+from .bus import Bus, Request, Response, Subscription
+from .commands import ANSWERED_LATER, RequestError, RequestSpec, declared_commands, field_errors
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +124,57 @@ class Worker:
         self.stop_event.set()
         if self.inbox is not None:
             self.inbox.wake()
+
+    # -- requests ------------------------------------------------------------
+
+    def requests(self) -> list[RequestSpec]:
+        """Catalogue entries of the commands this worker declares (`@command`) and offers, owned by its name."""
+        specs = (self.offer(decl.spec(self.name)) for decl, _ in declared_commands(type(self)).values())
+        return [spec for spec in specs if spec is not None]
+
+    def offer(self, spec: RequestSpec) -> RequestSpec | None:
+        """Hook: the catalogue entry to offer for a declared command (None: not offered with this config)."""
+        return spec
+
+    def answer(self, req: Request) -> None:
+        """Serve a request with its declared handler: validate the args (internal requests too), call it, answer."""
+        declared = declared_commands(type(self)).get(req.command)
+        if declared is None:
+            self.refuse(req, f"{self.name} does not handle {req.command!r}")
+            return
+        decl, attr = declared
+        try:
+            args = decl.args.model_validate(req.args)
+        except ValidationError as exc:
+            self.refuse(req, "; ".join(field_errors(exc)))
+            return
+        handler = getattr(self, attr)
+        self.serve(req, lambda: handler(req, args))
+
+    def serve(self, req: Request, work: Callable[[], Any]) -> None:
+        """Run `work` and answer `req` with its result (unless ANSWERED_LATER); never raises. Any thread may call it."""
+        try:
+            data = work()
+        except RequestError as exc:
+            self.refuse(req, str(exc), exc.data)
+        except Exception as exc:  # noqa: BLE001 - a request gets an answer, it does not crash the worker
+            self.request_crashed(req, exc)
+        else:
+            if data is not ANSWERED_LATER:
+                self.reply(req, data)
+
+    def reply(self, req: Request, data: Any = None) -> None:
+        """Answer a request: done, with `data`."""
+        self.bus.publish(Response(req.request_id, req.command, True, data=data))
+
+    def refuse(self, req: Request, error: str, data: Any = None) -> None:
+        """Answer a request: not served, with the message for the requester (and optional `data`)."""
+        self.bus.publish(Response(req.request_id, req.command, False, data=data, error=error))
+
+    def request_crashed(self, req: Request, exc: Exception) -> None:
+        """A handler raised something other than RequestError: log it with its traceback and answer with its type."""
+        logger.exception("%s: request %s failed", self.name, req.command)
+        self.refuse(req, f"{type(exc).__name__}: {exc}")
 
     def publish_state(self, build: Callable[[], dict[str, Any]], force: bool = False) -> None:
         """Publish `build()` as this component's state when forced, when it changed (rate-limited), or
