@@ -19,11 +19,10 @@ from .config import Config, ConfigError, config_diff, load_config
 from .control import (
     EX_TEMPFAIL,
     RESTART_GRACE_S,
+    ActionKind,
     AppAction,
     ConfigApplied,
     DaemonControl,
-    RequestFailed,
-    core_requests,
     rollback_config_file,
     set_config_file,
 )
@@ -31,7 +30,7 @@ from .logs import LoggingSetup, ev
 from .mqtt.client import MqttWorker
 from .mqtt.outbox import Outbox
 from .runtime.bus import Alert, Bus, Response
-from .runtime.commands import RequestRegistry
+from .runtime.commands import ANSWERED_LATER, RequestError, RequestRegistry
 from .runtime.notify import Notifier
 from .runtime.supervisor import RestartPolicy, Supervisor
 from .runtime.worker import Worker
@@ -40,8 +39,6 @@ from .store import DB_NAME, Store
 logger = logging.getLogger(__name__)
 
 SUPERVISE_INTERVAL_S = 0.5
-_ANSWERED = object()
-"""What an action handler returns when it has answered the request itself."""
 
 WorkerFactory = Callable[[Config], Worker]
 
@@ -99,6 +96,14 @@ class App:
         self._hung_reported: set[str] = set()
         self.simulated_arduino: Any = None
         self._actions = self.bus.subscribe("app", (AppAction,), maxsize=100)
+        self._action_handlers: dict[ActionKind, Callable[[AppAction], Any]] = {
+            ActionKind.CONFIG_SET: self._change_config,
+            ActionKind.CONFIG_ROLLBACK: self._change_config,
+            ActionKind.RESTART_WORKER: self._restart_worker,
+            ActionKind.REFRESH_WORKER: self._restart_worker,
+            ActionKind.EXIT: self._exit,
+        }
+        """The main-thread work of each action kind; a handler returns the answer's data or ANSWERED_LATER."""
         self._exit_at: float | None = None
         self.exit_code = 0
         """The process exit status `run` returns: EX_TEMPFAIL after a requested daemon restart."""
@@ -110,7 +115,6 @@ class App:
         steps: list[tuple[str, Callable[[], Callable[[], None] | None]]] = [
             ("storage", self._start_storage),
             ("outbox", self._start_outbox),
-            ("requests", self._start_requests),
             ("simulators", self._start_simulators),
             ("workers", self._start_workers),
         ]
@@ -153,11 +157,6 @@ class App:
         if self.store.recovered_from is not None:
             self.bus.raise_alert(Alert(source="storage", code="db_recovered", severity="critical",
                                        message=f"database was unusable and moved aside to {self.store.recovered_from}"))
-        return None
-
-    def _start_requests(self) -> None:
-        for spec in core_requests():
-            self.registry.register(spec)
         return None
 
     def _start_simulators(self) -> Callable[[], None] | None:
@@ -226,19 +225,18 @@ class App:
             sim_arduino = self.simulated_arduino
             self._factories["simulation"] = lambda cfg: ItemFeeder(self.bus, cfg.simulation, Path(cfg.storage.path),
                                                                    bins=cfg.bins, arduino=sim_arduino)
-        workers = {name: factory(self.cfg) for name, factory in self._factories.items()}
-        # GPIO owns lid/led/buzzer when those devices are on the header; the Arduino owns the rest.
-        gpio_specs = workers["gpio"].requests() if "gpio" in workers else []  # type: ignore[attr-defined]
-        for spec in gpio_specs:
-            self.registry.register(spec)
-        for name in ("arduino", "detector", "fill", "workflow"):
-            if name in workers:
-                for spec in workers[name].requests():  # type: ignore[attr-defined]
-                    self.registry.register(spec)
-        for worker in workers.values():
+        workers = [factory(self.cfg) for factory in self._factories.values()]
+        self._register_requests(workers)
+        for worker in workers:
             self.supervisor.add(worker)
         self.supervisor.start_all()
         return self._stop_workers
+
+    def _register_requests(self, workers: list[Worker]) -> None:
+        """Register what each worker offers (GPIO: lid/led/buzzer of configured devices; the Arduino: the rest)."""
+        for worker in workers:
+            for spec in worker.requests():
+                self.registry.register(spec)
 
     def _stop_workers(self) -> None:
         # The MQTT worker is stopped last so it can still publish what the others say on the way down.
@@ -381,17 +379,18 @@ class App:
         """Do the work the `daemon` component queued for the main thread, answering each request."""
         while (action := self._actions.get(0)) is not None:
             try:
-                data = self._run_action(action)
-                if data is _ANSWERED:
+                data = self._action_handlers[action.kind](action)
+                if data is ANSWERED_LATER:
                     continue
-            except RequestFailed as exc:
+            except RequestError as exc:
                 self._answer(action, False, exc.data, str(exc))
             except ConfigError as exc:
                 self._answer(action, False, {"errors": exc.errors},
                              f"{exc.path}: invalid configuration ({len(exc.errors)} error(s)): " + "; ".join(exc.errors))
             except OSError as exc:
                 hint = ""
-                if action.kind.startswith("config_") and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                config = action.kind in (ActionKind.CONFIG_SET, ActionKind.CONFIG_ROLLBACK)
+                if config and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                     hint = (" (the daemon may not write its config folder: under the shipped systemd unit it is "
                             "read-only; see the README, Remote configuration)")
                 logger.error("%s failed: %s%s", action.command, exc, hint, extra=ev("config_write_failed"))
@@ -406,34 +405,32 @@ class App:
         if action.request_id is not None:
             self.bus.publish(Response(action.request_id, action.command, ok, data=data, error=error))
 
-    def _run_action(self, action: AppAction) -> Any:
-        if action.kind in ("config_set", "config_rollback"):
-            return self._change_config(action)
-        if action.kind in ("restart_worker", "refresh_worker"):
-            name = str(action.args.get("component"))
-            known = self.supervisor.names()
-            if name not in known:
-                raise RequestFailed(f"unknown component {name!r}; known: {', '.join(known)} (or null/'daemon' for the "
-                                    "whole daemon)", {"known": known})
-            if name == "mqtt" and action.request_id is not None:
-                # Answers travel through this worker: answer first; it sends queued answers before it stops.
-                self._answer(action, True, {"component": name, "restarted": True, "status": "restarting"}, None)
-                self.supervisor.restart(name)
-                return _ANSWERED
+    def _restart_worker(self, action: AppAction) -> Any:
+        """restart_worker / refresh_worker: restart one worker through the supervisor."""
+        name = str(action.args.get("component"))
+        known = self.supervisor.names()
+        if name not in known:
+            raise RequestError(f"unknown component {name!r}; known: {', '.join(known)} (or null/'daemon' for the "
+                               "whole daemon)", data={"known": known})
+        if name == "mqtt" and action.request_id is not None:
+            # Answers travel through this worker: answer first; it sends queued answers before it stops.
+            self._answer(action, True, {"component": name, "restarted": True, "status": "restarting"}, None)
             self.supervisor.restart(name)
-            self.supervisor.publish_state()
-            return {"component": name, "restarted": True, "status": self.supervisor.table()[name]["status"]}
-        if action.kind == "exit":
-            self.exit_code = EX_TEMPFAIL
-            self._exit_at = time.monotonic() + RESTART_GRACE_S
-            return None
-        raise RequestFailed(f"unknown action {action.kind!r}")
+            return ANSWERED_LATER
+        self.supervisor.restart(name)
+        self.supervisor.publish_state()
+        return {"component": name, "restarted": True, "status": self.supervisor.table()[name]["status"]}
+
+    def _exit(self, action: AppAction) -> None:
+        """exit: stop after a grace period (the answer leaves first) with EX_TEMPFAIL, so systemd restarts us."""
+        self.exit_code = EX_TEMPFAIL
+        self._exit_at = time.monotonic() + RESTART_GRACE_S
 
     def _change_config(self, action: AppAction) -> object:
         """config/set or config/rollback: write the file atomically, then apply it like SIGHUP."""
         if self.config_path is None:
-            raise RequestFailed("the daemon was started without a config file; there is nothing to change")
-        if action.kind == "config_set":
+            raise RequestError("the daemon was started without a config file; there is nothing to change")
+        if action.kind == ActionKind.CONFIG_SET:
             try:
                 prev = set_config_file(self.config_path, action.args.get("config") or {})
             except ConfigError as exc:
@@ -449,6 +446,6 @@ class App:
         previous = str(prev) if prev is not None else None
         result = self.reload(source, answer=lambda r: self._answer(action, True, {**r, "previous": previous}, None))
         if "error" in result:
-            raise RequestFailed(f"the file was written but the reload rejected it: {'; '.join(result['error'])}",
-                                {"errors": result["error"], "previous": previous})
-        return _ANSWERED
+            raise RequestError(f"the file was written but the reload rejected it: {'; '.join(result['error'])}",
+                               data={"errors": result["error"], "previous": previous})
+        return ANSWERED_LATER

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -38,15 +39,20 @@ from .clock import iso_utc
 from .config import REDACTED, Config, ConfigError, load_config, parse_config, redacted_dict
 from .logs import ev, under_systemd
 from .runtime import files
-from .runtime.bus import Bus, Discovery, Entity, Request, Response, StateUpdate
-from .runtime.commands import RequestRegistry, RequestSpec
+from .runtime.bus import Bus, Discovery, Entity, Request, StateUpdate
+from .runtime.commands import (
+    ANSWERED_LATER,
+    NoArgs,
+    RequestError,
+    RequestRegistry,
+    RequestSpec,
+    command,
+    declared_specs,
+)
 from .runtime.supervisor import WorkersChanged
 from .runtime.worker import Worker
 
 logger = logging.getLogger(__name__)
-
-_ANSWERED_LATER = object()
-"""What a request handler returns when the answer comes later (from a thread or from the App)."""
 
 STATE_FILE = "state.json"
 STATE_FILE_INTERVAL_S = 30.0
@@ -92,24 +98,27 @@ CLEANUP_KEEP: dict[str, frozenset[str]] = {"evidence": frozenset(),
 detector writes only when it starts."""
 
 
+class ActionKind(str, Enum):
+    """The work the App's main thread does for the `daemon` component."""
+
+    CONFIG_SET = "config_set"
+    CONFIG_ROLLBACK = "config_rollback"
+    RESTART_WORKER = "restart_worker"
+    REFRESH_WORKER = "refresh_worker"
+    EXIT = "exit"
+
+
 @dataclass(frozen=True)
 class AppAction:
-    """Work for the main thread: `config_set`, `config_rollback`, `restart_worker`, `refresh_worker` or `exit`.
+    """Work for the main thread (a kind given as a string is converted). The App answers `request_id` (if not None)."""
 
-    The App answers `request_id` itself (no answer when it is None)."""
-
-    kind: str
+    kind: ActionKind
     command: str
     request_id: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
 
-
-class RequestFailed(Exception):
-    """A request that cannot be served: the message is the error answer, `data` goes along with it."""
-
-    def __init__(self, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.data = data
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ActionKind(self.kind))
 
 
 class ConfigSetArgs(BaseModel):
@@ -143,28 +152,6 @@ class CleanupArgs(BaseModel):
     what: list[CleanupTarget] = Field(
         default_factory=_all_cleanup_targets, min_length=1,
         description="evidence: the annotated snapshots; dataset: the active-learning images and labels")
-
-
-def core_requests() -> list[RequestSpec]:
-    """Commands owned by the daemon component."""
-    return [
-        RequestSpec("ping", "daemon", "Liveness check; answers with version and uptime."),
-        RequestSpec("status", "daemon", "Every component's current state in one answer."),
-        RequestSpec("config/get", "daemon", "The effective configuration, secrets redacted."),
-        RequestSpec("help", "daemon", "This catalogue: every command with its argument schema and an example."),
-        RequestSpec("config/set", "daemon", "Deep-merge a partial document into the config file, validate it, write it "
-                    "atomically (the old file kept as <file>.prev) and apply it like SIGHUP.", ConfigSetArgs,
-                    privileged=True, example={"config": {"logging": {"level": "DEBUG"}}}),
-        RequestSpec("config/rollback", "daemon", "Swap the config file with <file>.prev and apply it like SIGHUP.",
-                    privileged=True),
-        RequestSpec("restart", "daemon", "Restart one worker, or (null/'daemon') the whole daemon: it answers, stops "
-                    f"cleanly and exits {EX_TEMPFAIL} so systemd starts it again.", RestartArgs, privileged=True,
-                    example={"component": "camera"}),
-        RequestSpec("logs/bundle", "daemon", "Write a support bundle (24 h of journal, redacted config, states, "
-                    f"versions, workers) to <storage.path>/{BUNDLE_DIR}/; the newest {BUNDLE_KEEP} are kept."),
-        RequestSpec("storage/cleanup", "daemon", "Delete the evidence snapshots and/or the active-learning dataset "
-                    "images and labels.", CleanupArgs, privileged=True, example={"what": ["evidence"]}),
-    ]
 
 
 # --------------------------------------------------------------------------- config file: merge, write, roll back
@@ -268,7 +255,7 @@ def rollback_config_file(path: Path) -> Path:
     target = config_target(path)
     prev = prev_path(target)
     if not prev.is_file():
-        raise RequestFailed(f"nothing to roll back to: {prev} does not exist (it is written by config/set)")
+        raise RequestError(f"nothing to roll back to: {prev} does not exist (it is written by config/set)")
     data = prev.read_bytes()
     load_config(prev)  # a broken .prev (edited by hand) is refused: ConfigError
     written = write_atomic(target, data)
@@ -409,7 +396,7 @@ def empty_folder(root: Path, storage: Path, keep_top: frozenset[str] = frozenset
         return counts
     real_storage = Path(os.path.realpath(storage))
     if not _inside(Path(os.path.realpath(root)), real_storage):
-        raise RequestFailed(f"{root} leads outside {storage} (a symlinked folder); not touched")
+        raise RequestError(f"{root} leads outside {storage} (a symlinked folder); not touched")
     for dirpath, dirnames, filenames in os.walk(root, topdown=False, followlinks=False):
         here = Path(dirpath)
         # os.walk(followlinks=False) lists a symlink to a folder in dirnames without entering it: unlink the link.
@@ -484,7 +471,7 @@ class DaemonControl(Worker):
 
     def handle(self, msg: Any) -> None:
         if isinstance(msg, Request):
-            self._answer(msg)
+            self.answer(msg)
         elif isinstance(msg, WorkersChanged):
             self.workers = msg.table
             self._publish()
@@ -500,77 +487,76 @@ class DaemonControl(Worker):
         for job in list(self._jobs.values()):
             job.join(JOURNAL_TIMEOUT_S + 2.0)
 
-    def _answer(self, req: Request) -> None:
-        try:
-            data = self._dispatch(req)
-        except RequestFailed as exc:
-            self.bus.publish(Response(req.request_id, req.command, False, data=exc.data, error=str(exc)))
-            return
-        except Exception as exc:  # noqa: BLE001 - a bad request must get an answer, not a crash
-            logger.exception("request %s failed", req.command)
-            self.bus.publish(Response(req.request_id, req.command, False, error=f"{type(exc).__name__}: {exc}"))
-            return
-        if data is not _ANSWERED_LATER:
-            self.bus.publish(Response(req.request_id, req.command, True, data=data))
+    # -- requests --------------------------------------------------------------------------
 
-    def _dispatch(self, req: Request) -> Any:
-        if req.command == "ping":
-            return {"pong": True, "version": __version__, "device": self.cfg.device.id,
-                    "uptime_s": round(time.monotonic() - self.started_mono, 1)}
-        if req.command == "status":
-            return {"device": self.cfg.device.id, "components": self.bus.states()}
-        if req.command == "config/get":
-            return redacted_dict(self.cfg)
-        if req.command == "help":
-            return self.registry.catalogue()
-        if req.command in ("config/set", "config/rollback"):
-            kind = "config_set" if req.command == "config/set" else "config_rollback"
-            self.bus.publish(AppAction(kind, req.command, req.request_id, dict(req.args)))
-            return _ANSWERED_LATER
-        if req.command == "restart":
-            return self._restart(req)
-        if req.command == "logs/bundle":
-            return self._in_background(req, self._bundle)
-        if req.command == "storage/cleanup":
-            return self._in_background(req, lambda: self._cleanup(req.args.get("what") or list(CLEANUP_FOLDERS)))
-        raise ValueError(f"daemon does not handle {req.command!r}")
+    @command("ping", summary="Liveness check; answers with version and uptime.")
+    def _ping(self, req: Request, args: NoArgs) -> dict[str, Any]:
+        return {"pong": True, "version": __version__, "device": self.cfg.device.id,
+                "uptime_s": round(time.monotonic() - self.started_mono, 1)}
 
-    def _restart(self, req: Request) -> Any:
-        component = req.args.get("component")
-        if component in (None, self.name):
+    @command("status", summary="Every component's current state in one answer.")
+    def _status(self, req: Request, args: NoArgs) -> dict[str, Any]:
+        return {"device": self.cfg.device.id, "components": self.bus.states()}
+
+    @command("config/get", summary="The effective configuration, secrets redacted.")
+    def _config_get(self, req: Request, args: NoArgs) -> dict[str, Any]:
+        return redacted_dict(self.cfg)
+
+    @command("help", summary="This catalogue: every command with its argument schema and an example.")
+    def _help(self, req: Request, args: NoArgs) -> dict[str, Any]:
+        return self.registry.catalogue()
+
+    @command("config/set", ConfigSetArgs, privileged=True, example={"config": {"logging": {"level": "DEBUG"}}},
+             summary="Deep-merge a partial document into the config file, validate it, write it atomically (the old "
+                     "file kept as <file>.prev) and apply it like SIGHUP.")
+    def _config_set(self, req: Request, args: ConfigSetArgs) -> object:
+        self.bus.publish(AppAction(ActionKind.CONFIG_SET, req.command, req.request_id, args.model_dump(mode="json")))
+        return ANSWERED_LATER
+
+    @command("config/rollback", privileged=True,
+             summary="Swap the config file with <file>.prev and apply it like SIGHUP.")
+    def _config_rollback(self, req: Request, args: NoArgs) -> object:
+        self.bus.publish(AppAction(ActionKind.CONFIG_ROLLBACK, req.command, req.request_id))
+        return ANSWERED_LATER
+
+    @command("restart", RestartArgs, privileged=True, example={"component": "camera"},
+             summary="Restart one worker, or (null/'daemon') the whole daemon: it answers, stops cleanly and exits "
+                     f"{EX_TEMPFAIL} so systemd starts it again.")
+    def _restart(self, req: Request, args: RestartArgs) -> object:
+        if args.component in (None, self.name):
             systemd = under_systemd()
             logger.warning("daemon restart requested: answering, stopping cleanly, then exiting %d%s", EX_TEMPFAIL,
                            " (systemd starts it again)" if systemd else " (not under systemd: nothing will start it again)",
                            extra=ev("daemon_restart_requested"))
-            self.bus.publish(Response(req.request_id, req.command, True,
-                                      data={"component": self.name, "exiting": True, "exit_code": EX_TEMPFAIL,
-                                            "under_systemd": systemd, "stop_in_s": RESTART_GRACE_S}))
-            self.bus.publish(AppAction("exit", req.command))
-            return _ANSWERED_LATER
-        self.bus.publish(AppAction("restart_worker", req.command, req.request_id, {"component": component}))
-        return _ANSWERED_LATER
+            self.reply(req, {"component": self.name, "exiting": True, "exit_code": EX_TEMPFAIL,
+                             "under_systemd": systemd, "stop_in_s": RESTART_GRACE_S})
+            self.bus.publish(AppAction(ActionKind.EXIT, req.command))
+            return ANSWERED_LATER
+        self.bus.publish(AppAction(ActionKind.RESTART_WORKER, req.command, req.request_id,
+                                   {"component": args.component}))
+        return ANSWERED_LATER
 
-    def _in_background(self, req: Request, work: Callable[[], Any]) -> Any:
+    @command("logs/bundle", summary="Write a support bundle (24 h of journal, redacted config, states, versions, "
+                                    f"workers) to <storage.path>/{BUNDLE_DIR}/; the newest {BUNDLE_KEEP} are kept.")
+    def _logs_bundle(self, req: Request, args: NoArgs) -> object:
+        return self._in_background(req, self._bundle)
+
+    @command("storage/cleanup", CleanupArgs, privileged=True, example={"what": ["evidence"]},
+             summary="Delete the evidence snapshots and/or the active-learning dataset images and labels.")
+    def _storage_cleanup(self, req: Request, args: CleanupArgs) -> object:
+        what = list(args.what)
+        return self._in_background(req, lambda: self._cleanup(what))
+
+    def _in_background(self, req: Request, work: Callable[[], Any]) -> object:
         """Run slow file work in a thread (one per command at a time) that answers when done."""
         running = self._jobs.get(req.command)
         if running is not None and running.is_alive():
-            raise RequestFailed(f"{req.command} is already running; wait for its answer")
-
-        def job() -> None:
-            try:
-                data = work()
-            except RequestFailed as exc:
-                self.bus.publish(Response(req.request_id, req.command, False, data=exc.data, error=str(exc)))
-            except Exception as exc:  # noqa: BLE001 - answer, log, and keep the daemon running
-                logger.exception("request %s failed", req.command)
-                self.bus.publish(Response(req.request_id, req.command, False, error=f"{type(exc).__name__}: {exc}"))
-            else:
-                self.bus.publish(Response(req.request_id, req.command, True, data=data))
-
-        thread = threading.Thread(target=job, name=f"smartbin-{req.command.replace('/', '-')}", daemon=True)
+            raise RequestError(f"{req.command} is already running; wait for its answer")
+        thread = threading.Thread(target=self.serve, args=(req, work), daemon=True,
+                                  name=f"smartbin-{req.command.replace('/', '-')}")
         self._jobs[req.command] = thread
         thread.start()
-        return _ANSWERED_LATER
+        return ANSWERED_LATER
 
     def _bundle(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -578,7 +564,7 @@ class DaemonControl(Worker):
             result = build_bundle(Path(cfg.storage.path), cfg, self.bus.states(), dict(self.workers))
         except OSError as exc:
             logger.error("support bundle failed: %s", exc, extra=ev("bundle_failed"))
-            raise RequestFailed(f"cannot write the bundle below {Path(cfg.storage.path) / BUNDLE_DIR}: {exc}") from None
+            raise RequestError(f"cannot write the bundle below {Path(cfg.storage.path) / BUNDLE_DIR}: {exc}") from None
         logger.info("support bundle written: %s (%d bytes)", result["path"], result["bytes"], extra=ev("bundle_written"))
         return result
 
@@ -590,7 +576,7 @@ class DaemonControl(Worker):
         self.bus.emit_event("storage_cleaned", dict(result), self.name)
         if "detector" in self.workers and self.workers["detector"].get("status") == "running":
             # The detector keeps an index of its evidence files; a restart (the model stays loaded) rebuilds it.
-            self.bus.publish(AppAction("refresh_worker", "storage/cleanup", None, {"component": "detector"}))
+            self.bus.publish(AppAction(ActionKind.REFRESH_WORKER, "storage/cleanup", None, {"component": "detector"}))
             result["detector_refreshed"] = True
         return result
 
@@ -644,3 +630,8 @@ class DaemonControl(Worker):
             Entity("sensor", "daemon_failed_workers", "Failed workers", self.name,
                    "{{ value_json.failed_workers | length }}", {**diag, "icon": "mdi:alert-circle-outline"}),
         )
+
+
+def core_requests() -> list[RequestSpec]:
+    """Commands owned by the daemon component (as `DaemonControl` declares them)."""
+    return declared_specs(DaemonControl, "daemon")
