@@ -22,8 +22,8 @@ from ..clock import iso_utc
 from ..config import CameraConfig, DetectorConfig, EvidenceConfig
 from ..logs import ev
 from ..messages import Decision, DetectedBox, PresenceChanged
-from ..runtime.bus import Alert, BinaryPublish, Bus, Discovery, Entity, Request, Response
-from ..runtime.commands import RequestSpec
+from ..runtime.bus import Alert, BinaryPublish, Bus, Discovery, Entity, Request
+from ..runtime.commands import ANSWERED_LATER, RequestError, RequestSpec, command
 from ..runtime.worker import FatalWorkerError, Worker
 from .decision import VotePolicy, decide, effective_policy
 from .evidence import EvidenceStore
@@ -125,23 +125,6 @@ class DetectorWorker(Worker):
         self.last_decision: Decision | None = None
         self.warnings: list[str] = []
 
-    # -- catalogue -----------------------------------------------------------------------------
-
-    def requests(self) -> list[RequestSpec]:
-        """Commands owned by the detector."""
-        return [
-            RequestSpec("model/reload", self.name, "Load (optionally another) model off the hot path, validate it with a "
-                        "test inference and the class-map check, swap atomically; roll back on any failure.",
-                        ReloadArgs, privileged=True, example={"path": "/opt/smartbin/models/smartbin-waste-s.onnx"}),
-            RequestSpec("snapshot", self.name, "Capture the current frame, save it and publish it as the latest snapshot "
-                        "(optionally also into the active-learning dataset with its predicted boxes).",
-                        SnapshotArgs, example={"dataset": False}),
-            RequestSpec("detection", self.name, "Switch detection on/off and the continuous (debug) mode; off pauses "
-                        "sorting safely (items go to the fallback), continuous decisions can route items.",
-                        DetectionArgs, example={"enabled": True, "continuous": False},
-                        privileged_when=RequestSpec.arg_in("continuous", True)),
-        ]
-
     def entities(self) -> tuple[Entity, ...]:
         """HA entities of the detector."""
         diag = {"entity_category": "diagnostic"}
@@ -232,7 +215,7 @@ class DetectorWorker(Worker):
             if msg.present and self.enabled and self.cfg.gate == "presence" and self.gate_state == IDLE:
                 self._start_item(msg.mono, settle=True)
         elif isinstance(msg, Request):
-            self._on_request(msg)
+            self.answer(msg)
         elif isinstance(msg, _Loaded):
             self._on_loaded(msg)
 
@@ -350,44 +333,31 @@ class DetectorWorker(Worker):
 
     # -- requests -------------------------------------------------------------------------------------
 
-    def _reply(self, req: Request, ok: bool, data: Any = None, error: str | None = None) -> None:
-        self.bus.publish(Response(req.request_id, req.command, ok, data, error))
+    @command("model/reload", ReloadArgs, privileged=True,
+             example={"path": "/opt/smartbin/models/smartbin-waste-s.onnx"},
+             summary="Load (optionally another) model off the hot path, validate it with a test inference and the "
+                     "class-map check, swap atomically; roll back on any failure.")
+    def _model_reload(self, req: Request, args: ReloadArgs) -> object:
+        if self._loader is not None and self._loader.is_alive():
+            raise RequestError("a model reload is already in progress")
+        path = Path(args.path) if args.path else self.cfg.model
+        self._pending_reload = req
+        self._loader = threading.Thread(target=self._load_in_background, args=(path, req), daemon=True,
+                                        name="smartbin-model-loader")
+        self._loader.start()
+        return ANSWERED_LATER
 
-    def _on_request(self, req: Request) -> None:
-        if req.command == "detection":
-            if req.args.get("enabled") is not None:
-                self.enabled = bool(req.args["enabled"])
-                if not self.enabled:
-                    self.item, self.gate_state = None, IDLE
-            if req.args.get("continuous") is not None:
-                self.continuous = bool(req.args["continuous"])
-                if not self.continuous and self.item is not None and self.gate_state == COLLECTING:
-                    self.item, self.gate_state = None, IDLE
-            self._publish_state(force=True)
-            self._reply(req, True, {"enabled": self.enabled, "continuous": self.continuous})
-        elif req.command == "snapshot":
-            self._snapshot(req)
-        elif req.command == "model/reload":
-            if self._loader is not None and self._loader.is_alive():
-                self._reply(req, False, error="a model reload is already in progress")
-                return
-            path = Path(req.args["path"]) if req.args.get("path") else self.cfg.model
-            self._pending_reload = req
-            self._loader = threading.Thread(target=self._load_in_background, args=(path, req), daemon=True,
-                                            name="smartbin-model-loader")
-            self._loader.start()
-        else:
-            self._reply(req, False, error=f"detector does not handle {req.command!r}")
-
-    def _snapshot(self, req: Request) -> None:
+    @command("snapshot", SnapshotArgs, example={"dataset": False},
+             summary="Capture the current frame, save it and publish it as the latest snapshot (optionally also "
+                     "into the active-learning dataset with its predicted boxes).")
+    def _snapshot(self, req: Request, args: SnapshotArgs) -> object:
         """Save and publish the current frame; the evidence writer answers once the file is written."""
         latest = self.frames.latest()
         frame = self.frames.wait_newer(latest.seq if latest is not None else 0, SNAPSHOT_WAIT_S)  # asks for a decode
         if frame is None or not self._fresh(frame):
-            self._reply(req, False, error="no fresh camera frame (camera disconnected?)")
-            return
+            raise RequestError("no fresh camera frame (camera disconnected?)")
         boxes = None
-        if req.args.get("dataset") and self.model is not None:
+        if args.dataset and self.model is not None:
             boxes, _ = self.model.predict(frame.image)  # inference stays on the detector's thread
             self.inferences += 1
         store, image, seq = self.evidence, frame.image, frame.seq
@@ -395,17 +365,34 @@ class DetectorWorker(Worker):
 
         def done(path: Path | None, jpeg: bytes | None) -> None:  # on the writer's thread
             if path is None or jpeg is None:
-                self._reply(req, False, error="snapshot could not be saved (see evidence.skipped in the detector state)")
+                self.refuse(req, "snapshot could not be saved (see evidence.skipped in the detector state)")
                 return
             self.bus.publish(BinaryPublish(f"{self.name}/snapshot", jpeg))
             data: dict[str, Any] = {"path": str(path), "frame_seq": seq, "bytes": len(jpeg)}
             if boxes is not None:
                 saved = store.save_for_training(image, boxes, "request", force=True)
                 data["dataset_image"] = str(saved) if saved is not None else None
-            self._reply(req, True, data)
+            self.reply(req, data)
 
         if not self.evidence_writer.submit_frame_snapshot(image, done):
-            self._reply(req, False, error="the evidence writer is busy (queue full); try again")
+            raise RequestError("the evidence writer is busy (queue full); try again")
+        return ANSWERED_LATER
+
+    @command("detection", DetectionArgs, example={"enabled": True, "continuous": False},
+             privileged_when=RequestSpec.arg_in("continuous", True),
+             summary="Switch detection on/off and the continuous (debug) mode; off pauses sorting safely (items go "
+                     "to the fallback), continuous decisions can route items.")
+    def _detection(self, req: Request, args: DetectionArgs) -> dict[str, Any]:
+        if args.enabled is not None:
+            self.enabled = args.enabled
+            if not self.enabled:
+                self.item, self.gate_state = None, IDLE
+        if args.continuous is not None:
+            self.continuous = args.continuous
+            if not self.continuous and self.item is not None and self.gate_state == COLLECTING:
+                self.item, self.gate_state = None, IDLE
+        self._publish_state(force=True)
+        return {"enabled": self.enabled, "continuous": self.continuous}
 
     def _load_in_background(self, path: Path, req: Request) -> None:
         """Runs in a short-lived thread: load + warm-up + checks, then hand the result to the worker."""
@@ -427,16 +414,17 @@ class DetectorWorker(Worker):
             logger.error("model reload failed, keeping %s: %s", old.name if old else None, msg.error,
                          extra=ev("model_reload_failed"))
             if req is not None:
-                self._reply(req, False, {"model": old.name if old else None, "rolled_back": True},
-                            f"reload failed, kept the previous model: {msg.error}")
+                self.refuse(req, f"reload failed, kept the previous model: {msg.error}",
+                            {"model": old.name if old else None, "rolled_back": True})
             return
         self.model = msg.model  # atomic swap: the next inference uses the new model
         self.warnings = list(msg.model.warnings)
         self.item, self.gate_state = None, IDLE
         logger.info("model swapped: %s -> %s", old.name if old else None, msg.model.name, extra=ev("model_swapped"))
         if req is not None:
-            self._reply(req, True, {"model": msg.model.name, "previous": old.name if old else None,
-                                    "backend": msg.model.backend_name, "device": msg.model.device, "load_s": round(msg.model.load_s, 2)})
+            self.reply(req, {"model": msg.model.name, "previous": old.name if old else None,
+                             "backend": msg.model.backend_name, "device": msg.model.device,
+                             "load_s": round(msg.model.load_s, 2)})
         self._publish_state(force=True)
 
     def _policy(self) -> tuple[VotePolicy, dict[str, str]]:
