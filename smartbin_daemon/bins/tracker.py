@@ -7,6 +7,7 @@ gates them all at once, and the persistence is one transaction per change.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,8 +27,8 @@ from ..messages import (
     MaintenanceChanged,
     TemperatureReading,
 )
-from ..runtime.bus import Alert, Bus, Discovery, Entity, Request, Response
-from ..runtime.commands import RequestSpec
+from ..runtime.bus import Alert, Bus, Discovery, Entity, Request
+from ..runtime.commands import RequestError, RequestSpec, command
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
 from ..store import Store
@@ -140,20 +141,10 @@ class FillTracker(Worker):
 
     # -- catalogue -------------------------------------------------------------------------
 
-    def requests(self) -> list[RequestSpec]:
-        """Commands this component answers."""
+    def offer(self, spec: RequestSpec) -> RequestSpec:
+        """Every command is offered; its example names the first configured compartment (not `recycling`)."""
         first = self.cfg.compartments[0].id if self.cfg.compartments else "recycling"
-        return [
-            RequestSpec("bin/calibrate", self.name, "Take the current distance (or distance_mm) as the empty or the full "
-                        "point of a compartment; persisted, overrides the config.", CalibrateArgs, privileged=True,
-                        example={"compartment": first, "point": "empty"}),
-            RequestSpec("bin/emptied", self.name, "Record that a compartment (default: all) was emptied: counters reset, "
-                        "emptied_at set, forecast restarted.", EmptiedArgs, privileged=True,
-                        example={"compartment": first}),
-            RequestSpec("bin/reset_counters", self.name, "Zero the item counters of a compartment (default: all); "
-                        "totals too with totals=true.", ResetCountersArgs, privileged=True,
-                        example={"compartment": first, "totals": False}),
-        ]
+        return dataclasses.replace(spec, example={**spec.example, "compartment": first})
 
     def entities(self) -> tuple[Entity, ...]:
         """Per compartment: fill %, level, items, predicted full, full, and an `emptied` button."""
@@ -276,7 +267,9 @@ class FillTracker(Worker):
             self.maintenance = msg.on
             self.publish_state(self.own_state, force=True)
         elif isinstance(msg, Request):
-            self._on_request(msg)
+            self._audit(msg)
+            self.answer(msg)
+            self.publish_state(self.own_state, force=True)
 
     # -- fill ------------------------------------------------------------------------------
 
@@ -411,74 +404,67 @@ class FillTracker(Worker):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _reply(self, req: Request, ok: bool, data: Any = None, error: str | None = None) -> None:
-        self.bus.publish(Response(req.request_id, req.command, ok, data, error))
+    def _audit(self, req: Request) -> None:
+        """Every fill request rewrites persisted state: one audit line each (as sent, before validation)."""
+        if req.command in ("bin/calibrate", "bin/emptied", "bin/reset_counters"):
+            audit(logger, req.command, " ".join(f"{k}={v}" for k, v in req.args.items()), authority=req.authority,
+                  key=req.key_id, transaction=req.transaction)
 
-    def _targets(self, req: Request, cid: str | None) -> list[_Compartment] | None:
+    def _targets(self, cid: str | None) -> list[_Compartment]:
         if cid is None:
             return list(self.compartments.values())
         c = self.compartments.get(cid)
         if c is None:
-            self._reply(req, False, error=f"args.compartment: unknown compartment {cid!r}; known: "
-                                           f"{', '.join(self.compartments)}")
-            return None
+            raise RequestError(f"args.compartment: unknown compartment {cid!r}; known: {', '.join(self.compartments)}")
         return [c]
 
-    def _on_request(self, req: Request) -> None:
-        a = req.args
-        if req.command in ("bin/calibrate", "bin/emptied", "bin/reset_counters"):
-            audit(logger, req.command, " ".join(f"{k}={v}" for k, v in a.items()), authority=req.authority,
-                  key=req.key_id, transaction=req.transaction)
-        if req.command == "bin/calibrate":
-            self._calibrate(req, a)
-        elif req.command == "bin/emptied":
-            targets = self._targets(req, a.get("compartment"))
-            if targets is not None:
-                for c in targets:
-                    self._emptied(c, "request")
-                self._reply(req, True, {"emptied": [c.id for c in targets]})
-        elif req.command == "bin/reset_counters":
-            targets = self._targets(req, a.get("compartment"))
-            if targets is not None:
-                for c in targets:
-                    c.items = 0
-                    if a.get("totals"):
-                        c.items_total = 0
-                    self._save(c)
-                logger.info("fill: counters reset for %s%s", ", ".join(c.id for c in targets),
-                            " (totals too)" if a.get("totals") else "", extra=ev("bin_counters_reset"))
-                self._reply(req, True, {"reset": [c.id for c in targets], "totals": bool(a.get("totals"))})
-        else:
-            self._reply(req, False, error=f"fill does not handle {req.command!r}")
-        self.publish_state(self.own_state, force=True)
-
-    def _calibrate(self, req: Request, a: dict[str, Any]) -> None:
-        targets = self._targets(req, a["compartment"])
-        if targets is None:
-            return
-        c = targets[0]
-        distance = a.get("distance_mm")
+    @command("bin/calibrate", CalibrateArgs, privileged=True, example={"compartment": "recycling", "point": "empty"},
+             summary="Take the current distance (or distance_mm) as the empty or the full point of a compartment; "
+                     "persisted, overrides the config.")
+    def _calibrate(self, req: Request, args: CalibrateArgs) -> dict[str, Any]:
+        c = self._targets(args.compartment)[0]
+        distance = args.distance_mm
         if distance is None:
             distance = c.filter.candidate(time.monotonic())
             if distance is None:
-                self._reply(req, False, error=f"no valid distance reading for {c.id} yet (lid open, sensor silent or "
-                                              f"only rejected echoes); retry, or give args.distance_mm")
-                return
+                raise RequestError(f"no valid distance reading for {c.id} yet (lid open, sensor silent or only "
+                                   f"rejected echoes); retry, or give args.distance_mm")
         empty_mm, full_mm = c.empty_mm, c.full_mm
-        if a["point"] == "empty":
+        if args.point == "empty":
             empty_mm = float(distance)
         else:
             full_mm = float(distance)
         if empty_mm - full_mm < 20:
-            self._reply(req, False, error=f"args.point: the empty distance ({empty_mm:.0f} mm) must exceed the full one "
-                                          f"({full_mm:.0f} mm) by at least 20 mm")
-            return
+            raise RequestError(f"args.point: the empty distance ({empty_mm:.0f} mm) must exceed the full one "
+                               f"({full_mm:.0f} mm) by at least 20 mm")
         c.empty_mm, c.full_mm, c.calibrated_at = empty_mm, full_mm, time.time()
         c.filter.set_span(empty_mm - full_mm)
         self._save(c)
         logger.info("fill: %s calibrated: empty %.0f mm, full %.0f mm", c.id, empty_mm, full_mm,
                     extra=ev("bin_calibrated"))
-        self._reply(req, True, {"compartment": c.id, "empty_mm": round(empty_mm, 1), "full_mm": round(full_mm, 1)})
+        return {"compartment": c.id, "empty_mm": round(empty_mm, 1), "full_mm": round(full_mm, 1)}
+
+    @command("bin/emptied", EmptiedArgs, privileged=True, example={"compartment": "recycling"},
+             summary="Record that a compartment (default: all) was emptied: counters reset, emptied_at set, "
+                     "forecast restarted.")
+    def _emptied_request(self, req: Request, args: EmptiedArgs) -> dict[str, Any]:
+        targets = self._targets(args.compartment)
+        for c in targets:
+            self._emptied(c, "request")
+        return {"emptied": [c.id for c in targets]}
+
+    @command("bin/reset_counters", ResetCountersArgs, privileged=True, example={"compartment": "recycling", "totals": False},
+             summary="Zero the item counters of a compartment (default: all); totals too with totals=true.")
+    def _reset_counters(self, req: Request, args: ResetCountersArgs) -> dict[str, Any]:
+        targets = self._targets(args.compartment)
+        for c in targets:
+            c.items = 0
+            if args.totals:
+                c.items_total = 0
+            self._save(c)
+        logger.info("fill: counters reset for %s%s", ", ".join(c.id for c in targets),
+                    " (totals too)" if args.totals else "", extra=ev("bin_counters_reset"))
+        return {"reset": [c.id for c in targets], "totals": args.totals}
 
     # -- state -------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from ..messages import (
     WeightReading,
 )
 from ..runtime.bus import Alert, Bus, Discovery, Entity, Request, Response, StateUpdate
-from ..runtime.commands import NoArgs, RequestSpec
+from ..runtime.commands import NoArgs, RequestError, command
 from ..runtime.supervisor import WorkersChanged
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
@@ -150,19 +150,6 @@ class SortingWorkflow(Worker):
         self._switched_off_in_block = False
         """Detection was switched off during the current vision_down block: switching it on again is a `detection`
         request anyone may send, so that end of the block is no trusted cause and does not unlock."""
-
-    # -- catalogue --------------------------------------------------------------------------
-
-    def requests(self) -> list[RequestSpec]:
-        """Commands this component answers."""
-        return [
-            RequestSpec("workflow/clear_error", self.name, "Leave the error or blocked state and resume sorting (after "
-                        "fixing the cause); the lid unlocks only when the request is signed.", NoArgs),
-            RequestSpec("maintenance", self.name, "Maintenance mode: sorting pauses, events are labelled maintenance; the "
-                        "lid unlocks only when signed or by holding the service button (which also toggles it).",
-                        MaintenanceArgs,
-                        example={"on": True}),
-        ]
 
     def entities(self) -> tuple[Entity, ...]:
         """Whole-bin entities: workflow state, last item, clear-error button, maintenance switch."""
@@ -287,7 +274,8 @@ class SortingWorkflow(Worker):
         elif isinstance(msg, WorkersChanged):
             self._workers = {n: str(e.get("status")) for n, e in msg.table.items()}
         elif isinstance(msg, Request):
-            self._on_request(msg)
+            self.answer(msg)
+            self.publish_state(self.own_state, force=True)
 
     def _on_component_state(self, msg: StateUpdate) -> None:
         if msg.component in ("camera", "detector"):
@@ -645,39 +633,37 @@ class SortingWorkflow(Worker):
                 self._actuate("lid", {"op": "close"})
         self._show()
 
-    def _on_request(self, req: Request) -> None:
-        if req.command == "maintenance":
-            self._set_maintenance(bool(req.args["on"]), "request", trusted=req.trusted)
-            reply = {"maintenance": self.maintenance, "state": self.state, "pending": self._maintenance_pending,
-                     "lid_unlocked": self.maintenance_unlocked}
-            self.bus.publish(Response(req.request_id, req.command, True, reply))
-        elif req.command == "workflow/clear_error":
-            if self.state not in (ERROR, BLOCKED) and self.error is None:
-                self.bus.publish(Response(req.request_id, req.command, False,
-                                          error=f"nothing to clear: the workflow is {self.state}"))
-                return
-            cleared = self.error or self.blocked
-            if self.error is not None:
-                self.bus.raise_alert(Alert(self.name, str(self.error.get("code")), "critical",
-                                           "cleared by request", active=False))
-            self.error = None
-            self._save_meta("error", None)
-            unlocked = False
-            if self.blocked is not None:
-                unlocked = self._unblock("cleared by request", ASKED if req.trusted else UNTRUSTED)
-            elif not self.maintenance:
-                self._set_state(IDLE, "error cleared by request")
-                unlocked = self._release_lid(ASKED if req.trusted else UNTRUSTED)
-                self._actuate("buzzer", {"pattern": "off"})
-                self._show()
-            logger.info("workflow error cleared by %s request%s", req.authority,
-                        "" if req.trusted else " (the lid stays locked: it needs a signed lid unlock or the service button)",
-                        extra=ev("workflow_error_cleared"))
-            self.bus.publish(Response(req.request_id, req.command, True, {
-                "cleared": cleared, "state": self.state, "lid_unlocked": unlocked}))
-        else:
-            self.bus.publish(Response(req.request_id, req.command, False, error=f"workflow does not handle {req.command!r}"))
-        self.publish_state(self.own_state, force=True)
+    @command("workflow/clear_error", summary="Leave the error or blocked state and resume sorting (after fixing the "
+                                            "cause); the lid unlocks only when the request is signed.")
+    def _clear_error(self, req: Request, args: NoArgs) -> dict[str, Any]:
+        if self.state not in (ERROR, BLOCKED) and self.error is None:
+            raise RequestError(f"nothing to clear: the workflow is {self.state}")
+        cleared = self.error or self.blocked
+        if self.error is not None:
+            self.bus.raise_alert(Alert(self.name, str(self.error.get("code")), "critical",
+                                       "cleared by request", active=False))
+        self.error = None
+        self._save_meta("error", None)
+        unlocked = False
+        if self.blocked is not None:
+            unlocked = self._unblock("cleared by request", ASKED if req.trusted else UNTRUSTED)
+        elif not self.maintenance:
+            self._set_state(IDLE, "error cleared by request")
+            unlocked = self._release_lid(ASKED if req.trusted else UNTRUSTED)
+            self._actuate("buzzer", {"pattern": "off"})
+            self._show()
+        logger.info("workflow error cleared by %s request%s", req.authority,
+                    "" if req.trusted else " (the lid stays locked: it needs a signed lid unlock or the service button)",
+                    extra=ev("workflow_error_cleared"))
+        return {"cleared": cleared, "state": self.state, "lid_unlocked": unlocked}
+
+    @command("maintenance", MaintenanceArgs, example={"on": True},
+             summary="Maintenance mode: sorting pauses, events are labelled maintenance; the lid unlocks only when "
+                     "signed or by holding the service button (which also toggles it).")
+    def _maintenance_request(self, req: Request, args: MaintenanceArgs) -> dict[str, Any]:
+        self._set_maintenance(args.on, "request", trusted=req.trusted)
+        return {"maintenance": self.maintenance, "state": self.state, "pending": self._maintenance_pending,
+                "lid_unlocked": self.maintenance_unlocked}
 
     # -- helpers --------------------------------------------------------------------------------
 
