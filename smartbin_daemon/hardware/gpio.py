@@ -35,7 +35,6 @@ from gpiozero.exc import (
     PinPWMError,
 )
 from gpiozero.pins import Factory
-from pydantic import ValidationError
 
 from ..config import GpioConfig, GpioLidConfig
 from ..logs import audit, ev
@@ -49,8 +48,8 @@ from ..messages import (
     PresenceChanged,
     SimulatedPresence,
 )
-from ..runtime.bus import Bus, Discovery, Entity, Request, Response
-from ..runtime.commands import RequestSpec
+from ..runtime.bus import Bus, Discovery, Entity, Request
+from ..runtime.commands import RequestError, RequestSpec, command, declared_specs
 from ..runtime.worker import FatalWorkerError, Worker
 from .pins import (
     Debouncer,
@@ -107,16 +106,8 @@ def owned_commands(cfg: GpioConfig) -> list[str]:
 
 
 def gpio_request_specs(cfg: GpioConfig, owner: str = "gpio") -> list[RequestSpec]:
-    """Catalogue entries of the commands in `owned_commands(cfg)`."""
-    specs: dict[str, RequestSpec] = {
-        # opening a servo lid or unlocking a relay lid gives access to the bin: privileged (signed or broker ACL)
-        "lid": RequestSpec("lid", owner, "Open or close the lid servo, or lock/unlock the lid relay (GPIO).",
-                           LidArgs, example={"op": "open"}, privileged_when=RequestSpec.arg_in("op", "open", "unlock")),
-        "led": RequestSpec("led", owner, "Set the status LED pattern (error/ok also drive the fault LED) (GPIO).",
-                           LedArgs, example={"pattern": "blink"}),
-        "buzzer": RequestSpec("buzzer", owner, "Play a buzzer pattern; alarm sounds until 'off' (GPIO).",
-                              BuzzerArgs, example={"pattern": "beep"}),
-    }
+    """Catalogue entries of the commands in `owned_commands(cfg)`, as `GpioWorker` declares them."""
+    specs = {spec.command: spec for spec in declared_specs(GpioWorker, owner)}
     return [specs[c] for c in owned_commands(cfg)]
 
 
@@ -132,10 +123,6 @@ class _Edge:
     key: str
     active: bool
     mono: float
-
-
-class _RequestFailed(Exception):
-    """A request that cannot be carried out; the message is the error of the Response."""
 
 
 class GpioWorker(Worker):
@@ -223,7 +210,8 @@ class GpioWorker(Worker):
     def handle(self, msg: Any) -> None:
         """Answer requests; edge notices are drained by `_service`."""
         if isinstance(msg, Request):
-            self._answer(msg)
+            self.answer(msg)
+            self._dirty = True
         elif isinstance(msg, SimulatedPresence):
             self._simulate_presence(msg.present)
 
@@ -544,52 +532,34 @@ class GpioWorker(Worker):
 
     # -- requests -----------------------------------------------------------------------
 
-    def requests(self) -> list[RequestSpec]:
-        """The actuator commands this component answers (only for devices that are configured)."""
-        return gpio_request_specs(self.cfg, self.name)
+    def offer(self, spec: RequestSpec) -> RequestSpec | None:
+        """Only the actuator commands of configured devices (`owned_commands`); the Arduino answers the others."""
+        return spec if spec.command in owned_commands(self.cfg) else None
 
-    def _answer(self, req: Request) -> None:
-        """Carry out one request and publish its Response (never raises)."""
-        try:
-            if req.command == "lid":
-                lid = LidArgs.model_validate(req.args)
-                audit(logger, "lid", f"op={lid.op}", authority=req.authority, key=req.key_id,
-                      transaction=req.transaction)
-                data = self._lid_request(lid)
-            elif req.command == "led":
-                data = self._led_request(LedArgs.model_validate(req.args))
-            elif req.command == "buzzer":
-                data = self._buzzer_request(BuzzerArgs.model_validate(req.args))
-            else:
-                raise _RequestFailed(f"gpio does not handle {req.command!r}")
-        except ValidationError as exc:
-            self._reject(req, "; ".join(f"args.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-            return
-        except _RequestFailed as exc:
-            self._reject(req, str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - a device fault answers the request, it does not crash the worker
-            self._device_error(req.command, exc)
-            self.bus.publish(Response(req.request_id, req.command, False, error=f"{type(exc).__name__}: {exc}"))
-            return
-        self._dirty = True
-        self.bus.publish(Response(req.request_id, req.command, True, data=data))
-
-    def _reject(self, req: Request, error: str) -> None:
-        """Answer ok=False with a message for the operator."""
+    def refuse(self, req: Request, error: str, data: Any = None) -> None:
+        """Answer ok=False with a message for the operator; counted and logged."""
         self.counters["errors"] += 1
         self._dirty = True
         logger.info("gpio: request %s refused: %s", req.command, error, extra=ev("gpio_request_refused"))
-        self.bus.publish(Response(req.request_id, req.command, False, error=error))
+        super().refuse(req, error, data)
 
-    def _lid_request(self, args: LidArgs) -> dict[str, Any]:
+    def request_crashed(self, req: Request, exc: Exception) -> None:
+        """A device fault answers the request and counts as a device error (not as a refusal)."""
+        self._device_error(req.command, exc)
+        super().refuse(req, f"{type(exc).__name__}: {exc}")
+
+    # opening a servo lid or unlocking a relay lid gives access to the bin: privileged (signed or broker ACL)
+    @command("lid", LidArgs, example={"op": "open"}, privileged_when=RequestSpec.arg_in("op", "open", "unlock"),
+             summary="Open or close the lid servo, or lock/unlock the lid relay (GPIO).")
+    def _lid_request(self, req: Request, args: LidArgs) -> dict[str, Any]:
         """open/close move a servo lid; lock/unlock switch a relay lid; the other combination is refused."""
+        audit(logger, "lid", f"op={args.op}", authority=req.authority, key=req.key_id, transaction=req.transaction)
         lid = self.cfg.lid
         if lid is None:
-            raise _RequestFailed("no lid is configured on GPIO (gpio.lid)")
+            raise RequestError("no lid is configured on GPIO (gpio.lid)")
         if lid.kind == "servo":
             if args.op in ("lock", "unlock"):
-                raise _RequestFailed("this lid has no lock (gpio.lid.kind is 'servo'): use open or close")
+                raise RequestError("this lid has no lock (gpio.lid.kind is 'servo'): use open or close")
             assert self.servo is not None and self._lid is not None
             angle = lid.open_angle if args.op == "open" else lid.closed_angle
             self.servo.angle = angle
@@ -598,8 +568,8 @@ class GpioWorker(Worker):
                 self._servo_detach_at = time.monotonic() + lid.detach_after_s
         else:
             if args.op in ("open", "close"):
-                raise _RequestFailed("this lid is a lock relay (gpio.lid.kind is 'relay'): it cannot open or close; "
-                                     "use lock or unlock")
+                raise RequestError("this lid is a lock relay (gpio.lid.kind is 'relay'): it cannot open or close; "
+                                   "use lock or unlock")
             assert self.lock_relay is not None and self._lid is not None
             if args.op == "lock":
                 self.lock_relay.on()
@@ -609,10 +579,12 @@ class GpioWorker(Worker):
         logger.info("gpio: lid %s", args.op, extra=ev("gpio_lid"))
         return {"op": args.op, "lid": dict(self._lid)}
 
-    def _led_request(self, args: LedArgs) -> dict[str, Any]:
+    @command("led", LedArgs, example={"pattern": "blink"},
+             summary="Set the status LED pattern (error/ok also drive the fault LED) (GPIO).")
+    def _led_request(self, req: Request, args: LedArgs) -> dict[str, Any]:
         """Apply and remember a status LED pattern (it is restored after button feedback)."""
         if self.status_led is None:
-            raise _RequestFailed("no status LED is configured on GPIO (gpio.leds)")
+            raise RequestError("no status LED is configured on GPIO (gpio.leds)")
         self._apply_led(args.pattern)
         self._led_pattern = args.pattern
         self._led_restore_at = None
@@ -623,7 +595,7 @@ class GpioWorker(Worker):
         status, fault = self.status_led, self.fault_led
         assert status is not None
         if pattern == "pulse" and not isinstance(status, PWMLED):
-            raise _RequestFailed("pattern 'pulse' needs PWM, which the status LED pin does not have here; "
+            raise RequestError("pattern 'pulse' needs PWM, which the status LED pin does not have here; "
                                  "use blink")
         if pattern == "off":
             status.off()
@@ -645,16 +617,18 @@ class GpioWorker(Worker):
                 fault.off()
             status.on()
         else:
-            raise _RequestFailed(f"unknown LED pattern {pattern!r}")
+            raise RequestError(f"unknown LED pattern {pattern!r}")
 
     def _fault_on(self) -> bool | None:
         """Whether the fault LED is lit (None without one)."""
         return None if self.fault_led is None else bool(self.fault_led.is_active)
 
-    def _buzzer_request(self, args: BuzzerArgs) -> dict[str, Any]:
+    @command("buzzer", BuzzerArgs, example={"pattern": "beep"},
+             summary="Play a buzzer pattern; alarm sounds until 'off' (GPIO).")
+    def _buzzer_request(self, req: Request, args: BuzzerArgs) -> dict[str, Any]:
         """Play a buzzer pattern; finite ones read `off` in the state once done."""
         if self.buzzer_dev is None:
-            raise _RequestFailed("no buzzer is configured on GPIO (gpio.buzzer)")
+            raise RequestError("no buzzer is configured on GPIO (gpio.buzzer)")
         spec = BUZZER_PATTERNS[args.pattern]
         if spec is None:
             self.buzzer_dev.off()

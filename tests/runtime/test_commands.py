@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
+from smartbin_daemon.config import Config
+from smartbin_daemon.hardware.arduino.link import ArduinoLink
 from smartbin_daemon.runtime.bus import SIGNED, Bus, Request, Response
 from smartbin_daemon.runtime.commands import (
     ANSWERED_LATER,
@@ -164,3 +167,17 @@ def test_a_command_name_must_be_usable_as_a_topic_level() -> None:
     with pytest.raises(ValueError, match="invalid command name"):
         command("Bad+Name", summary="never registered")
 
+
+def test_an_internal_request_with_bad_args_is_refused_by_the_owning_component(tmp_path: Path) -> None:
+    """The daemon's own requests (the workflow asking for a route) pass the same schema as a requester's."""
+    bus = Bus()
+    link = ArduinoLink(bus, Config().arduino, tmp_path)  # never started: the link is down
+    responses = bus.subscribe("workflow", (Response,))
+    link.handle(Request("arduino", "route", {"compartment": 99, "command_id": "xyz"}, "internal-1"))
+    bad = responses.get(1.0)
+    assert isinstance(bad, Response) and not bad.ok
+    assert bad.error is not None and bad.error.startswith("args.compartment: ") and "args.command_id: " in bad.error
+    link.handle(Request("arduino", "route", {"compartment": 2}, "internal-2"))
+    good = responses.get(1.0)
+    assert isinstance(good, Response) and not good.ok and good.error is not None
+    assert good.error.startswith("arduino is disconnected"), "valid args reach the handler, which needs the link"

@@ -35,8 +35,8 @@ from ...messages import (
     WeightReading,
 )
 from ...runtime.backoff import Backoff
-from ...runtime.bus import Alert, Bus, Discovery, Entity, Request, Response
-from ...runtime.commands import NoArgs, RequestSpec
+from ...runtime.bus import Alert, Bus, Discovery, Entity, Request
+from ...runtime.commands import ANSWERED_LATER, NoArgs, RequestError, RequestSpec, command
 from ...runtime.status import CONNECTED, CONNECTING, DISCONNECTED, INCOMPATIBLE, STALE
 from ...runtime.wake import WakePipe
 from ...runtime.worker import Worker
@@ -137,20 +137,9 @@ class ArduinoLink(Worker):
 
     # -- catalogue -------------------------------------------------------------------------
 
-    def requests(self) -> list[RequestSpec]:
-        """Commands this component answers, less those another component owns (GPIO lid/led/buzzer)."""
-        specs = [
-            RequestSpec("route", self.name, "Move the flap to a compartment and release the item (manual test).",
-                        RouteArgs, privileged=True, example={"compartment": 2}),
-            RequestSpec("tare", self.name, "Zero the load cell (rewrites its calibration).", NoArgs, privileged=True),
-        ]
-        specs += [
-            RequestSpec("lid", self.name, "Open, close, lock or unlock the lid.", LidArgs, example={"op": "open"},
-                        privileged_when=RequestSpec.arg_in("op", "open", "unlock")),
-            RequestSpec("led", self.name, "Set the status LED pattern.", LedArgs, example={"pattern": "blink"}),
-            RequestSpec("buzzer", self.name, "Play a buzzer pattern.", BuzzerArgs, example={"pattern": "beep"}),
-        ]
-        return [s for s in specs if s.command not in self.exclude]
+    def offer(self, spec: RequestSpec) -> RequestSpec | None:
+        """Every command this link declares, less those another component owns (GPIO lid/led/buzzer)."""
+        return None if spec.command in self.exclude else spec
 
     def entities(self) -> tuple[Entity, ...]:
         """HA entities of the link."""
@@ -498,43 +487,59 @@ class ArduinoLink(Worker):
         return True
 
     def handle(self, msg: Any) -> None:
-        if not isinstance(msg, Request):
-            return
-        if self.status != CONNECTED:
-            why = self.last_error or "link not established"
-            self.bus.publish(Response(msg.request_id, msg.command, False,
-                                      error=f"arduino is {self.status} ({why})"))
-            return
-        try:
-            type_, args = self._frame_for(msg)
-        except ValueError as exc:
-            self.bus.publish(Response(msg.request_id, msg.command, False, error=str(exc)))
-            return
-        if type_ in AUDITED:
-            audit(logger, msg.command, " ".join(f"{k}={v}" for k, v in args.items()), authority=msg.authority,
-                  key=msg.key_id, transaction=msg.transaction)
-        self._send(type_, args, msg)
+        if isinstance(msg, Request):
+            self.answer(msg)
 
-    def _frame_for(self, req: Request) -> tuple[str, dict[str, Any]]:
-        a = req.args
-        if req.command == "route":
-            bins = int(self.firmware.get("compartments") or 0)
-            if bins and not 1 <= int(a["compartment"]) <= bins:
-                raise ValueError(f"args.compartment: the Arduino has compartments 1..{bins}")
-            return "ROUTE", {"bin": a["compartment"], "id": a.get("command_id") or secrets.token_hex(4)}
-        if req.command == "lid":
-            return "LID", {"op": a["op"]}
-        if req.command == "led":
-            return "LED", {"p": a["pattern"]}
-        if req.command == "buzzer":
-            return "BUZ", {"p": a["pattern"]}
-        if req.command == "tare":
-            return "TARE", {}
-        raise ValueError(f"arduino does not handle {req.command!r}")
+    # -- requests: each is sent as a frame and answered when the MCU ACKs (or it times out) -----------
+
+    @command("route", RouteArgs, privileged=True, example={"compartment": 2},
+             summary="Move the flap to a compartment and release the item (manual test).")
+    def _route(self, req: Request, args: RouteArgs) -> object:
+        self._require_link()
+        bins = int(self.firmware.get("compartments") or 0)
+        if bins and not 1 <= args.compartment <= bins:
+            raise RequestError(f"args.compartment: the Arduino has compartments 1..{bins}")
+        return self._send_request(req, "ROUTE", {"bin": args.compartment,
+                                                 "id": args.command_id or secrets.token_hex(4)})
+
+    @command("tare", privileged=True, summary="Zero the load cell (rewrites its calibration).")
+    def _tare(self, req: Request, args: NoArgs) -> object:
+        return self._send_request(req, "TARE", {})
+
+    @command("lid", LidArgs, example={"op": "open"}, privileged_when=RequestSpec.arg_in("op", "open", "unlock"),
+             summary="Open, close, lock or unlock the lid.")
+    def _lid_request(self, req: Request, args: LidArgs) -> object:
+        return self._send_request(req, "LID", {"op": args.op})
+
+    @command("led", LedArgs, example={"pattern": "blink"}, summary="Set the status LED pattern.")
+    def _led(self, req: Request, args: LedArgs) -> object:
+        return self._send_request(req, "LED", {"p": args.pattern})
+
+    @command("buzzer", BuzzerArgs, example={"pattern": "beep"}, summary="Play a buzzer pattern.")
+    def _buzzer(self, req: Request, args: BuzzerArgs) -> object:
+        return self._send_request(req, "BUZ", {"p": args.pattern})
+
+    def _require_link(self) -> None:
+        """Commands fail fast while the link is not up."""
+        if self.status != CONNECTED:
+            raise RequestError(f"arduino is {self.status} ({self.last_error or 'link not established'})")
+
+    def _send_request(self, req: Request, type_: str, args: dict[str, Any]) -> object:
+        """Send a request's frame (audited when it moves something); the ACK or its absence answers it."""
+        self._require_link()
+        if type_ in AUDITED:
+            audit(logger, req.command, " ".join(f"{k}={v}" for k, v in args.items()), authority=req.authority,
+                  key=req.key_id, transaction=req.transaction)
+        self._send(type_, args, req)
+        return ANSWERED_LATER
 
     def _answer(self, pending: _Pending, ok: bool, data: Any, error: str | None) -> None:
-        if pending.request is not None:
-            self.bus.publish(Response(pending.request.request_id, pending.request.command, ok, data, error))
+        if pending.request is None:
+            return
+        if ok:
+            self.reply(pending.request, data)
+        else:
+            self.refuse(pending.request, error or "failed", data)
 
     def _fail_all_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
