@@ -612,10 +612,8 @@ class DaemonControl(Worker):
         self._last_state_file = time.monotonic()
         self._state_dirty = False
         doc = {"written_at": iso_utc(time.time()), "device": self.cfg.device.id, "components": self.bus.states()}
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(doc, default=str, indent=1), encoding="utf-8")
-            os.replace(tmp, self.state_file)
+            files.write_atomic(self.state_file, json.dumps(doc, default=str, indent=1).encode("utf-8"))
         except OSError as exc:
             logger.warning("cannot write %s: %s", self.state_file, exc, extra=ev("state_file_failed"))
 
