@@ -529,7 +529,7 @@ def running(tmp_path: Path, broker: Broker) -> Iterator[RunningBin]:
 def fill_every_compartment(running: RunningBin) -> None:
     """Every compartment physically full (simulated echoes), so every item is refused: nothing routes on its own."""
     with running.sim._lock:  # noqa: SLF001 - a physical fact of the simulated bin
-        running.sim._fill = [FULL_FILL_MM] * running.sim.compartments  # noqa: SLF001
+        running.sim._fill = [FULL_FILL_MM] * running.sim.spec.compartments  # noqa: SLF001
     wait_until(lambda: all(c["level"] == "full" for c in running.compartments().values())
                and all(level == "full" for level in running.state("workflow").get("levels", {}).values()), 20,
                what="every compartment full")

@@ -31,3 +31,8 @@ class WakePipe:
                 pass
         except (BlockingIOError, OSError):
             pass
+
+    def close(self) -> None:
+        """Release both ends; pokes after this are ignored."""
+        self._r.close()
+        self._w.close()

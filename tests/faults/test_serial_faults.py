@@ -276,7 +276,7 @@ def test_a_jammed_item_is_not_confirmed_by_the_previous_items_late_weight_readin
     sim: SimulatedArduino = app.simulated_arduino
     probe = probe_factory(broker.port)
     probe.subscribe(f"{ROOT}/event/#")
-    sim.telemetry_interval_s = 3600.0  # no more telemetry on its own: the test sends each TEL frame
+    sim.spec.telemetry_interval_s = 3600.0  # no more telemetry on its own: the test sends each TEL frame
     time.sleep(1.0)  # the TEL already scheduled goes out
 
     def telemetry() -> None:

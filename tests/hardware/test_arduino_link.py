@@ -263,7 +263,7 @@ def test_a_request_is_served_at_once_while_the_port_is_quiet(tmp_path: Path, mon
     rig = Rig(tmp_path, stale_after_s=60, reconnect_after_s=120)
     try:
         rig.connected(10)
-        rig.sim.telemetry_interval_s = rig.sim.heartbeat_interval_s = 60.0
+        rig.sim.spec.telemetry_interval_s = rig.sim.spec.heartbeat_interval_s = 60.0
         time.sleep(1.5)  # the last telemetry is read; the link now waits on a silent port
         latencies = []
         for _ in range(3):

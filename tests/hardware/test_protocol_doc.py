@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from smartbin_daemon.hardware.arduino import simulator
+from smartbin_daemon.hardware.arduino.board import BoardSpec
 from smartbin_daemon.hardware.arduino.protocol import (
     _CRC_TABLE,
     HOST_TYPES,
@@ -158,9 +159,9 @@ def test_firmware_constants_match() -> None:
     assert _define(src, "TEL_INTERVAL_MS") == "500UL" and "every 500 ms" in doc_text()
     assert _define(src, "HB_INTERVAL_MS") == "1000UL" and "every 1 s" in doc_text()
     assert _define(src, "SERIAL_BAUD") == "115200UL" and "115200 8N1" in doc_text()
-    defaults = SimulatedArduino.__init__.__kwdefaults__
-    assert _define(src, "FW_NAME") == f'"{defaults["fw"]}"'
-    assert _define(src, "FW_VERSION") == f'"{defaults["version"]}"'
+    board = BoardSpec()
+    assert _define(src, "FW_NAME") == f'"{board.fw}"'
+    assert _define(src, "FW_VERSION") == f'"{board.version}"'
     host_types = re.search(r"HOST_TYPES\[\] = \{(.*?)\};", src)
     assert host_types and set(re.findall(r'"([A-Z]+)"', host_types.group(1))) == HOST_TYPES
     for table_name, names in (("LED_PATTERNS", simulator.LED_PATTERNS), ("BUZ_PATTERNS", simulator.BUZ_PATTERNS)):

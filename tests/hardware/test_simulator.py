@@ -31,9 +31,9 @@ from smartbin_daemon.hardware.arduino.simulator import (
     LID_OPS,
     LID_STATES,
     SimulatedArduino,
-    _parse_faults,
     lid_transition,
 )
+from smartbin_daemon.hardware.arduino.simulator_cli import _parse_faults
 
 REPO = Path(__file__).resolve().parents[2]
 FAST: dict[str, Any] = {

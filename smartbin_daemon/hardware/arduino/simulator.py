@@ -3,19 +3,15 @@
 The simulator owns a pty pair and publishes the slave's path through a symlink (`link`), like a udev
 rule would for the real board. One thread serves the master side: it parses host commands with
 protocol.py, replies per PROTOCOL.md and emits TEL/HB/EVT frames. Faults (unplug, garbage, lost ACKs,
-slow ACKs, reboots, protocol bumps, jams) are scriptable from tests or the `--fault` CLI option.
-
-Physical state (compartment fill, load on the scale, lid position) and the tare offset (EEPROM on the
-board) survive reboots; RAM state (sequence counter, ROUTE dedupe memory, LED/buzzer patterns, the
-energised lock relay) does not.
-
-A host opening the port (pyserial flushes the input queue on open, which the master sees as a
-TIOCPKT_FLUSHREAD packet) resets the simulated board, like the Uno's DTR auto-reset.
+slow ACKs, reboots, protocol bumps, jams) are scriptable from tests or the `--fault` CLI option
+(simulator_cli.py); what the board is comes from board.py. Physical state (compartment fill, load on the
+scale, lid position) and the tare offset (EEPROM) survive reboots; RAM state (sequence counter, ROUTE
+dedupe memory, LED/buzzer patterns, the energised lock relay) does not. A host opening the port (pyserial
+flushes the input queue on open, seen as TIOCPKT_FLUSHREAD) resets the board, like the Uno's DTR auto-reset.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import fcntl
@@ -25,7 +21,6 @@ import os
 import random
 import re
 import select
-import signal
 import struct
 import termios
 import threading
@@ -34,10 +29,26 @@ import tty
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from ...runtime.wake import WakePipe
+from .board import (  # noqa: F401 - the value sets are re-exported: tests and tools know them from here
+    BUZ_PATTERNS,
+    DEDUPE_DEPTH,
+    FAULT_CODES,
+    ITEM_WEIGHT_G,
+    LED_PATTERNS,
+    LID_OPS,
+    LID_STATES,
+    MAX_COMPARTMENTS,
+    MIN_DISTANCE_MM,
+    NAK_CODES,
+    SENSOR_NAMES,
+    BoardSpec,
+    lid_transition,
+)
 from .protocol import (
     HOST_TYPES,
-    PROTOCOL_VERSION,
     Frame,
     FrameError,
     LineBuffer,
@@ -47,18 +58,6 @@ from .protocol import (
 
 logger = logging.getLogger(__name__)
 
-SENSOR_NAMES = ("us", "lid", "lock", "hx711", "temp", "drop")
-LID_STATES = ("open", "closed", "locked")
-LID_OPS = ("open", "close", "lock", "unlock")
-LED_PATTERNS = ("off", "on", "blink", "pulse", "error", "ok")
-BUZ_PATTERNS = ("off", "beep", "alarm", "ok")
-FAULT_CODES = ("servo_stall", "sensor_timeout", "hx711", "brownout", "watchdog")
-NAK_CODES = ("bad_arg", "busy", "unknown", "fault", "locked")
-DEDUPE_DEPTH = 8
-MAX_COMPARTMENTS = 8
-MIN_DISTANCE_MM = 30.0
-"""Closest echo an HC-SR04 reports when a compartment is full to the brim."""
-ITEM_WEIGHT_G = (20.0, 400.0)
 _ID_RE = re.compile(r"^[0-9A-Fa-f]{1,8}\Z")
 _UINT_RE = re.compile(r"^[0-9]{1,5}\Z")
 _READ_CHUNK = 4096
@@ -69,83 +68,25 @@ DropAction = Callable[[float | None], None]
 """Runs when an item lands; gets None when the board is off or resetting and cannot report it."""
 
 
-def lid_transition(state: str, op: str) -> tuple[str, str | None]:
-    """The lid state machine shared with the firmware: (new state, NAK code or None).
-
-    open: closed→open, open→open, locked→NAK locked.  close: open→closed, else unchanged.
-    lock: closed→locked, locked→locked, open→NAK busy (the bolt cannot engage an open lid).
-    unlock: locked→closed, else unchanged.
-    """
-    if op == "open":
-        return (state, "locked") if state == "locked" else ("open", None)
-    if op == "close":
-        return ("closed", None) if state == "open" else (state, None)
-    if op == "lock":
-        return (state, "busy") if state == "open" else ("locked", None)
-    if op == "unlock":
-        return ("closed", None) if state == "locked" else (state, None)
-    raise ValueError(f"unknown lid op {op!r}")
-
-
 class SimulatedArduino:
     """An Arduino Uno running smartbin-fw, behind a pty whose path is published as the symlink `link`."""
 
-    def __init__(
-        self,
-        link: Path,
-        *,
-        compartments: int = 3,
-        empty_mm: float = 600.0,
-        item_mm: float = 12.0,
-        telemetry_interval_s: float = 0.5,
-        heartbeat_interval_s: float = 1.0,
-        boot_delay_s: float = 0.2,
-        fw: str = "smartbin-fw",
-        version: str = "1.0.0",
-        proto: int = PROTOCOL_VERSION,
-        sensors: tuple[str, ...] = ("us", "lid", "hx711", "temp", "drop"),
-        seed: int | None = None,
-        drop_delay_s: float = 0.2,
-        no_echo_rate: float = 0.002,
-        reset_on_open: bool = True,
-    ) -> None:
-        if not 1 <= compartments <= MAX_COMPARTMENTS:
-            raise ValueError(f"compartments must be 1..{MAX_COMPARTMENTS}, not {compartments}")
-        unknown = set(sensors) - set(SENSOR_NAMES)
-        if unknown:
-            raise ValueError(f"unknown sensors {sorted(unknown)}; known: {', '.join(SENSOR_NAMES)}")
-        if empty_mm <= MIN_DISTANCE_MM or item_mm <= 0:
-            raise ValueError("empty_mm must exceed the minimum distance and item_mm must be positive")
-        if min(telemetry_interval_s, heartbeat_interval_s) <= 0 or min(boot_delay_s, drop_delay_s) < 0:
-            raise ValueError("intervals must be positive and delays non-negative")
+    def __init__(self, link: Path, spec: BoardSpec | None = None, **settings: Any) -> None:
+        """`settings` are BoardSpec fields (e.g. `compartments=3, seed=1`), or pass a whole `spec`."""
+        self.spec = spec if spec is not None else BoardSpec(**settings)
         self.link = Path(link)
-        self.compartments = compartments
-        self.empty_mm = float(empty_mm)
-        self.item_mm = float(item_mm)
-        self.telemetry_interval_s = telemetry_interval_s
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.boot_delay_s = boot_delay_s
-        self.drop_delay_s = drop_delay_s
-        self.fw = fw
-        self.version = version
-        self.proto = proto
-        self.sensors = tuple(sensors)
-        self.no_echo_rate = no_echo_rate
-        self.reset_on_open = reset_on_open
-        self.temperature_c = 21.5
-        self._rng = random.Random(seed)
+        self._rng = random.Random(self.spec.seed)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._wake_r: int | None = None
-        self._wake_w: int | None = None
+        self._wakeup: WakePipe | None = None
         self._master: int | None = None
         self._slave: int | None = None
         self._gen = 0
         self.path: str | None = None
         # Physical state: survives reboots and unplugging.
-        self._fill = [0.0] * compartments
-        self._bin_weight = [0.0] * compartments
+        self._fill = [0.0] * self.spec.compartments
+        self._bin_weight = [0.0] * self.spec.compartments
         self._lid = "closed"
         self._jammed: set[int] = set()
         self._tare_g = 0.0  # EEPROM on the board: survives resets
@@ -185,9 +126,7 @@ class SimulatedArduino:
             if self._thread is not None:
                 return
             self._stop.clear()
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_r, False)
-            os.set_blocking(self._wake_w, False)
+            self._wakeup = WakePipe()
             try:
                 self._plug()
             except BaseException:
@@ -277,7 +216,7 @@ class SimulatedArduino:
 
     def distance_mm(self, compartment: int) -> float:
         """Noise-free ultrasonic distance of compartment 1..n in mm (what TEL d= reports, ±2 mm)."""
-        return self.empty_mm - self.fill_mm(compartment)
+        return self.spec.empty_mm - self.fill_mm(compartment)
 
     def uptime_ms(self) -> int:
         """Milliseconds since the last reset (power-on, RESET, reboot, port open)."""
@@ -328,7 +267,7 @@ class SimulatedArduino:
     def set_protocol_version(self, version: int) -> None:
         """Pretend to be firmware speaking protocol `version` (reported in BOOT and HELLO)."""
         with self._lock:
-            self.proto = int(version)
+            self.spec.proto = int(version)
 
     def empty(self, compartment: int) -> None:
         """Empty compartment 1..n (someone took the bag out)."""
@@ -415,16 +354,13 @@ class SimulatedArduino:
                 pass
 
     def _close_wake_pipe(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._wake_r = self._wake_w = None
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.close()
 
     def _wake(self) -> None:
-        if self._wake_w is not None:
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"w")
+        if self._wakeup is not None:
+            self._wakeup.poke()
 
     def _write(self, data: bytes) -> bool:
         """Write to the host; a closed port or a full pty buffer drops the bytes (never raises)."""
@@ -460,18 +396,17 @@ class SimulatedArduino:
 
     def _serve_once(self) -> None:
         with self._lock:
-            fd, gen, wake_r = self._master, self._gen, self._wake_r
+            fd, gen, wakeup = self._master, self._gen, self._wakeup
             timeout = max(0.0, self._next_deadline() - time.monotonic())
             if self._hung:  # a stuck firmware loop: the port stays open, nothing is read or sent
                 fd, timeout = None, _MAX_WAIT_S
-        watch = [x for x in (wake_r, fd) if x is not None]
+        watch = [x for x in (wakeup, fd) if x is not None]
         try:
             ready, _, _ = select.select(watch, [], [], timeout)
         except (OSError, ValueError):
             ready = []  # an fd was closed under us by unplug(); the next round sees the new state
-        if wake_r is not None and wake_r in ready:
-            with contextlib.suppress(OSError):
-                os.read(wake_r, 512)
+        if wakeup is not None and wakeup in ready:
+            wakeup.clear()
         with self._lock:
             if self._hung:
                 return
@@ -492,7 +427,7 @@ class SimulatedArduino:
         if not packet:
             return
         if packet[0] != termios.TIOCPKT_DATA:
-            if packet[0] & termios.TIOCPKT_FLUSHREAD and self.reset_on_open:
+            if packet[0] & termios.TIOCPKT_FLUSHREAD and self.spec.reset_on_open:
                 logger.debug("host flushed its input (port opened): resetting like DTR does")
                 self._power_on(now)
             return
@@ -529,10 +464,10 @@ class SimulatedArduino:
                 return
         if now >= self._next_tel:
             self._send_telemetry()
-            self._next_tel = max(self._next_tel + self.telemetry_interval_s, now + self.telemetry_interval_s / 2)
+            self._next_tel = max(self._next_tel + self.spec.telemetry_interval_s, now + self.spec.telemetry_interval_s / 2)
         if now >= self._next_hb:
             self._send_unsolicited("HB", {"up": self.uptime_ms()})
-            self._next_hb = max(self._next_hb + self.heartbeat_interval_s, now + self.heartbeat_interval_s / 2)
+            self._next_hb = max(self._next_hb + self.spec.heartbeat_interval_s, now + self.spec.heartbeat_interval_s / 2)
 
     # -- board state -------------------------------------------------------------------------
 
@@ -541,7 +476,7 @@ class SimulatedArduino:
         self._land_pending_drops()
         self._booting = True
         self._powered_at = now
-        self._boot_due = now + self.boot_delay_s
+        self._boot_due = now + self.spec.boot_delay_s
         self._seq = 0
         self._dedupe.clear()
         self._led = "off"
@@ -555,9 +490,9 @@ class SimulatedArduino:
     def _finish_boot(self, now: float) -> None:
         self._booting = False
         self.boots += 1
-        self._send(0, "BOOT", {"fw": self.fw, "ver": self.version, "proto": self.proto})
-        self._next_tel = now + self.telemetry_interval_s
-        self._next_hb = now + self.heartbeat_interval_s
+        self._send(0, "BOOT", {"fw": self.spec.fw, "ver": self.spec.version, "proto": self.spec.proto})
+        self._next_tel = now + self.spec.telemetry_interval_s
+        self._next_hb = now + self.spec.heartbeat_interval_s
 
     def _land_pending_drops(self) -> None:
         """Items already released fall anyway, but nobody reports them (the MCU is off or resetting)."""
@@ -573,8 +508,8 @@ class SimulatedArduino:
             self._send_unsolicited("EVT", {"lid": state})
 
     def _index(self, compartment: int) -> int:
-        if not isinstance(compartment, int) or not 1 <= compartment <= self.compartments:
-            raise ValueError(f"compartment must be 1..{self.compartments}, not {compartment!r}")
+        if not isinstance(compartment, int) or not 1 <= compartment <= self.spec.compartments:
+            raise ValueError(f"compartment must be 1..{self.spec.compartments}, not {compartment!r}")
         return compartment - 1
 
     # -- output ------------------------------------------------------------------------------
@@ -599,16 +534,16 @@ class SimulatedArduino:
 
     def _send_telemetry(self) -> None:
         distances = []
-        for i in range(self.compartments):
-            if "us" not in self.sensors or self._rng.random() < self.no_echo_rate:
+        for i in range(self.spec.compartments):
+            if "us" not in self.spec.sensors or self._rng.random() < self.spec.no_echo_rate:
                 distances.append(-1)
             else:
-                distances.append(round(self.empty_mm - self._fill[i] + self._rng.uniform(-2.0, 2.0)))
+                distances.append(round(self.spec.empty_mm - self._fill[i] + self._rng.uniform(-2.0, 2.0)))
         args: dict[str, object] = {"d": ",".join(str(d) for d in distances), "lid": self._lid}
-        if "hx711" in self.sensors:
+        if "hx711" in self.spec.sensors:
             args["w"] = round(self.weight_g)
-        if "temp" in self.sensors:
-            args["t"] = f"{self.temperature_c + self._rng.uniform(-0.2, 0.2):.1f}"
+        if "temp" in self.spec.sensors:
+            args["t"] = f"{self.spec.temperature_c + self._rng.uniform(-0.2, 0.2):.1f}"
         self._send_unsolicited("TEL", args)
 
     # -- input -------------------------------------------------------------------------------
@@ -673,8 +608,8 @@ class SimulatedArduino:
         if not _UINT_RE.match(cmd.args["proto"]):
             self._reply(cmd, now, nak="bad_arg")
             return
-        self._reply(cmd, now, {"fw": self.fw, "ver": self.version, "proto": self.proto,
-                               "bins": self.compartments, "sensors": ",".join(self.sensors)})
+        self._reply(cmd, now, {"fw": self.spec.fw, "ver": self.spec.version, "proto": self.spec.proto,
+                               "bins": self.spec.compartments, "sensors": ",".join(self.spec.sensors)})
 
     def _cmd_ping(self, cmd: Frame, now: float) -> None:
         if self._keys_ok(cmd, now):
@@ -684,7 +619,7 @@ class SimulatedArduino:
         if not self._keys_ok(cmd, now, ("bin", "id")):
             return
         bin_text, id_text = cmd.args["bin"], cmd.args["id"]
-        if not _UINT_RE.match(bin_text) or not 1 <= int(bin_text) <= self.compartments or not _ID_RE.match(id_text):
+        if not _UINT_RE.match(bin_text) or not 1 <= int(bin_text) <= self.spec.compartments or not _ID_RE.match(id_text):
             self._reply(cmd, now, nak="bad_arg")
             return
         bin_ = int(bin_text)
@@ -698,10 +633,10 @@ class SimulatedArduino:
             return
         self._dedupe.append(item)
         self.routes.append((id_text, bin_))
-        self._route_busy_until = now + self.drop_delay_s
+        self._route_busy_until = now + self.spec.drop_delay_s
         self._reply(cmd, now, {"bin": bin_, "id": id_text})
         self._out_order += 1
-        heapq.heappush(self._drops, (now + self.drop_delay_s, self._out_order, lambda t: self._drop(bin_, t)))
+        heapq.heappush(self._drops, (now + self.spec.drop_delay_s, self._out_order, lambda t: self._drop(bin_, t)))
 
     def _drop(self, bin_: int, now: float | None) -> None:
         """The item reaches compartment `bin_`; `now` is None when nobody is there to report it."""
@@ -711,9 +646,9 @@ class SimulatedArduino:
                 self._send_unsolicited("FLT", {"code": "servo_stall", "bin": bin_})
             return
         i = bin_ - 1
-        self._fill[i] = min(self._fill[i] + self.item_mm, self.empty_mm - MIN_DISTANCE_MM)
+        self._fill[i] = min(self._fill[i] + self.spec.item_mm, self.spec.empty_mm - MIN_DISTANCE_MM)
         self._bin_weight[i] += self._rng.uniform(*ITEM_WEIGHT_G)
-        if report and ("drop" in self.sensors or "hx711" in self.sensors):
+        if report and ("drop" in self.spec.sensors or "hx711" in self.spec.sensors):
             self._send_unsolicited("EVT", {"drop": bin_})
 
     def _cmd_lid(self, cmd: Frame, now: float) -> None:
@@ -748,7 +683,7 @@ class SimulatedArduino:
     def _cmd_tare(self, cmd: Frame, now: float) -> None:
         if not self._keys_ok(cmd, now):
             return
-        if "hx711" not in self.sensors:
+        if "hx711" not in self.spec.sensors:
             self._reply(cmd, now, nak="unknown")
             return
         self._tare_g = sum(self._bin_weight)
@@ -759,82 +694,7 @@ class SimulatedArduino:
             self._reply(cmd, now, then=self._power_on)
 
 
-def _parse_faults(specs: list[str]) -> dict[str, float]:
-    """`name=seconds` options of --fault into a dict; raises ValueError on anything else."""
-    known = ("unplug-every", "garbage-every", "reboot-every", "ack-delay")
-    faults: dict[str, float] = {}
-    for spec in specs:
-        name, sep, value = spec.partition("=")
-        if not sep or name not in known:
-            raise ValueError(f"--fault {spec!r}: expected one of {', '.join(k + '=N' for k in known)}")
-        number = float(value)
-        if number <= 0 and name != "ack-delay":
-            raise ValueError(f"--fault {spec!r}: the period must be positive")
-        faults[name] = number
-    return faults
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run a simulator until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m smartbin_daemon.hardware.arduino.simulator",
-                                     description="Simulated SmartBin Arduino (protocol v1) on a pseudo-terminal.")
-    parser.add_argument("--link", type=Path, required=True, help="symlink to create, e.g. /tmp/sim-arduino")
-    parser.add_argument("--compartments", type=int, default=3)
-    parser.add_argument("--telemetry-interval", type=float, default=0.5)
-    parser.add_argument("--heartbeat-interval", type=float, default=1.0)
-    parser.add_argument("--boot-delay", type=float, default=0.2)
-    parser.add_argument("--proto", type=int, default=PROTOCOL_VERSION)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--fault", action="append", default=[], metavar="NAME=N",
-                        help="unplug-every=S, garbage-every=S, reboot-every=S, ack-delay=S (repeatable)")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    try:
-        faults = _parse_faults(args.fault)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sim = SimulatedArduino(args.link, compartments=args.compartments, telemetry_interval_s=args.telemetry_interval,
-                           heartbeat_interval_s=args.heartbeat_interval, boot_delay_s=args.boot_delay,
-                           proto=args.proto, seed=args.seed)
-    rng = random.Random(args.seed)
-    sim.start()
-    if "ack-delay" in faults:
-        sim.set_ack_delay(faults["ack-delay"])
-    start = time.monotonic()
-    due = {name: start + period for name, period in faults.items() if name.endswith("-every")}
-    replug_at: float | None = None
-    # SIGINT/SIGTERM only set an event: a KeyboardInterrupt raised at an arbitrary point (e.g. just after a
-    # lock was taken) could leave the serving thread blocked and the process hanging at exit.
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
-    print(f"simulated arduino: {sim.link} -> {sim.path} (Ctrl-C to stop)", flush=True)
-    try:
-        while not stopping.wait(0.05):
-            now = time.monotonic()
-            if replug_at is not None and now >= replug_at:
-                sim.replug()
-                replug_at = None
-                logger.info("fault: replugged on %s", sim.path)
-            for name, when in due.items():
-                if now < when:
-                    continue
-                due[name] = now + faults[name]
-                if name == "unplug-every" and replug_at is None:
-                    sim.unplug()
-                    replug_at = now + min(1.0, faults[name] / 2)
-                    logger.info("fault: unplugged")
-                elif name == "garbage-every":
-                    sim.inject_garbage(rng.randbytes(rng.randint(1, 200)))
-                    logger.info("fault: injected garbage")
-                elif name == "reboot-every":
-                    sim.reboot()
-                    logger.info("fault: rebooted")
-    finally:
-        sim.stop()
-    return 0
-
-
 if __name__ == "__main__":
+    from .simulator_cli import main
+
     raise SystemExit(main())
