@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -123,8 +124,9 @@ class FillTracker(Worker):
 
     critical = False
 
-    def __init__(self, bus: Bus, cfg: BinsConfig, store: Store, *, name: str = "fill") -> None:
-        super().__init__(name, bus, tick_s=EVALUATE_EVERY_S,
+    def __init__(self, bus: Bus, cfg: BinsConfig, store: Store, *, name: str = "fill",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name, bus, tick_s=EVALUATE_EVERY_S, clock=clock,
                          inbox=(DistanceReading, TemperatureReading, DoorChanged, ItemSorted, MaintenanceChanged, Request))
         self.cfg = cfg
         self.store = store
@@ -180,7 +182,7 @@ class FillTracker(Worker):
         self._count_handed_off()
         self.maintenance = bool((self.bus.states().get("workflow") or {}).get("maintenance", self.maintenance))
         self.bus.publish(Discovery(self.name, self.entities()))
-        now = time.monotonic()
+        now = self.clock()
         self._next_history = now + self.cfg.fill.history_interval_s
         self._next_prune = now
         for c in self.compartments.values():
@@ -226,11 +228,11 @@ class FillTracker(Worker):
     # -- loop ------------------------------------------------------------------------------
 
     def step(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         msg = self.next_message(max(0.0, min(self.tick_s, self._next_eval - now)))
         if msg is not None:
             self.handle(msg)
-        now = time.monotonic()
+        now = self.clock()
         if now >= self._next_eval:
             self._next_eval = now + EVALUATE_EVERY_S
             self._evaluate(now)
@@ -342,7 +344,7 @@ class FillTracker(Worker):
 
     def _count_handed_off(self) -> None:
         """Count items sorted just before a crash whose count had not been committed yet."""
-        now = time.monotonic()
+        now = self.clock()
         for item_id, compartment in self.store.query("SELECT item_id, compartment FROM item_handoff"):
             logger.info("fill: counting item %s in %s, sorted before the restart", item_id, compartment)
             self._count_item(ItemSorted(str(compartment), str(item_id), now))
@@ -425,7 +427,7 @@ class FillTracker(Worker):
         c = self._targets(args.compartment)[0]
         distance = args.distance_mm
         if distance is None:
-            distance = c.filter.candidate(time.monotonic())
+            distance = c.filter.candidate(self.clock())
             if distance is None:
                 raise RequestError(f"no valid distance reading for {c.id} yet (lid open, sensor silent or only "
                                    f"rejected echoes); retry, or give args.distance_mm")

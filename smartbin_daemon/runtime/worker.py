@@ -38,14 +38,17 @@ class Worker:
     state_max_interval_s: float = 10.0
     """... and an unchanged one at least this often."""
 
-    def __init__(self, name: str, bus: Bus, *, tick_s: float = 1.0, inbox: Iterable[type] = (), inbox_size: int = 1000) -> None:
+    def __init__(self, name: str, bus: Bus, *, tick_s: float = 1.0, inbox: Iterable[type] = (), inbox_size: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.bus = bus
         self.tick_s = tick_s
+        self.clock = clock
+        """Monotonic seconds for the heartbeat, state throttling and a subclass's timeouts; tests pass a stepped one."""
         self.stop_event = threading.Event()
         self.inbox: Subscription | None = bus.subscribe(name, inbox, inbox_size) if inbox else None
-        self.last_beat = time.monotonic()
-        self.started_at = time.monotonic()
+        self.last_beat = clock()
+        self.started_at = clock()
         self._last_state: dict[str, Any] | None = None
         self._last_state_at = 0.0
 
@@ -70,11 +73,11 @@ class Worker:
 
     def beat(self) -> None:
         """Mark this worker alive."""
-        self.last_beat = time.monotonic()
+        self.last_beat = self.clock()
 
     def heartbeat_age(self) -> float:
         """Seconds since the last heartbeat."""
-        return time.monotonic() - self.last_beat
+        return self.clock() - self.last_beat
 
     def next_message(self, timeout: float) -> Any | None:
         """Wait up to `timeout` s for an inbox message (None on timeout, stop or no inbox)."""
@@ -106,7 +109,7 @@ class Worker:
     def run(self) -> None:
         """Thread body: setup, loop until stopped, teardown. Exceptions propagate to the supervisor."""
         self.stop_event.clear()
-        self.started_at = time.monotonic()
+        self.started_at = self.clock()
         self.beat()
         try:
             self.setup()
@@ -179,7 +182,7 @@ class Worker:
     def publish_state(self, build: Callable[[], dict[str, Any]], force: bool = False) -> None:
         """Publish `build()` as this component's state when forced, when it changed (rate-limited), or
         when the last copy is getting old; `build` only runs when a publish may be due."""
-        now = time.monotonic()
+        now = self.clock()
         if not force and now - self._last_state_at < self.state_min_interval_s:
             return
         state = build()
