@@ -49,6 +49,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
     raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
 
 
+class SteppedClock:
+    """A worker's clock (`Worker(clock=...)`) that a test moves forward: time.monotonic() plus the steps taken, so
+    timeouts expire when the test says while stamps from other threads stay comparable."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 class Broker:
     """A private mosquitto process that tests can stop and start again on the same port."""
 

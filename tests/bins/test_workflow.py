@@ -38,7 +38,7 @@ from smartbin_daemon.runtime.supervisor import WorkersChanged
 from smartbin_daemon.runtime.worker import Worker
 from smartbin_daemon.store import Store
 
-from ..conftest import wait_until
+from ..conftest import SteppedClock, wait_until
 
 ARDUINO_OWNS_ALL: dict[str, str | None] = {"route": "arduino", "lid": "arduino", "led": "arduino", "buzzer": "arduino"}
 
@@ -87,6 +87,8 @@ class Bench:
         self.cfg = bins_config(workflow, compartments, fill)
         self.vision = vision or {"camera": True, "detector": True}
         self.store = Store(tmp_path / "smartbin.db")
+        self.clock = SteppedClock()
+        """The workflow's clock: a test steps it past a timeout instead of sleeping."""
         self.bus = Bus()
         self.bus.attach_sink(Outbox(self.store))
         self.seen = self.bus.subscribe("test", (Event, StateUpdate, Response, MaintenanceChanged, ItemSorted),
@@ -106,7 +108,8 @@ class Bench:
         self.tracker: FillTracker | None = None
         if tracker:
             self.tracker = self.new_tracker()
-        self.workflow = SortingWorkflow(self.bus, self.cfg, self.store, owners=ARDUINO_OWNS_ALL, vision=self.vision)
+        self.workflow = SortingWorkflow(self.bus, self.cfg, self.store, owners=ARDUINO_OWNS_ALL, vision=self.vision,
+                                        clock=self.clock)
         if self.tracker is not None:
             self.start(self.tracker)
         self.start(self.workflow)
@@ -140,7 +143,8 @@ class Bench:
             self.stop(self.tracker)
         self.drain()
         self.messages.clear()
-        self.workflow = SortingWorkflow(self.bus, self.cfg, self.store, owners=ARDUINO_OWNS_ALL, vision=self.vision)
+        self.workflow = SortingWorkflow(self.bus, self.cfg, self.store, owners=ARDUINO_OWNS_ALL, vision=self.vision,
+                                        clock=self.clock)
         if with_tracker and self.tracker is not None:
             self.tracker = self.new_tracker()
             self.start(self.tracker)
@@ -227,6 +231,12 @@ class Bench:
         """Every message published before this one has been handled by the workflow (its inbox is FIFO)."""
         resp = self.request("workflow", "workflow/ping")
         assert not resp.ok and "does not handle" in (resp.error or "")
+
+    def after(self, seconds: float) -> None:
+        """Step the workflow's clock and let it look at its timers (each handled message is followed by a tick)."""
+        self.clock.advance(seconds)
+        self.sync()
+        self.sync()
 
     def set_level(self, compartment: str, level: str, pct: float) -> None:
         self.bus.publish(FillLevel(compartment, pct, level, time.monotonic()))
@@ -319,26 +329,33 @@ def test_a_decision_without_presence_still_sorts_the_item(bench: Bench) -> None:
     assert bench.sim.routes and bench.sim.routes[0][1] == 2
 
 
-def test_no_decision_in_time_sends_the_item_to_residual(bench: Bench) -> None:
-    t0 = time.monotonic()
+def test_an_item_without_a_decision_goes_to_residual_after_the_decision_timeout(
+        make_bench: Callable[..., Bench]) -> None:
+    bench = make_bench(workflow={"decision_timeout_s": 60.0})
     bench.present()
+    bench.wait_state("classifying")
+    bench.after(59.0)
+    assert bench.state()["state"] == "classifying", "not before workflow.decision_timeout_s"
+    bench.after(1.0)
     data = bench.wait_event("item_sorted").data
-    assert time.monotonic() - t0 >= 0.5, "not before workflow.decision_timeout_s"
     assert (data["category"], data["compartment"], data["flap"]) == ("residual", "residual", 3)
     assert data["reason"] == "decision_timeout" and data["uncertain"] is True
     assert data["detection_id"] is None
-    assert data["latency"]["presence_to_decision_ms"] >= 500
+    assert data["latency"]["presence_to_decision_ms"] >= 60_000
     bench.wait_state("idle")
     assert bench.state()["counts"]["residual"] == 1
 
 
-def test_a_decision_arriving_after_its_item_timed_out_does_not_start_a_second_item(bench: Bench) -> None:
+def test_a_decision_arriving_after_its_item_timed_out_does_not_start_a_second_item(
+        make_bench: Callable[..., Bench]) -> None:
+    bench = make_bench(workflow={"decision_timeout_s": 60.0})
     bench.present()
+    bench.wait_state("classifying")
+    bench.after(60.0)
     bench.wait_event("item_sorted")
     bench.wait_state("idle")
     bench.decide("plastic", item_id="late-1")
-    time.sleep(0.6)
-    bench.sync()
+    bench.after(60.0)  # past every timeout an item started by the late decision would have
     assert len(bench.events("item_sorted")) == 1
     assert bench.state()["state"] == "idle"
     assert len(bench.route_requests()) == 1
@@ -650,12 +667,15 @@ def test_a_drop_reported_for_another_flap_does_not_confirm_the_item(make_bench: 
     assert any("drop seen in flap 2, expected 1" in n for n in data["notes"])
 
 
-def test_without_any_confirmation_the_item_counts_as_sorted_but_unconfirmed(bench: Bench) -> None:
+def test_without_any_confirmation_the_item_counts_as_sorted_unconfirmed_after_the_confirm_timeout(
+        make_bench: Callable[..., Bench]) -> None:
+    bench = make_bench(workflow={"confirm_timeout_s": 60.0})
     bench.sim.jam(1)  # the flap stalls: ACK, but no drop and no weight change
-    t0 = time.monotonic()
     _into_confirming(bench)
+    bench.after(59.0)
+    assert bench.state()["state"] == "confirming"
+    bench.after(1.0)
     data = bench.wait_event("item_sorted").data
-    assert time.monotonic() - t0 >= 0.5
     assert data["confirmation"] == "timeout" and data["confirmed"] is False
     bench.wait_state("idle")
     assert bench.state()["counts"]["unconfirmed"] == 1 and bench.state()["counts"]["sorted"] == 1
@@ -799,8 +819,7 @@ def test_maintenance_entered_while_classifying_interrupts_the_item(bench: Bench)
     data = bench.wait_event("item_interrupted").data
     assert data["item_id"] == item_id and data["note"] == "maintenance mode"
     bench.wait_state("maintenance")
-    time.sleep(0.6)  # past decision_timeout_s: the dropped item must not come back
-    bench.sync()
+    bench.after(1.0)  # past decision_timeout_s: the dropped item must not come back
     assert bench.route_requests() == [] and bench.events("item_sorted") == []
     assert bench.store.query("SELECT COUNT(*) FROM workflow_item") == [(0,)]
 
