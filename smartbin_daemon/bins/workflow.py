@@ -39,43 +39,8 @@ from ..runtime.supervisor import WorkersChanged
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
 from ..store import Store
+from . import sorting_model as sm
 from .sorting import transition, view
-from .sorting_model import (
-    STATES,
-    Actuate,
-    AnnounceMaintenance,
-    Answer,
-    ClearError,
-    ComponentState,
-    Decided,
-    Dropped,
-    Effect,
-    Emit,
-    Event,
-    FillChanged,
-    HandOff,
-    Ids,
-    Interrupted,
-    Layout,
-    LidReported,
-    Log,
-    MaintenanceAsked,
-    Now,
-    Presence,
-    PublishState,
-    RaiseAlert,
-    Restore,
-    RouteAnswer,
-    SaveItem,
-    SaveMeta,
-    SendRoute,
-    ServiceButtonHeld,
-    Sorting,
-    Start,
-    Tick,
-    Weighed,
-    WorkerStatuses,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +77,15 @@ class SortingWorkflow(Worker):
         self.cfg = cfg
         self.store = store
         self.wall = wall
-        self.layout = Layout(cfg, owners, vision)
-        self.sorting = Sorting()
+        self.layout = sm.Layout(cfg, owners, vision)
+        self.sorting = sm.Sorting()
         """The workflow state: only `feed()` replaces it."""
 
     def entities(self) -> tuple[Entity, ...]:
         """Whole-bin entities: workflow state, last item, clear-error button, maintenance switch."""
         return (
             Entity("sensor", "workflow_state", "Sorting state", self.name, "{{ value_json.state }}",
-                   {"device_class": "enum", "options": list(STATES), "icon": "mdi:state-machine", "expire_after": EXPIRE_AFTER_S}),
+                   {"device_class": "enum", "options": list(sm.STATES), "icon": "mdi:state-machine", "expire_after": EXPIRE_AFTER_S}),
             Entity("sensor", "workflow_last_item", "Last item", self.name,
                    "{{ value_json.last_item.category if value_json.last_item else 'None' }}",
                    {"icon": "mdi:recycle", "json_attributes_topic": "workflow",
@@ -147,11 +112,11 @@ class SortingWorkflow(Worker):
             for sql in SCHEMA:
                 db.execute(sql)
         meta = {str(k): json.loads(str(v)) for k, v in self.store.query("SELECT key, value FROM workflow_meta")}
-        self.feed(Restore(meta, self._interrupted_rows(), self.bus.states()))
+        self.feed(sm.Restore(meta, self._interrupted_rows(), self.bus.states()))
         self.bus.publish(Discovery(self.name, self.entities()))
-        self.feed(Start())
+        self.feed(sm.Start())
 
-    def _interrupted_rows(self) -> tuple[Interrupted, ...]:
+    def _interrupted_rows(self) -> tuple[sm.Interrupted, ...]:
         """The rows a previous run left in workflow_item (it died mid-item)."""
         rows = []
         for item_id, state, data in self.store.query("SELECT id, state, data FROM workflow_item"):
@@ -159,7 +124,7 @@ class SortingWorkflow(Worker):
                 saved = json.loads(str(data))
             except ValueError:
                 saved = {}
-            rows.append(Interrupted(str(item_id), str(state), saved))
+            rows.append(sm.Interrupted(str(item_id), str(state), saved))
         return tuple(rows)
 
     def teardown(self) -> None:
@@ -174,7 +139,7 @@ class SortingWorkflow(Worker):
         msg = self.next_message(wait)
         if msg is not None:
             self.handle(msg)
-        self.feed(Tick())
+        self.feed(sm.Tick())
         self.publish_state(self.own_state)
 
     def handle(self, msg: Any) -> None:
@@ -189,67 +154,67 @@ class SortingWorkflow(Worker):
             if event is not None:
                 self.feed(event)
 
-    def _event(self, msg: Any) -> Event | None:
+    def _event(self, msg: Any) -> sm.Event | None:
         """The event a bus message means to the workflow (None: nothing)."""
         if isinstance(msg, PresenceChanged):
-            return Presence(msg.present, msg.mono, _ids())
+            return sm.Presence(msg.present, msg.mono, _ids())
         if isinstance(msg, Decision):
-            return Decided(msg, _ids())
+            return sm.Decided(msg, _ids())
         if isinstance(msg, Response):
             duplicate = isinstance(msg.data, dict) and bool(msg.data.get("duplicate"))
-            return RouteAnswer(msg.request_id, msg.ok, msg.error, duplicate)
+            return sm.RouteAnswer(msg.request_id, msg.ok, msg.error, duplicate)
         if isinstance(msg, ItemDropped):
-            return Dropped(msg.compartment)
+            return sm.Dropped(msg.compartment)
         if isinstance(msg, WeightReading):
-            return Weighed(msg.grams)
+            return sm.Weighed(msg.grams)
         if isinstance(msg, FillLevel):
-            return FillChanged(msg.compartment, msg.fill_pct, msg.level)
+            return sm.FillChanged(msg.compartment, msg.fill_pct, msg.level)
         if isinstance(msg, ButtonPressed):
-            return ServiceButtonHeld() if msg.kind == "hold" else None  # someone at the bin: local presence may unlock
+            return sm.ServiceButtonHeld() if msg.kind == "hold" else None  # someone at the bin: local presence may unlock
         if isinstance(msg, DoorChanged):
-            return LidReported(msg.source, msg.state)
+            return sm.LidReported(msg.source, msg.state)
         if isinstance(msg, StateUpdate):
-            return ComponentState(msg.component, msg.state)
+            return sm.ComponentState(msg.component, msg.state)
         if isinstance(msg, WorkersChanged):
-            return WorkerStatuses({n: str(e.get("status")) for n, e in msg.table.items()})
+            return sm.WorkerStatuses({n: str(e.get("status")) for n, e in msg.table.items()})
         return None
 
-    def feed(self, event: Event) -> tuple[Effect, ...]:
+    def feed(self, event: sm.Event) -> tuple[sm.Effect, ...]:
         """Run one transition at the clock's `now` and carry out its effects, in order."""
-        self.sorting, effects = transition(self.layout, self.sorting, event, Now(self.clock(), self.wall()))
+        self.sorting, effects = transition(self.layout, self.sorting, event, sm.Now(self.clock(), self.wall()))
         for effect in effects:
             self._do(effect)
         return effects
 
     # -- effects --------------------------------------------------------------------------------
 
-    def _do(self, effect: Effect) -> None:
-        if isinstance(effect, Log):
+    def _do(self, effect: sm.Effect) -> None:
+        if isinstance(effect, sm.Log):
             logger.log(effect.level, effect.message, *effect.args, extra=effect.extra)
-        elif isinstance(effect, PublishState):
+        elif isinstance(effect, sm.PublishState):
             snapshot = effect.state
             self.publish_state(lambda: view(self.layout, snapshot, self.clock()), force=True)
-        elif isinstance(effect, SaveItem):
+        elif isinstance(effect, sm.SaveItem):
             self.store.execute(_SAVE_ITEM, (effect.item.id, effect.phase, json.dumps(asdict(effect.item)),
                                             effect.wall))
-        elif isinstance(effect, SaveMeta):
+        elif isinstance(effect, sm.SaveMeta):
             self.store.execute(_SAVE_META, (effect.key, json.dumps(effect.value)))
-        elif isinstance(effect, Emit):
+        elif isinstance(effect, sm.Emit):
             self._emit(effect)
-        elif isinstance(effect, RaiseAlert):
+        elif isinstance(effect, sm.RaiseAlert):
             self.bus.raise_alert(Alert(self.name, effect.code, effect.severity, effect.message, active=effect.active))
-        elif isinstance(effect, Actuate):
+        elif isinstance(effect, sm.Actuate):
             owner = self.layout.owners.get(effect.command)
             if owner is not None:
                 self.bus.publish(Request(owner, effect.command, dict(effect.args), f"workflow-act-{uuid.uuid4().hex}"))
-        elif isinstance(effect, SendRoute):
+        elif isinstance(effect, sm.SendRoute):
             self.bus.publish(Request(effect.owner, "route", dict(effect.args), effect.request_id))
-        elif isinstance(effect, HandOff):
+        elif isinstance(effect, sm.HandOff):
             self.bus.publish(ItemSorted(effect.compartment, effect.item_id, effect.mono))
-        elif isinstance(effect, AnnounceMaintenance):
+        elif isinstance(effect, sm.AnnounceMaintenance):
             self.bus.publish(MaintenanceChanged(effect.on, effect.mono))
 
-    def _emit(self, effect: Emit) -> None:
+    def _emit(self, effect: sm.Emit) -> None:
         """Emit an event and commit its state change with it (one transaction: a crash keeps both or neither)."""
         also: list[tuple[str, tuple[object, ...]]] = []
         if effect.forget is not None:
@@ -270,9 +235,9 @@ class SortingWorkflow(Worker):
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _ask(self, event: Event) -> Any:
+    def _ask(self, event: sm.Event) -> Any:
         """Feed a request's event; its `Answer` is the reply (or the refusal)."""
-        answer = next((e for e in self.feed(event) if isinstance(e, Answer)), Answer())
+        answer = next((e for e in self.feed(event) if isinstance(e, sm.Answer)), sm.Answer())
         if answer.error is not None:
             raise RequestError(answer.error)
         return answer.data
@@ -280,19 +245,19 @@ class SortingWorkflow(Worker):
     @command("workflow/clear_error", summary="Leave the error or blocked state and resume sorting (after fixing the "
                                             "cause); the lid unlocks only when the request is signed.")
     def _clear_error(self, req: Request, args: NoArgs) -> dict[str, Any]:
-        return self._ask(ClearError(req.trusted, req.authority))
+        return self._ask(sm.ClearError(req.trusted, req.authority))
 
     @command("maintenance", MaintenanceArgs, example={"on": True},
              summary="Maintenance mode: sorting pauses, events are labelled maintenance; the lid unlocks only when "
                      "signed or by holding the service button (which also toggles it).")
     def _maintenance_request(self, req: Request, args: MaintenanceArgs) -> dict[str, Any]:
-        return self._ask(MaintenanceAsked(args.on, req.trusted))
+        return self._ask(sm.MaintenanceAsked(args.on, req.trusted))
 
     def own_state(self) -> dict[str, Any]:
         """The `workflow` state."""
         return view(self.layout, self.sorting, self.clock())
 
 
-def _ids() -> Ids:
+def _ids() -> sm.Ids:
     """Fresh ids for an item the next transition may start."""
-    return Ids(uuid.uuid4().hex[:12], secrets.token_hex(4))
+    return sm.Ids(uuid.uuid4().hex[:12], secrets.token_hex(4))
