@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .state import State
+
 logger = logging.getLogger(__name__)
 
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -266,9 +268,9 @@ class Bus:
 
     # convenience ----------------------------------------------------------
 
-    def set_state(self, component: str, state: dict[str, Any]) -> None:
-        """Publish a component's full state."""
-        self.publish(StateUpdate(component, state))
+    def set_state(self, component: str, state: State | dict[str, Any]) -> None:
+        """Publish a component's full state; a typed model becomes its JSON dict here (the bus carries dicts)."""
+        self.publish(StateUpdate(component, state.to_json() if isinstance(state, State) else state))
 
     @property
     def has_sink(self) -> bool:

@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .bus import Bus, Request, Response, Subscription
+from .bus import Bus, Entity, Request, Response, Subscription
 from .commands import ANSWERED_LATER, RequestError, RequestSpec, declared_commands, field_errors
+from .state import State
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,10 @@ class Worker:
         if self.inbox is not None:
             self.inbox.wake()
 
+    def entities(self) -> tuple[Entity, ...]:
+        """The Home Assistant entities this worker declares (published as its `Discovery`); none by default."""
+        return ()
+
     # -- requests ------------------------------------------------------------
 
     def requests(self) -> list[RequestSpec]:
@@ -179,13 +184,14 @@ class Worker:
         logger.exception("%s: request %s failed", self.name, req.command)
         self.refuse(req, f"{type(exc).__name__}: {exc}")
 
-    def publish_state(self, build: Callable[[], dict[str, Any]], force: bool = False) -> None:
-        """Publish `build()` as this component's state when forced, when it changed (rate-limited), or
+    def publish_state(self, build: Callable[[], State | dict[str, Any]], force: bool = False) -> None:
+        """Publish `build()` (the component's state model) when forced, when it changed (rate-limited), or
         when the last copy is getting old; `build` only runs when a publish may be due."""
         now = self.clock()
         if not force and now - self._last_state_at < self.state_min_interval_s:
             return
-        state = build()
+        built = build()
+        state = built.to_json() if isinstance(built, State) else built
         if force or state != self._last_state or now - self._last_state_at >= self.state_max_interval_s:
             self._last_state = state
             self._last_state_at = now
