@@ -51,6 +51,8 @@ from .runtime.commands import (
 )
 from .runtime.supervisor import WorkersChanged
 from .runtime.worker import Worker
+from .states.daemon import Audit, DaemonState
+from .states.mqtt import MqttState
 
 logger = logging.getLogger(__name__)
 
@@ -580,28 +582,28 @@ class DaemonControl(Worker):
             result["detector_refreshed"] = True
         return result
 
-    def own_state(self) -> dict[str, Any]:
+    def own_state(self) -> DaemonState:
         """The `daemon` state: version, uptime, workers, pending restart."""
         failed = sorted(n for n, w in self.workers.items() if w.get("status") == "failed")
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "started_at": iso_utc(self.started_wall),
-            "uptime_s": round(time.monotonic() - self.started_mono),
-            "workers": self.workers,
-            "failed_workers": failed,
-            "restart_required": list(self.restart_required),
-            "bus_dropped": self.bus.dropped(),
-            "audit": self._audit(),
-        }
+        return DaemonState(
+            version=__version__,
+            pid=os.getpid(),
+            started_at=iso_utc(self.started_wall),
+            uptime_s=round(time.monotonic() - self.started_mono),
+            workers=self.workers,
+            failed_workers=failed,
+            restart_required=list(self.restart_required),
+            bus_dropped=self.bus.dropped(),
+            audit=self._audit(),
+        )
 
-    def _audit(self) -> dict[str, Any]:
+    def _audit(self) -> Audit:
         """Privileged requests accepted (by signing key) and refused, as the MQTT worker last counted them."""
-        mqtt = self.bus.states().get("mqtt") or {}
-        return {"privileged_accepted": dict(mqtt.get("requests_privileged") or {}),
-                "refused": int(mqtt.get("requests_unauthorized") or 0),
-                "signing_keys": sorted(self.cfg.security.signing_keys()),
-                "revoked_keys": sorted(self.cfg.security.revoked_keys())}
+        mqtt = MqttState.from_json(self.bus.states().get("mqtt"))
+        return Audit(privileged_accepted=dict(mqtt.requests_privileged or {}),
+                     refused=int(mqtt.requests_unauthorized or 0),
+                     signing_keys=sorted(self.cfg.security.signing_keys()),
+                     revoked_keys=sorted(self.cfg.security.revoked_keys()))
 
     def _publish(self) -> None:
         self._last_publish = time.monotonic()

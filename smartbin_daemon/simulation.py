@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -22,6 +22,8 @@ from .messages import SimulatedPresence
 from .runtime import files
 from .runtime.bus import Bus
 from .runtime.worker import Worker
+from .states.fill import BinLevel, FillState
+from .states.simulation import SimulationState
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +124,12 @@ class ItemFeeder(Worker):
         """Empty a compartment that has read full for `empty_after_s` (the bag is changed)."""
         if self.cfg.empty_after_s is None or self.bins is None or not self.bins.enabled or self.arduino is None:
             return
-        compartments = (self.bus.states().get("fill") or {}).get("compartments") or {}
+        compartments = FillState.from_json(self.bus.states().get("fill")).compartments or {}
         for c in self.bins.compartments:
             if c.sensor is None or c.sensor.source != "arduino":
                 continue
-            if (compartments.get(c.id) or {}).get("level") != "full":
+            fill = compartments.get(c.id)
+            if fill is None or fill.level != BinLevel.FULL:
                 self._full_since.pop(c.id, None)
                 continue
             since = self._full_since.setdefault(c.id, now)
@@ -152,12 +155,11 @@ class ItemFeeder(Worker):
         files.write_atomic(target, data.tobytes())  # the temp name has no image suffix: the camera never lists it
 
     def _publish(self) -> None:
-        state: dict[str, Any] = {
-            "items": self.items,
-            "samples": len(self.samples),
-            "current": None if self.current is None else self.current[0].name,
-            "expected_category": None if self.current is None else self.current[1],
-            "interval_s": self.cfg.item_interval_s,
-            "emptied": self.emptied,
-        }
-        self.bus.set_state(self.name, state)
+        self.bus.set_state(self.name, SimulationState(
+            items=self.items,
+            samples=len(self.samples),
+            current=None if self.current is None else self.current[0].name,
+            expected_category=None if self.current is None else self.current[1],
+            interval_s=self.cfg.item_interval_s,
+            emptied=self.emptied,
+        ))

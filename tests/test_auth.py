@@ -507,7 +507,7 @@ def test_privileged_requests_are_checked_in_the_worker(tmp_path: Path) -> None:
     assert [(r.command, r.authority) for r in routed] == [("route", "signed"), ("lid", "unsigned"),
                                                          ("led", "signed")]
     assert routed[0].args == {**ARGS, "command_id": None}
-    assert worker.own_state()["requests_unauthorized"] == 2
+    assert worker.own_state().to_json()["requests_unauthorized"] == 2
 
 
 # =========================================================================== HA discovery (unit level)

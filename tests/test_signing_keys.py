@@ -128,7 +128,7 @@ def test_accepted_privileged_requests_are_counted_by_key_logged_and_carry_the_ke
     answers = [json.loads(p) for _, p in published]
     assert [a["transaction"] for a in answers] == ["t-revoked"]
     assert answers[0]["error"] == "auth.key: key 'nodered' is revoked"
-    state = worker.own_state()
+    state = worker.own_state().to_json()
     assert state["requests_privileged"] == {"technician": 1} and state["requests_unauthorized"] == 1
     accepted = [r for r in caplog.records if getattr(r, "SMARTBIN_EVENT", None) == "request_privileged"]
     assert len(accepted) == 1 and accepted[0].SMARTBIN_KEY == "technician" and "'t-ok'" in accepted[0].getMessage()

@@ -32,6 +32,8 @@ from ..runtime.bus import Alert, Bus, Discovery, Entity, Request
 from ..runtime.commands import RequestError, RequestSpec, command
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
+from ..states.fill import BinLevel, Calibration, CompartmentFill, FillState, SensorRef
+from ..states.workflow import WorkflowState
 from ..store import Store
 from .fill import (
     LEVELS,
@@ -180,7 +182,9 @@ class FillTracker(Worker):
                 db.execute(sql)
         self._load()
         self._count_handed_off()
-        self.maintenance = bool((self.bus.states().get("workflow") or {}).get("maintenance", self.maintenance))
+        workflow = self.bus.states().get("workflow")
+        if workflow is not None:
+            self.maintenance = bool(WorkflowState.from_json(workflow).maintenance)
         self.bus.publish(Discovery(self.name, self.entities()))
         now = self.clock()
         self._next_history = now + self.cfg.fill.history_interval_s
@@ -470,36 +474,36 @@ class FillTracker(Worker):
 
     # -- state -------------------------------------------------------------------------------
 
-    def own_state(self) -> dict[str, Any]:
+    def own_state(self) -> FillState:
         """The `fill` state: every compartment, keyed by id."""
-        comps: dict[str, Any] = {}
+        comps: dict[str, CompartmentFill] = {}
         for c in self.compartments.values():
             fc = c.forecast
             free_l = None
             if c.cfg.capacity_l is not None and c.fill_pct is not None:
                 free_l = round(c.cfg.capacity_l * (100.0 - c.fill_pct) / 100.0, 1)
-            comps[c.id] = {
-                "name": c.cfg.name,
-                "categories": list(c.cfg.categories),
-                "fill_pct": c.fill_pct,
-                "level": c.level,
-                "full": c.level == "full",
-                "distance_mm": c.distance_mm,
-                "items": c.items,
-                "items_total": c.items_total,
-                "emptied_at": iso_utc(c.emptied_at) if c.emptied_at else None,
-                "rate_pct_per_h": fc.rate_pct_per_h if fc else None,
-                "predicted_full_at": iso_utc(fc.full_at) if fc and fc.full_at else None,
-                "seconds_to_full": round(fc.seconds_to_full) if fc and fc.seconds_to_full is not None else None,
-                "capacity_l": c.cfg.capacity_l,
-                "free_l": free_l,
-                "calibration": {"empty_mm": c.empty_mm, "full_mm": c.full_mm,
-                                "source": "request" if c.calibrated_at else "config",
-                                "calibrated_at": iso_utc(c.calibrated_at) if c.calibrated_at else None},
-                "sensor": None if c.cfg.sensor is None else {"source": c.cfg.sensor.source, "channel": c.cfg.sensor.channel},
-                "rejected_readings": dict(c.filter.rejected),
-            }
-        return {"compartments": comps, "maintenance": self.maintenance, "lid_open": self._lid_open}
+            comps[c.id] = CompartmentFill(
+                name=c.cfg.name,
+                categories=list(c.cfg.categories),
+                fill_pct=c.fill_pct,
+                level=None if c.level is None else BinLevel(c.level),
+                full=c.level == BinLevel.FULL,
+                distance_mm=c.distance_mm,
+                items=c.items,
+                items_total=c.items_total,
+                emptied_at=iso_utc(c.emptied_at) if c.emptied_at else None,
+                rate_pct_per_h=fc.rate_pct_per_h if fc else None,
+                predicted_full_at=iso_utc(fc.full_at) if fc and fc.full_at else None,
+                seconds_to_full=round(fc.seconds_to_full) if fc and fc.seconds_to_full is not None else None,
+                capacity_l=c.cfg.capacity_l,
+                free_l=free_l,
+                calibration=Calibration(empty_mm=c.empty_mm, full_mm=c.full_mm,
+                                        source="request" if c.calibrated_at else "config",
+                                        calibrated_at=iso_utc(c.calibrated_at) if c.calibrated_at else None),
+                sensor=None if c.cfg.sensor is None else SensorRef(source=c.cfg.sensor.source, channel=c.cfg.sensor.channel),
+                rejected_readings=dict(c.filter.rejected),
+            )
+        return FillState(compartments=comps, maintenance=self.maintenance, lid_open=self._lid_open)
 
 
 def _float(value: object) -> float | None:

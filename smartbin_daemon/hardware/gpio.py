@@ -51,6 +51,7 @@ from ..messages import (
 from ..runtime.bus import Bus, Discovery, Entity, Request
 from ..runtime.commands import RequestError, RequestSpec, command, declared_specs
 from ..runtime.worker import FatalWorkerError, Worker
+from ..states.gpio import GpioState, StatusLed
 from .pins import (
     Debouncer,
     TrackedDistanceSensor,
@@ -642,19 +643,19 @@ class GpioWorker(Worker):
 
     # -- state and entities ---------------------------------------------------------------
 
-    def own_state(self) -> dict[str, Any]:
+    def own_state(self) -> GpioState:
         """The retained `<root>/gpio` state."""
-        return {
-            "pin_factory": self._factory_name,
-            "presence": self._presence,
-            "door": self._door,
-            "button": None if self._button_pressed is None else ("pressed" if self._button_pressed else "released"),
-            "lid": None if self._lid is None else dict(self._lid),
-            "led": None if self.status_led is None else {"pattern": self._led_pattern, "fault": self._fault_on()},
-            "buzzer": None if self.buzzer_dev is None else self._buzzer_pattern,
-            "distances": {str(c): mm for c, mm in sorted(self._distances.items())},
-            "counters": dict(self.counters),
-        }
+        return GpioState(
+            pin_factory=self._factory_name,
+            presence=self._presence,
+            door=self._door,
+            button=None if self._button_pressed is None else ("pressed" if self._button_pressed else "released"),
+            lid=None if self._lid is None else dict(self._lid),
+            led=None if self.status_led is None else StatusLed(pattern=self._led_pattern, fault=self._fault_on()),
+            buzzer=None if self.buzzer_dev is None else self._buzzer_pattern,
+            distances={str(c): mm for c, mm in sorted(self._distances.items())},
+            counters=dict(self.counters),
+        )
 
     def _publish_state(self, now: float) -> None:
         """Publish the state now and restart the rate-limit and periodic clocks."""

@@ -15,6 +15,7 @@ from ..config import HealthConfig
 from ..logs import ev
 from ..runtime.bus import Alert, Bus, Discovery, Entity
 from ..runtime.worker import Worker
+from ..states.health import HealthState, HealthStatus
 from . import scoring
 from .sources import (
     NvmlReader,
@@ -217,6 +218,10 @@ class HealthMonitor(Worker):
             self._nvml.close()
             self._nvml = None
 
+    def entities(self, *, pi_present: bool = True, gpu_present: bool = True) -> tuple[Entity, ...]:
+        """HA entities it declares; by default every one it may (the Pi flags and GPU load appear with the hardware)."""
+        return health_entities(self.cfg.interval_s, pi_present=pi_present, gpu_present=gpu_present)
+
     def state_extra(self) -> dict[str, Any]:
         """Status and score for the daemon's worker table."""
         current = self._assessment
@@ -229,12 +234,12 @@ class HealthMonitor(Worker):
         state = self.collect()
         previous = self._assessment
         current = scoring.evaluate(scoring.metrics_from_state(state), self.cfg.thresholds, previous.codes)
-        state = {
-            "status": current.status,
-            "score": current.score,
-            "conditions": [c.code for c in current.conditions],
+        state = HealthState(
+            status=HealthStatus(current.status),
+            score=current.score,
+            conditions=[c.code for c in current.conditions],
             **state,
-        }
+        ).to_json()
         self.bus.set_state(COMPONENT, state)
         self._declare(pi_present=state["pi"] is not None, gpu_present=bool(state["gpu"]["present"]))
         try:
@@ -303,7 +308,7 @@ class HealthMonitor(Worker):
 
     def _declare(self, *, pi_present: bool, gpu_present: bool) -> None:
         """Publish the HA entities when they differ from what was last declared (e.g. a GPU appeared)."""
-        entities = health_entities(self.cfg.interval_s, pi_present=pi_present, gpu_present=gpu_present)
+        entities = self.entities(pi_present=pi_present, gpu_present=gpu_present)
         if entities == self._entities:
             return
         self.bus.publish(Discovery(COMPONENT, entities))

@@ -43,6 +43,7 @@ from ..runtime.commands import ParsedRequest, RateLimiter, RequestError, Request
 from ..runtime.status import AUTH_FAILED, CONNECTED, CONNECTING, DISCONNECTED
 from ..runtime.wake import WakePipe
 from ..runtime.worker import Worker
+from ..states.mqtt import MqttState, OutboxCounts
 from . import discovery as disco
 from .discovery import Topics
 from .outbox import Outbox
@@ -640,41 +641,41 @@ class MqttWorker(Worker):
             self.outbox.prune_expired()
         self._publish_own_state()
 
-    def own_state(self) -> dict[str, Any]:
+    def own_state(self) -> MqttState:
         """The `mqtt` component state."""
         c = self.counters
         dropped = self.outbox.dropped()
-        return {
-            "status": self.status,
-            "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
-            "protocol": self.cfg.mqtt.protocol,
-            "tls": self.cfg.mqtt.tls.enabled,
-            "connected_since": iso_utc(c.connected_since) if c.connected_since else None,
-            "connects": c.connects,
-            "disconnects": c.disconnects,
-            "last_error": c.last_error,
-            "requests": c.requests,
-            "request_errors": c.request_errors,
-            "requests_unauthorized": c.unauthorized,
-            "requests_rate_limited": c.rate_limited,
-            "requests_privileged": dict(c.privileged),
-            "outbox": {
-                "pending": len(self.outbox),
-                "inflight": len(self._inflight),
-                "sent": c.events_sent,
-                "acked": c.events_acked,
-                "rejected": c.events_rejected,
-                "dropped": dropped.get("dropped", 0),
-                "dropped_by_size": dropped.get("dropped_size", 0),
-                "dropped_by_age": dropped.get("dropped_age", 0),
-            },
-        }
+        return MqttState(
+            status=self.status,
+            broker=f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
+            protocol=self.cfg.mqtt.protocol,
+            tls=self.cfg.mqtt.tls.enabled,
+            connected_since=iso_utc(c.connected_since) if c.connected_since else None,
+            connects=c.connects,
+            disconnects=c.disconnects,
+            last_error=c.last_error,
+            requests=c.requests,
+            request_errors=c.request_errors,
+            requests_unauthorized=c.unauthorized,
+            requests_rate_limited=c.rate_limited,
+            requests_privileged=dict(c.privileged),
+            outbox=OutboxCounts(
+                pending=len(self.outbox),
+                inflight=len(self._inflight),
+                sent=c.events_sent,
+                acked=c.events_acked,
+                rejected=c.events_rejected,
+                dropped=dropped.get("dropped", 0),
+                dropped_by_size=dropped.get("dropped_size", 0),
+                dropped_by_age=dropped.get("dropped_age", 0),
+            ),
+        )
 
     def _publish_own_state(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_own_state_at < 1.0:
             return
-        state = self.own_state()
+        state = self.own_state().to_json()  # the MQTT edge: the model becomes the published dict
         if force or state != self._last_own_state:
             self._last_own_state = state
             self._last_own_state_at = now

@@ -21,7 +21,6 @@ import itertools
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -34,6 +33,7 @@ from ..runtime.bus import Alert, Bus, Discovery, Entity
 from ..runtime.status import CONNECTED, DISCONNECTED, ENDED, RECONNECTING
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
+from ..states.camera import CameraState
 from .frames import Frame, LatestFrame
 from .sources import FrameSource, SourceEnded, SourceError, SourceStalled, make_source, redact
 
@@ -102,6 +102,10 @@ class CameraWorker(Worker):
         self._unavailable_since: float | None = None
         self._alert_active = False
 
+    def entities(self) -> tuple[Entity, ...]:
+        """HA entities of the camera."""
+        return camera_entities(self.name)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def setup(self) -> None:
@@ -112,8 +116,8 @@ class CameraWorker(Worker):
         self._backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         self._unavailable_since = now
         # A worker replaced on reload inherits an alert its predecessor raised, so it clears it later.
-        self._alert_active = bool(self.bus.states().get(self.name, {}).get("unavailable_alert", False))
-        self.bus.publish(Discovery(self.name, camera_entities(self.name)))
+        self._alert_active = bool(CameraState.from_json(self.bus.states().get(self.name)).unavailable_alert)
+        self.bus.publish(Discovery(self.name, self.entities()))
         self.publish_state(self.own_state, force=True)
 
     def teardown(self) -> None:
@@ -306,7 +310,7 @@ class CameraWorker(Worker):
         """E.g. `640x480`; the last decoded frame's size (None before the first decode)."""
         return f"{self._resolution[0]}x{self._resolution[1]}" if self._resolution else None
 
-    def own_state(self) -> dict[str, Any]:
+    def own_state(self) -> CameraState:
         """The `camera` state."""
         now = time.monotonic()
         for stamps in (self._reconnect_stamps, self._stall_stamps):
@@ -315,25 +319,25 @@ class CameraWorker(Worker):
         if self.source is not None:
             self._source_stats = dict(self.source.stats())
         waiting = self.source is None and self.status != ENDED
-        return {
-            "status": self.status,
-            "source": self.description,
-            "kind": self.kind,
-            "resolution": self._resolution_text(),
-            "fps": self.fps(now),
-            "target_fps": self.cfg.fps,
-            "frames": self.frames_total,
-            "decoded": self.decoded_total,
-            "last_frame_age_s": None if self._last_frame_at is None else round(now - self._last_frame_at, 3),
-            "reconnects_last_hour": len(self._reconnect_stamps),
-            "stalls_last_hour": len(self._stall_stamps),
-            "reconnects_total": self.reconnects_total,
-            "stalls_total": self.stalls_total,
-            "errors_total": self.errors_total,
-            "open_attempts_total": self.open_attempts_total,
-            "last_error": self.last_error,
-            "last_error_at": iso_utc(self._last_error_wall) if self._last_error_wall is not None else None,
-            "next_retry_s": round(max(0.0, self._next_attempt - now), 1) if waiting else None,
-            "unavailable_alert": self._alert_active,
-            "source_stats": self._source_stats,
-        }
+        return CameraState(
+            status=self.status,
+            source=self.description,
+            kind=self.kind,
+            resolution=self._resolution_text(),
+            fps=self.fps(now),
+            target_fps=self.cfg.fps,
+            frames=self.frames_total,
+            decoded=self.decoded_total,
+            last_frame_age_s=None if self._last_frame_at is None else round(now - self._last_frame_at, 3),
+            reconnects_last_hour=len(self._reconnect_stamps),
+            stalls_last_hour=len(self._stall_stamps),
+            reconnects_total=self.reconnects_total,
+            stalls_total=self.stalls_total,
+            errors_total=self.errors_total,
+            open_attempts_total=self.open_attempts_total,
+            last_error=self.last_error,
+            last_error_at=iso_utc(self._last_error_wall) if self._last_error_wall is not None else None,
+            next_retry_s=round(max(0.0, self._next_attempt - now), 1) if waiting else None,
+            unavailable_alert=self._alert_active,
+            source_stats=self._source_stats,
+        )

@@ -25,6 +25,7 @@ from ..messages import Decision, DetectedBox, PresenceChanged
 from ..runtime.bus import Alert, BinaryPublish, Bus, Discovery, Entity, Request
 from ..runtime.commands import ANSWERED_LATER, RequestError, RequestSpec, command
 from ..runtime.worker import FatalWorkerError, Worker
+from ..states.detector import DetectorState, GateState, LastDecision, Percentiles, Thresholds
 from .decision import VotePolicy, decide, effective_policy
 from .evidence import EvidenceStore
 from .evidence_writer import EvidenceWriter
@@ -34,7 +35,7 @@ from .motion import MotionGate
 
 logger = logging.getLogger(__name__)
 
-IDLE, SETTLING, COLLECTING = "idle", "settling", "collecting"
+IDLE, SETTLING, COLLECTING = GateState.IDLE, GateState.SETTLING, GateState.COLLECTING
 STATS_WINDOW = 200
 SNAPSHOT_WAIT_S = 1.0
 """A `snapshot` waits this long for the camera to decode a current frame."""
@@ -435,37 +436,36 @@ class DetectorWorker(Worker):
 
     # -- state ----------------------------------------------------------------------------------------------
 
-    def own_state(self) -> dict[str, Any]:
+    def own_state(self) -> DetectorState:
         """The `detector` state."""
         now = time.monotonic()
         per_min = sum(1 for t in self._decision_times if now - t <= 60.0)
         last = self.last_decision
         policy, source = self._policy()
-        stages = {k: {"p50": _r(percentile(v, 50)), "p95": _r(percentile(v, 95))} for k, v in self._stage_ms.items()}
-        return {
-            "enabled": self.enabled,
-            "continuous": self.continuous,
-            "gate": self.cfg.gate,
-            "gate_state": self.gate_state,
-            "model": self.model.name if self.model else None,
-            "backend": self.model.backend_name if self.model else None,
-            "device": self.model.device if self.model else None,
-            "imgsz": self.model.imgsz if self.model else self.cfg.imgsz,
-            "thresholds": {"min_confidence": policy.min_confidence, "min_margin": policy.min_margin, "source": source},
-            "warnings": self.warnings,
-            "inferences": self.inferences,
-            "decisions": self.decisions,
-            "decisions_per_minute": per_min,
-            "stale_frames": self.stale_frames,
-            "inference_ms": {"p50": _r(percentile(self._inference_ms, 50)), "p95": _r(percentile(self._inference_ms, 95))},
-            "stages_ms": stages,
-            "last": None if last is None else {
-                "item_id": last.item_id, "category": last.category, "class_name": last.class_name,
-                "confidence": last.confidence, "uncertain": last.uncertain, "snapshot": last.snapshot,
-                "at": iso_utc(time.time() - (now - last.mono)),
-            },
-            "evidence": self.evidence_writer.evidence_stats() if self.evidence_writer is not None else None,
-        }
+        return DetectorState(
+            enabled=self.enabled,
+            continuous=self.continuous,
+            gate=self.cfg.gate,
+            gate_state=self.gate_state,
+            model=self.model.name if self.model else None,
+            backend=self.model.backend_name if self.model else None,
+            device=self.model.device if self.model else None,
+            imgsz=self.model.imgsz if self.model else self.cfg.imgsz,
+            thresholds=Thresholds(min_confidence=policy.min_confidence, min_margin=policy.min_margin, source=source),
+            warnings=self.warnings,
+            inferences=self.inferences,
+            decisions=self.decisions,
+            decisions_per_minute=per_min,
+            stale_frames=self.stale_frames,
+            inference_ms=_percentiles(self._inference_ms),
+            stages_ms={k: _percentiles(v) for k, v in self._stage_ms.items()},
+            last=None if last is None else LastDecision(
+                item_id=last.item_id, category=last.category, class_name=last.class_name,
+                confidence=last.confidence, uncertain=last.uncertain, snapshot=last.snapshot,
+                at=iso_utc(time.time() - (now - last.mono)),
+            ),
+            evidence=self.evidence_writer.evidence_stats() if self.evidence_writer is not None else None,
+        )
 
     def _publish_state(self, force: bool = False) -> None:
         self.publish_state(self.own_state, force)
@@ -473,3 +473,8 @@ class DetectorWorker(Worker):
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
+
+
+def _percentiles(samples: collections.deque[float]) -> Percentiles:
+    """p50 and p95 of the samples, rounded to 0.1 ms."""
+    return Percentiles(p50=_r(percentile(samples, 50)), p95=_r(percentile(samples, 95)))

@@ -425,7 +425,7 @@ def bench(quick: bool = False, *, model: Path | None = None, rounds: int | None 
                 row["ort_vs_ultralytics_time_ratio"] = secs["onnxruntime"] / secs["ultralytics"]
                 row["ort_vs_ultralytics_cpu_ratio"] = cpu["onnxruntime"] / cpu["ultralytics"]
             rows.append(row)
-        st = pipelines["pipeline"].worker.own_state()
+        st = pipelines["pipeline"].worker.own_state().to_json()
         evidence = (st.get("evidence") or {}).get("writer") or {}
     finally:
         for p in pipelines.values():

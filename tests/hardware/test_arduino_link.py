@@ -76,7 +76,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 def test_handshake_reports_firmware_and_capabilities(rig: Rig) -> None:
     rig.connected()
-    state = rig.link.own_state()
+    state = rig.link.own_state().to_json()
     assert state["firmware"] == "smartbin-fw" and state["protocol"] == 1
     assert state["compartments"] == 3
     assert "us" in state["sensors"]
@@ -87,7 +87,7 @@ def test_telemetry_becomes_distance_readings_per_compartment(rig: Rig) -> None:
     rig.connected()
     wait_until(lambda: {m.compartment for m in rig.drain() if isinstance(m, DistanceReading)} == {1, 2, 3},
                what="distance readings of all three compartments")
-    assert rig.link.own_state()["lid"] in ("closed", "open", "locked")
+    assert rig.link.own_state().to_json()["lid"] in ("closed", "open", "locked")
 
 
 def test_route_is_acknowledged_and_moves_the_simulated_flap(rig: Rig) -> None:
@@ -169,8 +169,8 @@ def test_a_garbage_flood_is_counted_and_skipped(rig: Rig) -> None:
                 junk += b"$7 WHAT x=1*" + f"{0:02X}".encode() + b"\n"
         rig.sim.inject_garbage(bytes(junk))
         time.sleep(0.03)
-    wait_until(lambda: rig.link.own_state()["counters"]["bad_frames"] > 1000, 10, what="bad frames counted")
-    errors = rig.link.own_state()["counters"]["errors"]
+    wait_until(lambda: rig.link.own_state().to_json()["counters"]["bad_frames"] > 1000, 10, what="bad frames counted")
+    errors = rig.link.own_state().to_json()["counters"]["errors"]
     assert errors["bad_checksum"] > 0 and errors["oversize"] > 0
     assert rig.thread.is_alive()
     rig.connected()

@@ -141,7 +141,7 @@ def test_classmap_is_found_beside_any_export_format() -> None:
 def test_no_inference_while_idle_then_exactly_k_frames_per_item(rig: Rig) -> None:
     time.sleep(1.5)  # frames flow at 20 fps, nobody is at the bin
     assert rig.worker.inferences == 0, "idle must cost no inference"
-    assert rig.worker.own_state()["gate_state"] == "idle"
+    assert rig.worker.own_state().to_json()["gate_state"] == "idle"
     rig.bus.publish(PresenceChanged("gpio", True, time.monotonic()))
     decision = wait_until(lambda: next((m for m in rig.drain() if isinstance(m, Decision)), None), 20, what="a decision")
     assert rig.worker.inferences == 3
@@ -165,7 +165,7 @@ def test_no_inference_while_idle_then_exactly_k_frames_per_item(rig: Rig) -> Non
     wait_until(snapshot_published, 10, what="the published snapshot")
     time.sleep(1.0)
     assert rig.worker.inferences == 3, "back to idle after the decision"
-    state = rig.worker.own_state()
+    state = rig.worker.own_state().to_json()
     assert state["decisions"] == 1 and state["inference_ms"]["p50"] is not None
 
 
@@ -282,7 +282,7 @@ def test_a_hot_swap_can_change_the_backend_and_back(rig: Rig, tiny: Path) -> Non
     assert rig.worker.model is not None and rig.worker.model.backend_name == "onnxruntime"
     to_pt = rig.request("model/reload", {"path": str(tiny.with_suffix(".pt"))})
     assert to_pt.ok, to_pt.error
-    assert to_pt.data["backend"] == "ultralytics" and rig.worker.own_state()["backend"] == "ultralytics"
+    assert to_pt.data["backend"] == "ultralytics" and rig.worker.own_state().to_json()["backend"] == "ultralytics"
     rig.bus.publish(PresenceChanged("gpio", True, time.monotonic()))
     wait_until(lambda: any(isinstance(m, Decision) for m in rig.drain()), 20, what="a decision with the .pt model")
     back = rig.request("model/reload", {})
@@ -304,12 +304,12 @@ def test_the_model_s_own_thresholds_apply_unless_the_config_sets_them(tmp_path: 
     ):
         r = Rig(tmp_path / str(len(overrides)), model, **overrides)
         try:
-            assert r.worker.own_state()["thresholds"] == expected
+            assert r.worker.own_state().to_json()["thresholds"] == expected
         finally:
             r.close()
     r = Rig(tmp_path / "plain", tiny)  # a class map without thresholds: the built-in defaults
     try:
-        assert r.worker.own_state()["thresholds"]["source"] == {"min_confidence": "default", "min_margin": "default"}
-        assert r.worker.own_state()["imgsz"] == IMGSZ
+        assert r.worker.own_state().to_json()["thresholds"]["source"] == {"min_confidence": "default", "min_margin": "default"}
+        assert r.worker.own_state().to_json()["imgsz"] == IMGSZ
     finally:
         r.close()

@@ -40,6 +40,7 @@ from ...runtime.commands import ANSWERED_LATER, NoArgs, RequestError, RequestSpe
 from ...runtime.status import CONNECTED, CONNECTING, DISCONNECTED, INCOMPATIBLE, STALE
 from ...runtime.wake import WakePipe
 from ...runtime.worker import Worker
+from ...states.arduino import ArduinoState, LinkCounters
 from .protocol import (
     ERROR_KINDS,
     IDEMPOTENT,
@@ -593,35 +594,39 @@ class ArduinoLink(Worker):
 
     # -- state ----------------------------------------------------------------------------------
 
-    def own_state(self) -> dict[str, Any]:
+    def own_state(self) -> ArduinoState:
         """The `arduino` state."""
         c = self.counters
         errors = {kind: c.errors.get(kind, 0) for kind in ERROR_KINDS}
-        return {
-            "status": self.status,
-            "connected": self.status in (CONNECTED, STALE),
-            "port": self.port,
-            "firmware": self.firmware.get("name"),
-            "firmware_version": self.firmware.get("version"),
-            "protocol": self.firmware.get("protocol"),
-            "compartments": self.firmware.get("compartments"),
-            "sensors": self.firmware.get("sensors", []),
-            "last_seen": iso_utc(self._last_rx_wall) if self._last_rx_wall else None,
-            "rtt_ms": self.rtt_ms,
-            **self.telemetry,
-            "fault": self.fault,
-            "last_error": self.last_error,
-            "counters": {
-                "frames_in": c.frames_in,
-                "frames_out": c.frames_out,
-                "checksum_errors": errors["bad_checksum"],
-                "bad_frames": sum(errors.values()),
-                "errors": errors,
-                "timeouts": c.timeouts,
-                "retries": c.retries,
-                "naks": c.naks,
-                "reconnects": c.reconnects,
-                "write_errors": c.write_errors,
-            },
-        }
+        t = self.telemetry
+        return ArduinoState(
+            status=self.status,
+            connected=self.status in (CONNECTED, STALE),
+            port=self.port,
+            firmware=self.firmware.get("name"),
+            firmware_version=self.firmware.get("version"),
+            protocol=self.firmware.get("protocol"),
+            compartments=self.firmware.get("compartments"),
+            sensors=self.firmware.get("sensors", []),
+            last_seen=iso_utc(self._last_rx_wall) if self._last_rx_wall else None,
+            rtt_ms=self.rtt_ms,
+            distances_mm=t["distances_mm"],
+            lid=t["lid"],
+            weight_g=t["weight_g"],
+            temperature_c=t["temperature_c"],
+            fault=self.fault,
+            last_error=self.last_error,
+            counters=LinkCounters(
+                frames_in=c.frames_in,
+                frames_out=c.frames_out,
+                checksum_errors=errors["bad_checksum"],
+                bad_frames=sum(errors.values()),
+                errors=errors,
+                timeouts=c.timeouts,
+                retries=c.retries,
+                naks=c.naks,
+                reconnects=c.reconnects,
+                write_errors=c.write_errors,
+            ),
+        )
 
