@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__
 from .config import Config, ConfigError, config_diff, load_config
@@ -32,8 +32,10 @@ from .mqtt.outbox import Outbox
 from .runtime.bus import Alert, Bus, Response
 from .runtime.commands import ANSWERED_LATER, RequestError, RequestRegistry
 from .runtime.notify import Notifier
+from .runtime.state import State
 from .runtime.supervisor import RestartPolicy, Supervisor
 from .runtime.worker import Worker
+from .states import ArduinoState, CameraState, DetectorState, HealthState, MqttState, WorkflowState
 from .store import DB_NAME, Store
 
 logger = logging.getLogger(__name__)
@@ -174,26 +176,36 @@ class App:
         return sim.stop
 
     def _start_workers(self) -> Callable[[], None]:
+        self._factories = self.worker_factories()
+        workers = [factory(self.cfg) for factory in self._factories.values()]
+        self._register_requests(workers)
+        for worker in workers:
+            self.supervisor.add(worker)
+        self.supervisor.start_all()
+        return self._stop_workers
+
+    def worker_factories(self) -> dict[str, WorkerFactory]:
+        """The factory of each configured component's worker, by name (the storage and outbox steps ran)."""
         assert self.outbox is not None
         outbox = self.outbox
-        self._factories = {
+        factories: dict[str, WorkerFactory] = {
             "mqtt": lambda cfg: MqttWorker(self.bus, cfg, outbox, self.registry),
             "daemon": lambda cfg: DaemonControl(self.bus, cfg, self.registry),
         }
         if self.cfg.health.enabled:
             from .health.monitor import HealthMonitor
 
-            self._factories["health"] = lambda cfg: HealthMonitor(self.bus, cfg.health, Path(cfg.storage.path))
+            factories["health"] = lambda cfg: HealthMonitor(self.bus, cfg.health, Path(cfg.storage.path))
         if self.cfg.arduino.enabled:
             from .hardware.arduino.link import ArduinoLink
             from .hardware.gpio import owned_commands
 
-            self._factories["arduino"] = lambda cfg: ArduinoLink(self.bus, cfg.arduino, Path(cfg.storage.path),
-                                                                 exclude=frozenset(owned_commands(cfg.gpio)))
+            factories["arduino"] = lambda cfg: ArduinoLink(self.bus, cfg.arduino, Path(cfg.storage.path),
+                                                        exclude=frozenset(owned_commands(cfg.gpio)))
         if self.cfg.gpio.enabled:
             from .hardware.gpio import GpioWorker
 
-            self._factories["gpio"] = lambda cfg: GpioWorker(self.bus, cfg.gpio)
+            factories["gpio"] = lambda cfg: GpioWorker(self.bus, cfg.gpio)
         if self.cfg.camera.enabled or self.cfg.detector.enabled:
             from .vision.frames import LatestFrame
 
@@ -202,11 +214,11 @@ class App:
             if self.cfg.camera.enabled:
                 from .vision.camera import CameraWorker
 
-                self._factories["camera"] = lambda cfg: CameraWorker(self.bus, cfg.camera, frames, base_dir=base_dir)
+                factories["camera"] = lambda cfg: CameraWorker(self.bus, cfg.camera, frames, base_dir=base_dir)
             if self.cfg.detector.enabled:
                 from .vision.detector import DetectorWorker
 
-                self._factories["detector"] = lambda cfg: DetectorWorker(
+                factories["detector"] = lambda cfg: DetectorWorker(
                     self.bus, cfg.detector, cfg.camera, cfg.evidence, frames, Path(cfg.storage.path))
         if self.cfg.bins.enabled:
             from .bins.tracker import FillTracker
@@ -216,21 +228,16 @@ class App:
             store = self.store
             owners = actuator_owners(self.cfg)
             vision = {"camera": self.cfg.camera.enabled, "detector": self.cfg.detector.enabled}
-            self._factories["fill"] = lambda cfg: FillTracker(self.bus, cfg.bins, store)
-            self._factories["workflow"] = lambda cfg: SortingWorkflow(self.bus, cfg.bins, store, owners=owners,
-                                                                      vision=vision)
+            factories["fill"] = lambda cfg: FillTracker(self.bus, cfg.bins, store)
+            factories["workflow"] = lambda cfg: SortingWorkflow(self.bus, cfg.bins, store, owners=owners,
+                                                             vision=vision)
         if self.cfg.simulation.enabled:
             from .simulation import ItemFeeder
 
             sim_arduino = self.simulated_arduino
-            self._factories["simulation"] = lambda cfg: ItemFeeder(self.bus, cfg.simulation, Path(cfg.storage.path),
-                                                                   bins=cfg.bins, arduino=sim_arduino)
-        workers = [factory(self.cfg) for factory in self._factories.values()]
-        self._register_requests(workers)
-        for worker in workers:
-            self.supervisor.add(worker)
-        self.supervisor.start_all()
-        return self._stop_workers
+            factories["simulation"] = lambda cfg: ItemFeeder(self.bus, cfg.simulation, Path(cfg.storage.path),
+                                                          bins=cfg.bins, arduino=sim_arduino)
+        return factories
 
     def _register_requests(self, workers: list[Worker]) -> None:
         """Register what each worker offers (GPIO: lid/led/buzzer of configured devices; the Arduino: the rest)."""
@@ -302,18 +309,21 @@ class App:
 
     def status_line(self) -> str:
         """One human line for `systemctl status`: `mqtt connected · health ok · 0 failed`."""
-        states = self.bus.states()
-        parts = [f"mqtt {states.get('mqtt', {}).get('status', 'starting')}"]
+        st = self.bus.states()
+        mqtt, arduino, camera = _typed(st, "mqtt", MqttState), _typed(st, "arduino", ArduinoState), _typed(st, "camera", CameraState)
+        detector, workflow = _typed(st, "detector", DetectorState), _typed(st, "workflow", WorkflowState)
+        health = _typed(st, "health", HealthState)
+        parts = [f"mqtt {mqtt.status if mqtt else 'starting'}"]
         if "arduino" in self._factories:
-            parts.append(f"arduino {states.get('arduino', {}).get('status', 'starting')}")
+            parts.append(f"arduino {arduino.status if arduino else 'starting'}")
         if "camera" in self._factories:
-            parts.append(f"camera {states.get('camera', {}).get('status', 'starting')}")
+            parts.append(f"camera {camera.status if camera else 'starting'}")
         if "detector" in self._factories:
-            parts.append(f"detector {states.get('detector', {}).get('gate_state', 'starting')}")
+            parts.append(f"detector {detector.gate_state if detector else 'starting'}")
         if "workflow" in self._factories:
-            parts.append(f"sorting {states.get('workflow', {}).get('state', 'starting')}")
+            parts.append(f"sorting {workflow.state if workflow else 'starting'}")
         if "health" in self._factories:
-            parts.append(f"health {states.get('health', {}).get('status', 'starting')}")
+            parts.append(f"health {health.status if health else 'starting'}")
         counts = self.supervisor.counts()
         parts.append(f"{counts.get('failed', 0)} failed")
         hung = self.supervisor.hung()
@@ -449,3 +459,11 @@ class App:
             raise RequestError(f"the file was written but the reload rejected it: {'; '.join(result['error'])}",
                                data={"errors": result["error"], "previous": previous})
         return ANSWERED_LATER
+
+
+S = TypeVar("S", bound=State)
+
+
+def _typed(states: dict[str, dict[str, Any]], component: str, model: type[S]) -> S | None:
+    """A component's last published state as its model, or None before its first publication."""
+    return model.from_json(states[component]) if component in states else None

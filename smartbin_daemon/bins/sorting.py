@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 from ..clock import iso_utc
 from ..config import CompartmentConfig
 from ..logs import ev
+from ..states import CameraState, ConnectionStatus, DetectorState, FillState, parse_state
+from ..states.workflow import ItemInFlight, SortingCounts, SortingState, WorkflowState
 from .sorting_model import (
     ASKED,
     AUTO,
@@ -75,23 +77,17 @@ def transition(layout: Layout, state: Sorting, event: Event, now: Now) -> tuple[
     return run.s, tuple(run.out)
 
 
-def view(layout: Layout, s: Sorting, now: float) -> dict[str, Any]:
+def view(layout: Layout, s: Sorting, now: float) -> WorkflowState:
     """The `workflow` state as published."""
     item = s.item
-    return {
-        "state": s.phase,
-        "maintenance": s.maintenance,
-        "maintenance_pending": s.maintenance_pending,
-        "item": None if item is None else {"item_id": item.id, "category": item.category,
-                                           "compartment": item.compartment, "route_attempts": item.route_attempts},
-        "error": s.error,
-        "blocked": s.blocked,
-        "vision": vision_down(layout, s, now) or "ok",
-        "degraded_policy": layout.cfg.workflow.degraded_policy,
-        "levels": dict(s.levels),
-        "counts": dict(s.counts),
-        "last_item": s.last_item,
-    }
+    return WorkflowState(
+        state=SortingState(s.phase), maintenance=s.maintenance, maintenance_pending=s.maintenance_pending,
+        item=None if item is None else ItemInFlight(item_id=item.id, category=item.category,
+                                                    compartment=item.compartment, route_attempts=item.route_attempts),
+        error=s.error, blocked=s.blocked, vision=vision_down(layout, s, now) or "ok",
+        degraded_policy=layout.cfg.workflow.degraded_policy, levels=dict(s.levels),
+        counts=SortingCounts(**s.counts), last_item=s.last_item,
+    )
 
 
 def vision_down(layout: Layout, s: Sorting, now: float) -> str | None:
@@ -101,15 +97,15 @@ def vision_down(layout: Layout, s: Sorting, now: float) -> str | None:
     for name in ("camera", "detector"):
         if layout.vision.get(name) and s.workers.get(name) in ("failed", "restarting", "stopped"):
             return f"{name} worker {s.workers[name]}"
-    det = s.components.get("detector")
+    det = s.detector
     if det is not None:
-        if det.get("enabled") is False:
+        if det.enabled is False:
             return "detection switched off"
-        if det.get("model") is None:
+        if det.model is None:
             return "no model loaded"
     if layout.vision.get("camera") and s.camera_down_since is not None \
             and now - s.camera_down_since >= layout.cfg.workflow.vision_grace_s:
-        return f"camera {s.components.get('camera', {}).get('status')}"
+        return f"camera {s.camera.status if s.camera is not None else None}"
     return None
 
 
@@ -236,14 +232,12 @@ class _Run:
 
     def seed(self, states: Mapping[str, Mapping[str, Any]]) -> None:
         """Levels and vision states published before this worker (re)started come from the bus's last-value cache."""
-        levels, fill, components = dict(self.s.levels), dict(self.s.fill), dict(self.s.components)
-        for cid, comp in ((states.get("fill") or {}).get("compartments") or {}).items():
-            levels[cid] = comp.get("level")
-            fill[cid] = comp.get("fill_pct")
-        for name in ("camera", "detector"):
-            if name in states:
-                components[name] = states[name]
-        self.set(levels=levels, fill=fill, components=components)
+        levels, fill = dict(self.s.levels), dict(self.s.fill)
+        for cid, comp in (FillState.from_json(states.get("fill")).compartments or {}).items():
+            levels[cid], fill[cid] = comp.level, comp.fill_pct
+        self.set(levels=levels, fill=fill,
+                 camera=CameraState.from_json(states["camera"]) if "camera" in states else self.s.camera,
+                 detector=DetectorState.from_json(states["detector"]) if "detector" in states else self.s.detector)
 
     def report_interrupted(self, row: Interrupted) -> None:
         """A row left in workflow_item means the daemon died mid-item: report it, never drop it silently."""
@@ -275,16 +269,19 @@ class _Run:
     # -- what the other components say -------------------------------------------------------------
 
     def component_state(self, e: ComponentState) -> None:
-        if e.component in ("camera", "detector"):
-            self.set(components=_with(self.s.components, e.component, e.state))
+        if e.component == "camera":
+            self.set(camera=CameraState.from_json(e.state))
+            return
+        if e.component == "detector":
+            self.set(detector=DetectorState.from_json(e.state))
             return
         actuators = {self.layout.owners.get(c) for c in ("lid", "led", "buzzer")} - {None}
         if e.component not in actuators:
             return
-        status = e.state.get("status")
-        previous = self.s.components.get(e.component, {}).get("status")
-        self.set(components=_with(self.s.components, e.component, {"status": status}))
-        if status == "connected" and previous != "connected":
+        status = getattr(parse_state(e.component, e.state), "status", None)  # gpio has no link status
+        previous = self.s.actuators.get(e.component)
+        self.set(actuators=_with(self.s.actuators, e.component, status))
+        if status == ConnectionStatus.CONNECTED and previous != ConnectionStatus.CONNECTED:
             # A (re)connected or rebooted controller lost its LED pattern and lock: assert ours again.
             self.set(led=None)
             self.show()
@@ -320,8 +317,7 @@ class _Run:
             self.finish("timeout")
 
     def track_camera(self) -> None:
-        cam = self.s.components.get("camera")
-        connected = cam is None or cam.get("status") == "connected"
+        connected = self.s.camera is None or self.s.camera.status == ConnectionStatus.CONNECTED
         if connected:
             self.set(camera_down_since=None)
         elif self.s.camera_down_since is None:

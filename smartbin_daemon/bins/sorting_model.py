@@ -9,12 +9,12 @@ from typing import Any
 
 from ..config import BinsConfig
 from ..messages import Decision
+from ..states import CameraState, ConnectionStatus, DetectorState
+from ..states.workflow import SortingState
 
 AUTO, ASKED, UNTRUSTED = "auto", "asked", "untrusted"
 """Why the workflow's lid lock ends: the bin resumed on its own, a trusted request, an unsigned request."""
-IDLE, ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING = "idle", "item_present", "classifying", "routing", "confirming"
-ERROR, BLOCKED, MAINTENANCE = "error", "blocked", "maintenance"
-STATES = (IDLE, ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING, ERROR, BLOCKED, MAINTENANCE)
+IDLE, ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING, ERROR, BLOCKED, MAINTENANCE = STATES = tuple(SortingState)
 IN_FLIGHT = (ITEM_PRESENT, CLASSIFYING, ROUTING, CONFIRMING)
 RESIDUAL = "residual"
 COUNTS = ("sorted", "residual", "fallback", "refused", "failed", "interrupted", "unconfirmed")
@@ -91,7 +91,10 @@ class Sorting:
     last_item: dict[str, Any] | None = None
     counts: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     workers: Mapping[str, str] = field(default_factory=dict)
-    components: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    camera: CameraState | None = None
+    detector: DetectorState | None = None
+    actuators: Mapping[str, ConnectionStatus | None] = field(default_factory=dict)
+    """The link status of each component that owns the lid, LED or buzzer (None: it has no link, e.g. GPIO)."""
     camera_down_since: float | None = None
     led: str | None = None
     lid: Mapping[str, str] = field(default_factory=dict)

@@ -38,6 +38,7 @@ from ..runtime.commands import NoArgs, RequestError, command
 from ..runtime.supervisor import WorkersChanged
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
+from ..states.workflow import WorkflowState
 from ..store import Store
 from . import sorting_model as sm
 from .sorting import transition, view
@@ -253,7 +254,7 @@ class SortingWorkflow(Worker):
     def _maintenance_request(self, req: Request, args: MaintenanceArgs) -> dict[str, Any]:
         return self._ask(sm.MaintenanceAsked(args.on, req.trusted))
 
-    def own_state(self) -> dict[str, Any]:
+    def own_state(self) -> WorkflowState:
         """The `workflow` state."""
         return view(self.layout, self.sorting, self.clock())
 
