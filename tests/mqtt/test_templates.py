@@ -1,0 +1,183 @@
+"""Every Home Assistant template the daemon declares renders against its component's typed state model.
+
+The entities are gathered as the daemon gathers them (each configured worker's `entities()`, from the App's own
+worker factories for a bin with every component), the payloads built by mqtt/discovery.py, and every `*_template`
+in them rendered with jinja2 (as HA does: `value_json` is the parsed JSON) under StrictUndefined, against an
+example of each state model serialised as the daemon publishes it. A template naming a field the model lacks fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+import yaml
+
+from smartbin_daemon.app import App
+from smartbin_daemon.config import parse_config
+from smartbin_daemon.mqtt.discovery import Topics, entity_config
+from smartbin_daemon.mqtt.outbox import Outbox
+from smartbin_daemon.runtime.bus import Entity
+from smartbin_daemon.runtime.state import State
+from smartbin_daemon.runtime.status import ConnectionStatus
+from smartbin_daemon.states import STATE_MODELS, HealthStatus, SortingState
+from smartbin_daemon.states.arduino import ArduinoState, LinkCounters
+from smartbin_daemon.states.camera import CameraState
+from smartbin_daemon.states.daemon import Audit, DaemonState
+from smartbin_daemon.states.detector import DetectorState, GateState, LastDecision, Percentiles, Thresholds
+from smartbin_daemon.states.fill import BinLevel, Calibration, CompartmentFill, FillState, SensorRef
+from smartbin_daemon.states.gpio import GpioState, StatusLed
+from smartbin_daemon.states.health import HealthState
+from smartbin_daemon.states.mqtt import MqttState, OutboxCounts
+from smartbin_daemon.states.simulation import SimulationState
+from smartbin_daemon.states.workflow import ItemInFlight, SortingCounts, WorkflowState
+from smartbin_daemon.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = jinja2.Environment(undefined=jinja2.StrictUndefined)
+
+
+def _compartment(cid: str) -> CompartmentFill:
+    return CompartmentFill(
+        name=cid.title(), categories=["plastic"], fill_pct=42.0, level=BinLevel.OK, full=False, distance_mm=320.0,
+        items=3, items_total=9, emptied_at="2024-05-01T10:00:00Z", rate_pct_per_h=1.5,
+        predicted_full_at="2024-05-03T10:00:00Z", seconds_to_full=3600, capacity_l=40.0, free_l=23.2,
+        calibration=Calibration(empty_mm=600.0, full_mm=100.0, source="config", calibrated_at=None),
+        sensor=SensorRef(source="arduino", channel=1), rejected_readings={"outlier": 1})
+
+
+def example_states(compartments: list[str], distances: list[str]) -> dict[str, State]:
+    """One populated example of every component's state (optional parts present, so their templates are checked)."""
+    pct = Percentiles(p50=12.5, p95=20.1)
+    last_item = {"item_id": "a1", "category": "plastic", "outcome": "sorted", "at": "2024-05-01T10:00:00Z"}
+    return {
+        "daemon": DaemonState(version="1.0", pid=42, started_at="2024-05-01T10:00:00Z", uptime_s=60,
+                              workers={"mqtt": {"status": "running"}}, failed_workers=[], restart_required=[],
+                              bus_dropped={}, audit=Audit(privileged_accepted={}, refused=0, signing_keys=[],
+                                                          revoked_keys=[])),
+        "mqtt": MqttState(status=ConnectionStatus.CONNECTED, broker="localhost:1883", protocol="5", tls=False,
+                          connected_since=None, connects=1, disconnects=0, last_error=None, requests=0, request_errors=0,
+                          requests_unauthorized=0, requests_rate_limited=0, requests_privileged={},
+                          outbox=OutboxCounts(pending=0, inflight=0, sent=1, acked=1, rejected=0, dropped=0,
+                                              dropped_by_size=0, dropped_by_age=0)),
+        "health": HealthState(status=HealthStatus.OK, score=100, conditions=["throttled"],
+                              cpu={"percent": 12.0, "per_core": [12.0], "count": 1},
+                              memory={"percent": 40.0}, swap={"percent": 0.0},
+                              disk={"storage": {"percent": 30.0}, "root": {"percent": 30.0}},
+                              temperatures={"cpu_c": 50.0, "gpu_c": None, "zones": []}, uptime_s=100,
+                              network={"bytes_sent": 1, "bytes_recv": 1}, process={"rss_mb": 80.0},
+                              pi=None, gpu={"present": True, "source": "jetson", "load_pct": 10.0, "temp_c": 40.0},
+                              power=None, ts="2024-05-01T10:00:00Z"),
+        "arduino": ArduinoState(status=ConnectionStatus.CONNECTED, connected=True, port="/dev/ttyACM0",
+                                firmware="smartbin_fw", firmware_version="1.0", protocol=1, compartments=3,
+                                sensors=["distance"], last_seen=None, rtt_ms=4.2, distances_mm=[300, 400, 500],
+                                lid="closed", weight_g=None, temperature_c=None, fault=None, last_error=None,
+                                counters=LinkCounters(frames_in=1, frames_out=1, checksum_errors=0, bad_frames=0,
+                                                      errors={}, timeouts=0, retries=0, naks=0, reconnects=0,
+                                                      write_errors=0)),
+        "gpio": GpioState(pin_factory="mock", presence=False, door="closed", button="released", lid={"state": "closed"},
+                          led=StatusLed(pattern="on", fault=False), buzzer="off",
+                          distances={d: 300.0 for d in distances}, counters={"errors": 0}),
+        "camera": CameraState(status=ConnectionStatus.CONNECTED, source="/dev/video0", kind="v4l2", resolution="640x480",
+                              fps=9.8, target_fps=10.0, frames=100, decoded=10, last_frame_age_s=0.1,
+                              reconnects_last_hour=0, stalls_last_hour=0, reconnects_total=0, stalls_total=0,
+                              errors_total=0, open_attempts_total=1, last_error=None, last_error_at=None,
+                              next_retry_s=None, unavailable_alert=False, source_stats={}),
+        "detector": DetectorState(enabled=True, continuous=False, gate="presence", gate_state=GateState.IDLE,
+                                  model="waste-s", backend="onnxruntime", device="cpu", imgsz=640,
+                                  thresholds=Thresholds(min_confidence=0.5, min_margin=0.1,
+                                                        source={"min_confidence": "config", "min_margin": "config"}),
+                                  warnings=[], inferences=5, decisions=1, decisions_per_minute=1, stale_frames=0,
+                                  inference_ms=pct, stages_ms={"inference": pct},
+                                  last=LastDecision(item_id="a1", category="plastic", class_name="bottle",
+                                                    confidence=0.91, uncertain=False, snapshot=None,
+                                                    at="2024-05-01T10:00:00Z"),
+                                  evidence=None),
+        "fill": FillState(compartments={c: _compartment(c) for c in compartments}, maintenance=False, lid_open=False),
+        "workflow": WorkflowState(state=SortingState.IDLE, maintenance=False, maintenance_pending=False,
+                                  item=ItemInFlight(item_id="a1", category="plastic", compartment="recycling",
+                                                    route_attempts=1),
+                                  error=None, blocked=None, vision="ok", degraded_policy="residual",
+                                  levels={c: "ok" for c in compartments}, counts=SortingCounts(sorted=2),
+                                  last_item=last_item),
+        "simulation": SimulationState(items=1, samples=10, current="a.jpg", expected_category="plastic",
+                                      interval_s=8.0, emptied=0),
+    }
+
+
+@pytest.fixture(scope="module")
+def bin_with_everything(tmp_path_factory: pytest.TempPathFactory) -> tuple[App, list[Entity]]:
+    """The simulation config plus GPIO distance sensors and LED; the entities of every worker the App builds."""
+    tmp = tmp_path_factory.mktemp("templates")
+    doc = yaml.safe_load((REPO / "config" / "simulation.yaml").read_text())
+    doc["storage"]["path"] = str(tmp)
+    doc["camera"]["source"] = str(tmp / "scene")
+    doc["detector"]["model"] = str(REPO / "models" / "smartbin-waste-s.onnx")
+    doc["simulation"]["samples"] = str(REPO / "tests" / "data" / "samples")
+    doc["gpio"]["distance"] = [{"compartment": 1, "trigger": "GPIO5", "echo": "GPIO6"}]
+    app = App(parse_config(doc))
+    app.store = Store(tmp / "db")
+    app.outbox = Outbox(app.store)
+    workers = [factory(app.cfg) for factory in app.worker_factories().values()]
+    entities = [e for w in workers for e in w.entities()]
+    return app, entities
+
+
+def _published(state: State) -> dict[str, Any]:
+    """What HA's `value_json` is: the state as the daemon publishes it, parsed back."""
+    return json.loads(json.dumps(state.to_json(), separators=(",", ":"), default=str))
+
+
+def _templates(app: App, entity: Entity) -> list[tuple[str, str, str]]:
+    """(key, template, component whose state it reads) of every template in the entity's discovery payload."""
+    payload = entity_config(app.cfg, Topics.from_config(app.cfg), entity)
+    out = []
+    for key, template in payload.items():
+        if key.endswith("_template") and isinstance(template, str):
+            component = entity.component
+            if key == "json_attributes_template":
+                component = str(payload.get("json_attributes_topic", component)).rsplit("/", 1)[-1]
+            out.append((key, template, component))
+    return out
+
+
+def test_every_component_state_has_a_model_and_an_example(bin_with_everything: tuple[App, list[Entity]]) -> None:
+    app, entities = bin_with_everything
+    examples = example_states([c.id for c in app.cfg.bins.compartments], ["1"])
+    assert set(examples) == set(STATE_MODELS)
+    assert all(isinstance(examples[name], model) for name, model in STATE_MODELS.items())
+    assert set(app.worker_factories()) <= set(STATE_MODELS), "a new component needs a state model in states/"
+    assert {e.component for e in entities} <= set(STATE_MODELS)
+
+
+def test_every_entity_template_renders_against_its_state_model(bin_with_everything: tuple[App, list[Entity]]) -> None:
+    app, entities = bin_with_everything
+    examples = example_states([c.id for c in app.cfg.bins.compartments], ["1"])
+    rendered = 0
+    for entity in entities:
+        for key, template, component in _templates(app, entity):
+            try:
+                ENV.from_string(template).render(value_json=_published(examples[component]))
+            except jinja2.UndefinedError as exc:
+                pytest.fail(f"{entity.object_id}.{key} = {template!r} names a field {component}'s state lacks: {exc}")
+            rendered += 1
+    assert rendered >= 30, rendered  # every component's sensors, not a silently empty list
+    assert {"workflow_last_item"} <= {e.object_id for e in entities if "json_attributes_template" in e.options}
+
+
+def test_a_renamed_field_breaks_its_template(bin_with_everything: tuple[App, list[Entity]]) -> None:
+    app, entities = bin_with_everything
+    examples = example_states([c.id for c in app.cfg.bins.compartments], ["1"])
+    entity = next(e for e in entities if e.object_id == "mqtt_outbox_pending")
+    state = _published(examples["mqtt"])
+    state["outbox"]["queued"] = state["outbox"].pop("pending")  # as if OutboxCounts.pending were renamed
+    with pytest.raises(jinja2.UndefinedError):
+        ENV.from_string(entity.value_template or "").render(value_json=state)
+    camera = next(e for e in entities if e.object_id == "camera_fps")
+    state = _published(examples["camera"])
+    del state["fps"]
+    with pytest.raises(jinja2.UndefinedError):
+        ENV.from_string(camera.value_template or "").render(value_json=state)
