@@ -142,7 +142,7 @@ def no_leaks() -> Iterator[None]:
             break
         time.sleep(0.02)
     assert not leaked, f"leaked threads: {leaked}"
-    assert _fd_count() == fds, "leaked file descriptors"
+    assert _fd_count() <= fds, "leaked file descriptors"  # fewer is fine: an earlier test's fds closing late
 
 
 @pytest.fixture
