@@ -307,8 +307,8 @@ def test_an_item_goes_to_residual_once_the_camera_is_gone_longer_than_the_vision
     c.present(10.0)
     item = c.state.item
     assert item is not None and item.reason == "vision_down" and "vision down: camera disconnected" in item.notes
-    assert view(c.layout, c.state, 10.0)["vision"] == "camera disconnected"
-    assert view(c.layout, c.state, 9.0)["vision"] == "ok"
+    assert view(c.layout, c.state, 10.0).vision == "camera disconnected"
+    assert view(c.layout, c.state, 9.0).vision == "ok"
 
 
 @pytest.mark.parametrize("state", [{"enabled": False, "model": "m"}, {"enabled": True, "model": None}])
