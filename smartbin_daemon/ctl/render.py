@@ -87,183 +87,234 @@ def compartment_line(cid: str, c: dict[str, Any], width: int = 0, level_width: i
     return "  ".join(parts)
 
 
-def derive_problems(components: dict[str, dict[str, Any]], availability: str | None) -> list[str]:
-    """Active alerts and last errors that can be read off the states, most severe first."""
-    out: list[tuple[int, str]] = []
+Problems = list[tuple[str, str, str]]
+"""(severity, source, text) found in one component's state."""
 
-    def add(severity: str, source: str, text: str) -> None:
-        out.append(({"critical": 0, "warning": 1, "info": 2}[severity], f"{severity:<8} {source}: {text}"))
 
-    if availability == "offline":
-        add("critical", "daemon", "availability is offline: the daemon is stopped or lost the broker; "
-                                  "the states below are the last it published")
-    daemon = components.get("daemon") or {}
+def _daemon_problems(daemon: dict[str, Any]) -> Problems:
+    out: Problems = []
     raw_workers = daemon.get("workers")
     workers: dict[str, Any] = raw_workers if isinstance(raw_workers, dict) else {}
     for name in daemon.get("failed_workers") or []:
-        add("critical", "daemon", f"worker {name} failed: {_dig(workers, name, 'last_error') or 'no error recorded'}")
+        out.append(("critical", "daemon", f"worker {name} failed: {_dig(workers, name, 'last_error') or 'no error recorded'}"))
     for name, w in sorted(workers.items()):
         if not isinstance(w, dict) or w.get("status") == "failed":
             continue
         if w.get("status") not in ("running", None):
-            add("warning", "daemon", f"worker {name} is {w.get('status')}: {w.get('last_error') or ''}".rstrip(": "))
+            out.append(("warning", "daemon", f"worker {name} is {w.get('status')}: {w.get('last_error') or ''}".rstrip(": ")))
         elif w.get("restarts"):
-            add("info", "daemon", f"worker {name} restarted {w['restarts']}x (last error: {w.get('last_error')})")
+            out.append(("info", "daemon", f"worker {name} restarted {w['restarts']}x (last error: {w.get('last_error')})"))
     if daemon.get("restart_required"):
-        add("warning", "daemon", f"config changed, restart needed for: {', '.join(daemon['restart_required'])}")
-    mqtt = components.get("mqtt") or {}
-    if mqtt and mqtt.get("status") not in ("connected", None):
-        add("critical", "mqtt", f"{mqtt.get('status')}: {mqtt.get('last_error') or 'no error recorded'}")
+        out.append(("warning", "daemon", f"config changed, restart needed for: {', '.join(daemon['restart_required'])}"))
+    return out
+
+
+def _mqtt_problems(mqtt: dict[str, Any]) -> Problems:
+    out: Problems = []
+    if mqtt.get("status") not in ("connected", None):
+        out.append(("critical", "mqtt", f"{mqtt.get('status')}: {mqtt.get('last_error') or 'no error recorded'}"))
     if _dig(mqtt, "outbox", "dropped"):
-        add("warning", "mqtt", f"{mqtt['outbox']['dropped']} event(s) dropped from the outbox")
-    arduino = components.get("arduino") or {}
-    if arduino:
-        if arduino.get("status") != "connected":
-            add("critical", "arduino", f"link {arduino.get('status')}: {arduino.get('last_error') or 'no error recorded'}")
-        elif arduino.get("last_error"):
-            add("info", "arduino", f"last error: {arduino['last_error']}")
-        if arduino.get("fault"):
-            add("warning", "arduino", f"MCU reports fault {arduino['fault']}")
-    camera = components.get("camera") or {}
-    if camera:
-        if camera.get("unavailable_alert") or camera.get("status") not in ("connected", None):
-            add("critical", "camera", f"{camera.get('status')}: {camera.get('last_error') or 'no error recorded'}")
-        elif camera.get("last_error"):
-            add("info", "camera", f"last error: {camera['last_error']} (at {camera.get('last_error_at') or '?'})")
-    detector = components.get("detector") or {}
-    for warning in detector.get("warnings") or []:
-        add("warning", "detector", str(warning))
+        out.append(("warning", "mqtt", f"{mqtt['outbox']['dropped']} event(s) dropped from the outbox"))
+    return out
+
+
+def _arduino_problems(arduino: dict[str, Any]) -> Problems:
+    out: Problems = []
+    if arduino.get("status") != "connected":
+        out.append(("critical", "arduino", f"link {arduino.get('status')}: {arduino.get('last_error') or 'no error recorded'}"))
+    elif arduino.get("last_error"):
+        out.append(("info", "arduino", f"last error: {arduino['last_error']}"))
+    if arduino.get("fault"):
+        out.append(("warning", "arduino", f"MCU reports fault {arduino['fault']}"))
+    return out
+
+
+def _camera_problems(camera: dict[str, Any]) -> Problems:
+    if camera.get("unavailable_alert") or camera.get("status") not in ("connected", None):
+        return [("critical", "camera", f"{camera.get('status')}: {camera.get('last_error') or 'no error recorded'}")]
+    if camera.get("last_error"):
+        return [("info", "camera", f"last error: {camera['last_error']} (at {camera.get('last_error_at') or '?'})")]
+    return []
+
+
+def _detector_problems(detector: dict[str, Any]) -> Problems:
+    out: Problems = [("warning", "detector", str(w)) for w in detector.get("warnings") or []]
     if _dig(detector, "evidence", "last_error"):
-        add("warning", "detector", f"evidence: {detector['evidence']['last_error']}")
-    if detector and detector.get("enabled") is False:
-        add("info", "detector", "detection is switched off")
-    fill = components.get("fill") or {}
-    for cid, c in (fill.get("compartments") or {}).items():
-        if isinstance(c, dict) and (c.get("level") == "full" or c.get("full")):
-            add("warning", "fill", f"compartment_full_{cid}: {c.get('name') or cid} is full ({_num(c.get('fill_pct'))}%)")
-    workflow = components.get("workflow") or {}
+        out.append(("warning", "detector", f"evidence: {detector['evidence']['last_error']}"))
+    if detector.get("enabled") is False:
+        out.append(("info", "detector", "detection is switched off"))
+    return out
+
+
+def _fill_problems(fill: dict[str, Any]) -> Problems:
+    return [("warning", "fill", f"compartment_full_{cid}: {c.get('name') or cid} is full ({_num(c.get('fill_pct'))}%)")
+            for cid, c in (fill.get("compartments") or {}).items()
+            if isinstance(c, dict) and (c.get("level") == "full" or c.get("full"))]
+
+
+def _workflow_problems(workflow: dict[str, Any]) -> Problems:
+    out: Problems = []
     if isinstance(workflow.get("error"), dict):
         e = workflow["error"]
-        add("critical", "workflow", f"{e.get('code')}: {e.get('message')} (since {e.get('at')}; lid locked until "
-                                    "`smartbinctl request workflow/clear_error`)")
+        out.append(("critical", "workflow", f"{e.get('code')}: {e.get('message')} (since {e.get('at')}; lid locked "
+                                            "until `smartbinctl request workflow/clear_error`)"))
     if isinstance(workflow.get("blocked"), dict):
         b = workflow["blocked"]
-        add("critical", "workflow", f"refused_{b.get('code')}: {b.get('message')} (since {b.get('at')})")
+        out.append(("critical", "workflow", f"refused_{b.get('code')}: {b.get('message')} (since {b.get('at')})"))
     if workflow.get("vision") not in ("ok", None):
-        add("warning", "workflow", f"vision down: {workflow['vision']} (policy {workflow.get('degraded_policy')})")
+        out.append(("warning", "workflow", f"vision down: {workflow['vision']} (policy {workflow.get('degraded_policy')})"))
     if workflow.get("maintenance"):
-        add("info", "workflow", "maintenance mode is on (sorting paused)")
-    health = components.get("health") or {}
-    for condition in health.get("conditions") or []:
-        add("critical" if health.get("status") == "critical" else "warning", "health", str(condition))
-    if _dig(components.get("gpio"), "counters", "errors"):
-        add("warning", "gpio", f"{components['gpio']['counters']['errors']} device error(s)")
-    return [text for _rank, text in sorted(out, key=lambda t: t[0])]
+        out.append(("info", "workflow", "maintenance mode is on (sorting paused)"))
+    return out
+
+
+def _health_problems(health: dict[str, Any]) -> Problems:
+    severity = "critical" if health.get("status") == "critical" else "warning"
+    return [(severity, "health", str(condition)) for condition in health.get("conditions") or []]
+
+
+def _gpio_problems(gpio: dict[str, Any]) -> Problems:
+    errors = _dig(gpio, "counters", "errors")
+    return [("warning", "gpio", f"{errors} device error(s)")] if errors else []
+
+
+_PROBLEMS: tuple[tuple[str, Any], ...] = (
+    ("daemon", _daemon_problems), ("mqtt", _mqtt_problems), ("arduino", _arduino_problems),
+    ("camera", _camera_problems), ("detector", _detector_problems), ("fill", _fill_problems),
+    ("workflow", _workflow_problems), ("health", _health_problems), ("gpio", _gpio_problems),
+)
+"""What each component's state can tell a technician, in the order the screen lists equal severities."""
+_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def derive_problems(components: dict[str, dict[str, Any]], availability: str | None) -> list[str]:
+    """Active alerts and last errors that can be read off the states, most severe first."""
+    found: Problems = []
+    if availability == "offline":
+        found.append(("critical", "daemon", "availability is offline: the daemon is stopped or lost the broker; "
+                                            "the states below are the last it published"))
+    for name, problems in _PROBLEMS:
+        state = components.get(name)
+        if isinstance(state, dict) and state:
+            found.extend(problems(state))
+    ranked = sorted(enumerate(found), key=lambda t: (_RANK[t[1][0]], t[0]))
+    return [f"{severity:<8} {source}: {text}" for _, (severity, source, text) in ranked]
+
+
+Row = tuple[str, str] | None
+"""(label, text) of one line of the status screen, or None to skip it."""
+
+
+def _daemon_row(snap: Snapshot, daemon: dict[str, Any]) -> str:
+    workers = daemon.get("workers") or {}
+    running = sum(1 for w in workers.values() if isinstance(w, dict) and w.get("status") == "running")
+    failed = daemon.get("failed_workers") or []
+    started = _parse_iso(daemon.get("started_at"))
+    uptime = daemon.get("uptime_s")
+    written = _parse_iso(snap.written_at)
+    if snap.source == "broker" and snap.availability == "online" and started is not None:
+        uptime = time.time() - started  # the retained state may be up to mqtt.state_interval_s old
+    elif snap.source == "state_file" and started is not None and written is not None:
+        uptime = written - started  # up that long when the file was written
+    return (f"v{daemon.get('version', '?')} · up {fmt_duration(uptime)} (since {_fmt_time(started)}) · pid "
+            f"{daemon.get('pid', '?')} · {running}/{len(workers)} workers running · "
+            f"failed: {', '.join(failed) if failed else 'none'}")
+
+
+def _mqtt_row(mqtt: dict[str, Any]) -> str:
+    ob = mqtt.get("outbox") or {}
+    return (f"{mqtt.get('status')} to {mqtt.get('broker')} · outbox {ob.get('pending', '?')} pending, "
+            f"{ob.get('inflight', 0)} in flight, {ob.get('dropped', 0)} dropped")
+
+
+def _arduino_row(arduino: dict[str, Any]) -> str:
+    cnt = arduino.get("counters") or {}
+    errors = (cnt.get("checksum_errors", 0) or 0) + (cnt.get("bad_frames", 0) or 0)
+    fw = f"{arduino.get('firmware') or '?'} {arduino.get('firmware_version') or ''}".strip()
+    return (f"{arduino.get('status')} · port {arduino.get('port') or 'none'} · firmware {fw} "
+            f"(protocol {arduino.get('protocol', '?')}) · rtt {_num(arduino.get('rtt_ms'), unit=' ms')} · "
+            f"errors {errors} frame, {cnt.get('timeouts', 0)} timeouts, {cnt.get('retries', 0)} retries, "
+            f"{cnt.get('reconnects', 0)} reconnects")
+
+
+def _camera_row(camera: dict[str, Any]) -> str:
+    return (f"{camera.get('status')} · {_num(camera.get('fps'))} fps (target {_num(camera.get('target_fps'))}) · "
+            f"{camera.get('resolution') or '?'} · {camera.get('kind') or '?'}: {camera.get('source') or '?'}")
+
+
+def _detector_row(detector: dict[str, Any]) -> str:
+    last = detector.get("last") or {}
+    last_text = f" · last: {last.get('category')}{' (uncertain)' if last.get('uncertain') else ''}" if last else ""
+    return (f"{detector.get('model') or 'no model'} on {detector.get('device') or '?'} · "
+            f"{'on' if detector.get('enabled') else 'OFF'} · gate {detector.get('gate')}: {detector.get('gate_state')} · "
+            f"inference p50 {_num(_dig(detector, 'inference_ms', 'p50'), unit=' ms')} "
+            f"(p95 {_num(_dig(detector, 'inference_ms', 'p95'), unit=' ms')}) · "
+            f"{detector.get('decisions', 0)} decisions{last_text}")
+
+
+def _sorting_rows(workflow: dict[str, Any]) -> list[tuple[str, str]]:
+    counts = workflow.get("counts") or {}
+    item = workflow.get("last_item") or {}
+    last = ""
+    if item and item.get("outcome") == "sorted":
+        total = _dig(item, "latency", "total_ms")
+        last = (f" · last item: {item.get('category')} → {item.get('compartment')}"
+                f"{' (' + _num(total, '{:.0f}', ' ms') + ')' if isinstance(total, (int, float)) else ''}")
+    elif item:
+        last = f" · last item: {item.get('category')} {item.get('outcome')}"
+    rows = [("sorting", f"{workflow.get('state')}{' (maintenance)' if workflow.get('maintenance') else ''} · "
+                        f"{counts.get('sorted', 0)} sorted, {counts.get('refused', 0)} refused, "
+                        f"{counts.get('failed', 0)} failed{last}")]
+    for key, label in (("error", "ERROR"), ("blocked", "BLOCKED")):
+        if isinstance(workflow.get(key), dict):
+            rows.append(("", f"{label} {workflow[key].get('code')}: {workflow[key].get('message')}"))
+    return rows
+
+
+def _compartment_lines(fill: dict[str, Any]) -> list[str]:
+    compartments = {cid: comp for cid, comp in (fill.get("compartments") or {}).items() if isinstance(comp, dict)}
+    if not compartments:
+        return []
+    width = max(len(cid) for cid in compartments)
+    level_width = max(len(str(comp.get("level") or "unknown")) for comp in compartments.values())
+    return ["compartments", *("  " + compartment_line(cid, comp, width, level_width) for cid, comp in compartments.items())]
+
+
+def _health_row(health: dict[str, Any]) -> str:
+    return (f"{health.get('status')} · score {health.get('score', '?')} · cpu "
+            f"{_num(_dig(health, 'cpu', 'percent'), unit='%')} · ram {_num(_dig(health, 'memory', 'percent'), unit='%')}"
+            f" · disk {_num(_dig(health, 'disk', 'storage', 'percent'), unit='%')} · temp "
+            f"{_num(_dig(health, 'temperatures', 'cpu_c'), unit=' °C')}")
+
+
+def _availability_row(snap: Snapshot) -> str:
+    if snap.source != "broker":
+        return "unknown (broker unreachable)"
+    avail = snap.availability or "unknown (nothing retained)"
+    return avail + (" (daemon stopped or disconnected)" if avail == "offline" else "")
 
 
 def render_status(snap: Snapshot, cfg: Config) -> str:
     """The human-readable `status` screen."""
     c = snap.components
-    lines: list[str] = []
-    if snap.source == "state_file":
-        lines.append(snap.header)
-        lines.append("")
+    lines: list[str] = [snap.header, ""] if snap.source == "state_file" else []
     lines.append(f"SmartBin {cfg.device.id} ({cfg.root_topic})" + (f" — {snap.header}" if snap.source == "broker" else ""))
 
-    def row(label: str, text: str) -> None:
-        lines.append(f"{label:<13} {text}")
+    def row(label: str, state: dict[str, Any] | None, text: Any, missing: str) -> None:
+        lines.append(f"{label:<13} {text(state) if state else missing}")
 
-    daemon = c.get("daemon")
-    if daemon:
-        workers = daemon.get("workers") or {}
-        running = sum(1 for w in workers.values() if isinstance(w, dict) and w.get("status") == "running")
-        failed = daemon.get("failed_workers") or []
-        started = _parse_iso(daemon.get("started_at"))
-        uptime = daemon.get("uptime_s")
-        written = _parse_iso(snap.written_at)
-        if snap.source == "broker" and snap.availability == "online" and started is not None:
-            uptime = time.time() - started  # the retained state may be up to mqtt.state_interval_s old
-        elif snap.source == "state_file" and started is not None and written is not None:
-            uptime = written - started  # up that long when the file was written
-        row("daemon", f"v{daemon.get('version', '?')} · up {fmt_duration(uptime)} (since "
-                      f"{_fmt_time(started)}) · pid {daemon.get('pid', '?')} · {running}/{len(workers)} workers running · "
-                      f"failed: {', '.join(failed) if failed else 'none'}")
-    else:
-        row("daemon", "no state published")
-    if snap.source == "broker":
-        avail = snap.availability or "unknown (nothing retained)"
-        row("availability", avail + (" (daemon stopped or disconnected)" if avail == "offline" else ""))
-    else:
-        row("availability", "unknown (broker unreachable)")
-    mqtt = c.get("mqtt")
-    if mqtt:
-        ob = mqtt.get("outbox") or {}
-        row("mqtt", f"{mqtt.get('status')} to {mqtt.get('broker')} · outbox {ob.get('pending', '?')} pending, "
-                    f"{ob.get('inflight', 0)} in flight, {ob.get('dropped', 0)} dropped")
-    arduino = c.get("arduino")
-    if arduino:
-        cnt = arduino.get("counters") or {}
-        errors = (cnt.get("checksum_errors", 0) or 0) + (cnt.get("bad_frames", 0) or 0)
-        fw = f"{arduino.get('firmware') or '?'} {arduino.get('firmware_version') or ''}".strip()
-        row("arduino", f"{arduino.get('status')} · port {arduino.get('port') or 'none'} · firmware {fw} "
-                       f"(protocol {arduino.get('protocol', '?')}) · rtt {_num(arduino.get('rtt_ms'), unit=' ms')} · "
-                       f"errors {errors} frame, {cnt.get('timeouts', 0)} timeouts, {cnt.get('retries', 0)} retries, "
-                       f"{cnt.get('reconnects', 0)} reconnects")
-    else:
-        row("arduino", "not reported (disabled?)")
-    camera = c.get("camera")
-    if camera:
-        row("camera", f"{camera.get('status')} · {_num(camera.get('fps'))} fps (target {_num(camera.get('target_fps'))}) · "
-                      f"{camera.get('resolution') or '?'} · {camera.get('kind') or '?'}: {camera.get('source') or '?'}")
-    else:
-        row("camera", "not reported (disabled?)")
-    detector = c.get("detector")
-    if detector:
-        last = detector.get("last") or {}
-        last_text = f" · last: {last.get('category')}{' (uncertain)' if last.get('uncertain') else ''}" if last else ""
-        row("detector", f"{detector.get('model') or 'no model'} on {detector.get('device') or '?'} · "
-                        f"{'on' if detector.get('enabled') else 'OFF'} · gate {detector.get('gate')}: "
-                        f"{detector.get('gate_state')} · inference p50 {_num(_dig(detector, 'inference_ms', 'p50'), unit=' ms')} "
-                        f"(p95 {_num(_dig(detector, 'inference_ms', 'p95'), unit=' ms')}) · "
-                        f"{detector.get('decisions', 0)} decisions{last_text}")
-    else:
-        row("detector", "not reported (disabled?)")
+    row("daemon", c.get("daemon"), lambda d: _daemon_row(snap, d), "no state published")
+    lines.append(f"{'availability':<13} {_availability_row(snap)}")
+    if c.get("mqtt"):
+        row("mqtt", c.get("mqtt"), _mqtt_row, "")
+    row("arduino", c.get("arduino"), _arduino_row, "not reported (disabled?)")
+    row("camera", c.get("camera"), _camera_row, "not reported (disabled?)")
+    row("detector", c.get("detector"), _detector_row, "not reported (disabled?)")
     workflow = c.get("workflow")
-    if workflow:
-        counts = workflow.get("counts") or {}
-        item = workflow.get("last_item") or {}
-        last = ""
-        if item and item.get("outcome") == "sorted":
-            total = _dig(item, "latency", "total_ms")
-            last = (f" · last item: {item.get('category')} → {item.get('compartment')}"
-                    f"{' (' + _num(total, '{:.0f}', ' ms') + ')' if isinstance(total, (int, float)) else ''}")
-        elif item:
-            last = f" · last item: {item.get('category')} {item.get('outcome')}"
-        row("sorting", f"{workflow.get('state')}{' (maintenance)' if workflow.get('maintenance') else ''} · "
-                       f"{counts.get('sorted', 0)} sorted, {counts.get('refused', 0)} refused, {counts.get('failed', 0)} failed"
-                       f"{last}")
-        if isinstance(workflow.get("error"), dict):
-            row("", f"ERROR {workflow['error'].get('code')}: {workflow['error'].get('message')}")
-        if isinstance(workflow.get("blocked"), dict):
-            row("", f"BLOCKED {workflow['blocked'].get('code')}: {workflow['blocked'].get('message')}")
-    else:
-        row("sorting", "not reported (bins disabled?)")
-    compartments = (c.get("fill") or {}).get("compartments") or {}
-    if compartments:
-        lines.append("compartments")
-        width = max(len(cid) for cid in compartments)
-        level_width = max(len(str(comp.get("level") or "unknown")) for comp in compartments.values() if isinstance(comp, dict))
-        for cid, comp in compartments.items():
-            if isinstance(comp, dict):
-                lines.append("  " + compartment_line(cid, comp, width, level_width))
-    health = c.get("health")
-    if health:
-        temp = _dig(health, "temperatures", "cpu_c")
-        row("health", f"{health.get('status')} · score {health.get('score', '?')} · cpu {_num(_dig(health, 'cpu', 'percent'), unit='%')}"
-                      f" · ram {_num(_dig(health, 'memory', 'percent'), unit='%')} · disk "
-                      f"{_num(_dig(health, 'disk', 'storage', 'percent'), unit='%')} · temp {_num(temp, unit=' °C')}")
-    else:
-        row("health", "not reported (health monitor disabled?)")
+    sorting = _sorting_rows(workflow) if workflow else [("sorting", "not reported (bins disabled?)")]
+    lines.extend(f"{label:<13} {text}" for label, text in sorting)
+    lines.extend(_compartment_lines(c.get("fill") or {}))
+    row("health", c.get("health"), _health_row, "not reported (health monitor disabled?)")
     problems = derive_problems(c, snap.availability)
     lines.append("errors/alerts" + ("  none" if not problems else ""))
     lines.extend(f"  {p}" for p in problems)
