@@ -49,112 +49,36 @@ def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool) -
     expire = expire_after_s(interval_s)
     diag = {"entity_category": "diagnostic", "expire_after": expire}
     pct = {"unit_of_measurement": "%", "state_class": "measurement"}
+
+    def sensor(object_id: str, name: str, template: str, extra: dict[str, Any]) -> Entity:
+        return Entity("sensor", object_id, name, COMPONENT, template, extra)
+
+    def problem(object_id: str, name: str, condition: str, icon: str) -> Entity:
+        return Entity("binary_sensor", object_id, name, COMPONENT,
+                      f"{{{{ 'ON' if '{condition}' in value_json.conditions else 'OFF' }}}}",
+                      {"device_class": "problem", **diag, "icon": icon})
+
     entities = [
-        Entity(
-            "sensor",
-            "health_status",
-            "Health status",
-            COMPONENT,
-            "{{ value_json.status }}",
-            {
-                "device_class": "enum",
-                "options": ["ok", "warn", "critical"],
-                "icon": "mdi:heart-pulse",
-                "expire_after": expire,
-            },
-        ),
-        Entity(
-            "sensor",
-            "health_score",
-            "Health score",
-            COMPONENT,
-            "{{ value_json.score }}",
-            {**pct, "icon": "mdi:gauge", "expire_after": expire},
-        ),
-        Entity(
-            "sensor",
-            "health_cpu",
-            "CPU usage",
-            COMPONENT,
-            "{{ value_json.cpu.percent }}",
-            {**pct, **diag, "icon": "mdi:cpu-64-bit"},
-        ),
-        Entity(
-            "sensor",
-            "health_ram",
-            "Memory usage",
-            COMPONENT,
-            "{{ value_json.memory.percent }}",
-            {**pct, **diag, "icon": "mdi:memory"},
-        ),
-        Entity(
-            "sensor",
-            "health_disk",
-            "Storage disk usage",
-            COMPONENT,
-            "{{ value_json.disk.storage.percent }}",
-            {**pct, **diag, "icon": "mdi:harddisk"},
-        ),
-        Entity(
-            "sensor",
-            "health_cpu_temperature",
-            "CPU temperature",
-            COMPONENT,
-            "{{ value_json.temperatures.cpu_c }}",
-            {
-                "device_class": "temperature",
-                "unit_of_measurement": "°C",
-                "state_class": "measurement",
-                **diag,
-            },
-        ),
+        sensor("health_status", "Health status", "{{ value_json.status }}",
+               {"device_class": "enum", "options": ["ok", "warn", "critical"], "icon": "mdi:heart-pulse",
+                "expire_after": expire}),
+        sensor("health_score", "Health score", "{{ value_json.score }}", {**pct, "icon": "mdi:gauge", "expire_after": expire}),
+        sensor("health_cpu", "CPU usage", "{{ value_json.cpu.percent }}", {**pct, **diag, "icon": "mdi:cpu-64-bit"}),
+        sensor("health_ram", "Memory usage", "{{ value_json.memory.percent }}", {**pct, **diag, "icon": "mdi:memory"}),
+        sensor("health_disk", "Storage disk usage", "{{ value_json.disk.storage.percent }}",
+               {**pct, **diag, "icon": "mdi:harddisk"}),
+        sensor("health_cpu_temperature", "CPU temperature", "{{ value_json.temperatures.cpu_c }}",
+               {"device_class": "temperature", "unit_of_measurement": "°C", "state_class": "measurement", **diag}),
     ]
     if pi_present:
-        entities += [
-            Entity(
-                "binary_sensor",
-                "health_throttled",
-                "Throttled",
-                COMPONENT,
-                "{{ 'ON' if 'throttled' in value_json.conditions else 'OFF' }}",
-                {"device_class": "problem", **diag, "icon": "mdi:speedometer-slow"},
-            ),
-            Entity(
-                "binary_sensor",
-                "health_under_voltage",
-                "Under-voltage",
-                COMPONENT,
-                "{{ 'ON' if 'under_voltage' in value_json.conditions else 'OFF' }}",
-                {"device_class": "problem", **diag, "icon": "mdi:flash-alert"},
-            ),
-        ]
+        entities += [problem("health_throttled", "Throttled", "throttled", "mdi:speedometer-slow"),
+                     problem("health_under_voltage", "Under-voltage", "under_voltage", "mdi:flash-alert")]
     if gpu_present:
-        entities.append(
-            Entity(
-                "sensor",
-                "health_gpu_load",
-                "GPU load",
-                COMPONENT,
-                "{{ value_json.gpu.load_pct }}",
-                {**pct, **diag, "icon": "mdi:expansion-card"},
-            )
-        )
-    entities.append(
-        Entity(
-            "sensor",
-            "health_process_rss",
-            "Daemon memory (RSS)",
-            COMPONENT,
-            "{{ value_json.process.rss_mb }}",
-            {
-                "device_class": "data_size",
-                "unit_of_measurement": "MB",
-                "state_class": "measurement",
-                **diag,
-                "icon": "mdi:memory",
-            },
-        )
-    )
+        entities.append(sensor("health_gpu_load", "GPU load", "{{ value_json.gpu.load_pct }}",
+                               {**pct, **diag, "icon": "mdi:expansion-card"}))
+    entities.append(sensor("health_process_rss", "Daemon memory (RSS)", "{{ value_json.process.rss_mb }}",
+                           {"device_class": "data_size", "unit_of_measurement": "MB", "state_class": "measurement",
+                            **diag, "icon": "mdi:memory"}))
     return tuple(entities)
 
 
