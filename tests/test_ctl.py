@@ -555,6 +555,14 @@ def test_derive_problems_from_states() -> None:
     assert ctl.derive_problems({}, "online") == []
 
 
+def test_a_state_of_another_shape_is_reported_not_a_crash() -> None:
+    """States are read through the typed models; one that does not fit them (another daemon version) is named."""
+    problems = ctl.derive_problems({"health": {"status": "warn", "conditions": True},
+                                    "arduino": {"status": "connected", "fault": "servo_stall"}}, "online")
+    assert problems == ["warning  arduino: MCU reports fault servo_stall",
+                        "warning  health: state not readable here: TypeError: 'bool' object is not iterable"]
+
+
 def test_format_event_lines() -> None:
     sorted_line = ctl.format_event({"type": "item_sorted", "ts": "2026-11-21T10:13:54.171Z", "data": {
         "category": "plastic", "compartment": "recycling", "flap": 1, "class_name": "plastic", "confidence": 0.91,

@@ -5,12 +5,33 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from ..config import (
     Config,
 )
+from ..states import (
+    ArduinoState,
+    BinLevel,
+    CameraState,
+    CompartmentFill,
+    ConnectionStatus,
+    DaemonState,
+    DetectorState,
+    FillState,
+    GpioState,
+    HealthState,
+    HealthStatus,
+    MqttState,
+    WorkflowState,
+    parse_state,
+)
+from ..states.arduino import LinkCounters
+from ..states.detector import LastDecision, Percentiles
+from ..states.mqtt import OutboxCounts
+from ..states.workflow import SortingCounts
 from .session import BAR_WIDTH, Snapshot, _fmt_time, _parse_iso
 
 logger = logging.getLogger(__name__)
@@ -91,11 +112,10 @@ Problems = list[tuple[str, str, str]]
 """(severity, source, text) found in one component's state."""
 
 
-def _daemon_problems(daemon: dict[str, Any]) -> Problems:
+def _daemon_problems(daemon: DaemonState) -> Problems:
     out: Problems = []
-    raw_workers = daemon.get("workers")
-    workers: dict[str, Any] = raw_workers if isinstance(raw_workers, dict) else {}
-    for name in daemon.get("failed_workers") or []:
+    workers: dict[str, Any] = daemon.workers if isinstance(daemon.workers, dict) else {}
+    for name in daemon.failed_workers or []:
         out.append(("critical", "daemon", f"worker {name} failed: {_dig(workers, name, 'last_error') or 'no error recorded'}"))
     for name, w in sorted(workers.items()):
         if not isinstance(w, dict) or w.get("status") == "failed":
@@ -104,87 +124,98 @@ def _daemon_problems(daemon: dict[str, Any]) -> Problems:
             out.append(("warning", "daemon", f"worker {name} is {w.get('status')}: {w.get('last_error') or ''}".rstrip(": ")))
         elif w.get("restarts"):
             out.append(("info", "daemon", f"worker {name} restarted {w['restarts']}x (last error: {w.get('last_error')})"))
-    if daemon.get("restart_required"):
-        out.append(("warning", "daemon", f"config changed, restart needed for: {', '.join(daemon['restart_required'])}"))
+    if daemon.restart_required:
+        out.append(("warning", "daemon", f"config changed, restart needed for: {', '.join(daemon.restart_required)}"))
     return out
 
 
-def _mqtt_problems(mqtt: dict[str, Any]) -> Problems:
+def _mqtt_problems(mqtt: MqttState) -> Problems:
     out: Problems = []
-    if mqtt.get("status") not in ("connected", None):
-        out.append(("critical", "mqtt", f"{mqtt.get('status')}: {mqtt.get('last_error') or 'no error recorded'}"))
-    if _dig(mqtt, "outbox", "dropped"):
-        out.append(("warning", "mqtt", f"{mqtt['outbox']['dropped']} event(s) dropped from the outbox"))
+    if mqtt.status not in (ConnectionStatus.CONNECTED, None):
+        out.append(("critical", "mqtt", f"{mqtt.status}: {mqtt.last_error or 'no error recorded'}"))
+    dropped = mqtt.outbox.dropped if isinstance(mqtt.outbox, OutboxCounts) else None
+    if dropped:
+        out.append(("warning", "mqtt", f"{dropped} event(s) dropped from the outbox"))
     return out
 
 
-def _arduino_problems(arduino: dict[str, Any]) -> Problems:
+def _arduino_problems(arduino: ArduinoState) -> Problems:
     out: Problems = []
-    if arduino.get("status") != "connected":
-        out.append(("critical", "arduino", f"link {arduino.get('status')}: {arduino.get('last_error') or 'no error recorded'}"))
-    elif arduino.get("last_error"):
-        out.append(("info", "arduino", f"last error: {arduino['last_error']}"))
-    if arduino.get("fault"):
-        out.append(("warning", "arduino", f"MCU reports fault {arduino['fault']}"))
+    if arduino.status != ConnectionStatus.CONNECTED:
+        out.append(("critical", "arduino", f"link {arduino.status}: {arduino.last_error or 'no error recorded'}"))
+    elif arduino.last_error:
+        out.append(("info", "arduino", f"last error: {arduino.last_error}"))
+    if arduino.fault:
+        out.append(("warning", "arduino", f"MCU reports fault {arduino.fault}"))
     return out
 
 
-def _camera_problems(camera: dict[str, Any]) -> Problems:
-    if camera.get("unavailable_alert") or camera.get("status") not in ("connected", None):
-        return [("critical", "camera", f"{camera.get('status')}: {camera.get('last_error') or 'no error recorded'}")]
-    if camera.get("last_error"):
-        return [("info", "camera", f"last error: {camera['last_error']} (at {camera.get('last_error_at') or '?'})")]
+def _camera_problems(camera: CameraState) -> Problems:
+    if camera.unavailable_alert or camera.status not in (ConnectionStatus.CONNECTED, None):
+        return [("critical", "camera", f"{camera.status}: {camera.last_error or 'no error recorded'}")]
+    if camera.last_error:
+        return [("info", "camera", f"last error: {camera.last_error} (at {camera.last_error_at or '?'})")]
     return []
 
 
-def _detector_problems(detector: dict[str, Any]) -> Problems:
-    out: Problems = [("warning", "detector", str(w)) for w in detector.get("warnings") or []]
-    if _dig(detector, "evidence", "last_error"):
-        out.append(("warning", "detector", f"evidence: {detector['evidence']['last_error']}"))
-    if detector.get("enabled") is False:
+def _detector_problems(detector: DetectorState) -> Problems:
+    out: Problems = [("warning", "detector", str(w)) for w in detector.warnings or []]
+    if _dig(detector.evidence, "last_error"):
+        out.append(("warning", "detector", f"evidence: {_dig(detector.evidence, 'last_error')}"))
+    if detector.enabled is False:
         out.append(("info", "detector", "detection is switched off"))
     return out
 
 
-def _fill_problems(fill: dict[str, Any]) -> Problems:
-    return [("warning", "fill", f"compartment_full_{cid}: {c.get('name') or cid} is full ({_num(c.get('fill_pct'))}%)")
-            for cid, c in (fill.get("compartments") or {}).items()
-            if isinstance(c, dict) and (c.get("level") == "full" or c.get("full"))]
+def _fill_problems(fill: FillState) -> Problems:
+    return [("warning", "fill", f"compartment_full_{cid}: {c.name or cid} is full ({_num(c.fill_pct)}%)")
+            for cid, c in _compartments(fill).items() if c.level == BinLevel.FULL or c.full]
 
 
-def _workflow_problems(workflow: dict[str, Any]) -> Problems:
+def _workflow_problems(workflow: WorkflowState) -> Problems:
     out: Problems = []
-    if isinstance(workflow.get("error"), dict):
-        e = workflow["error"]
+    if isinstance(workflow.error, dict):
+        e = workflow.error
         out.append(("critical", "workflow", f"{e.get('code')}: {e.get('message')} (since {e.get('at')}; lid locked "
                                             "until `smartbinctl request workflow/clear_error`)"))
-    if isinstance(workflow.get("blocked"), dict):
-        b = workflow["blocked"]
+    if isinstance(workflow.blocked, dict):
+        b = workflow.blocked
         out.append(("critical", "workflow", f"refused_{b.get('code')}: {b.get('message')} (since {b.get('at')})"))
-    if workflow.get("vision") not in ("ok", None):
-        out.append(("warning", "workflow", f"vision down: {workflow['vision']} (policy {workflow.get('degraded_policy')})"))
-    if workflow.get("maintenance"):
+    if workflow.vision not in ("ok", None):
+        out.append(("warning", "workflow", f"vision down: {workflow.vision} (policy {workflow.degraded_policy})"))
+    if workflow.maintenance:
         out.append(("info", "workflow", "maintenance mode is on (sorting paused)"))
     return out
 
 
-def _health_problems(health: dict[str, Any]) -> Problems:
-    severity = "critical" if health.get("status") == "critical" else "warning"
-    return [(severity, "health", str(condition)) for condition in health.get("conditions") or []]
+def _health_problems(health: HealthState) -> Problems:
+    severity = "critical" if health.status == HealthStatus.CRITICAL else "warning"
+    return [(severity, "health", str(condition)) for condition in health.conditions or []]
 
 
-def _gpio_problems(gpio: dict[str, Any]) -> Problems:
-    errors = _dig(gpio, "counters", "errors")
+def _gpio_problems(gpio: GpioState) -> Problems:
+    errors = _dig(gpio.counters, "errors")
     return [("warning", "gpio", f"{errors} device error(s)")] if errors else []
 
 
-_PROBLEMS: tuple[tuple[str, Any], ...] = (
+_PROBLEMS: tuple[tuple[str, Callable[[Any], Problems]], ...] = (
     ("daemon", _daemon_problems), ("mqtt", _mqtt_problems), ("arduino", _arduino_problems),
     ("camera", _camera_problems), ("detector", _detector_problems), ("fill", _fill_problems),
     ("workflow", _workflow_problems), ("health", _health_problems), ("gpio", _gpio_problems),
 )
 """What each component's state can tell a technician, in the order the screen lists equal severities."""
 _RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _parsed(components: dict[str, Any], name: str) -> Any:
+    """A component's published state as its typed model (tolerant of an older daemon), or None when absent."""
+    state = components.get(name)
+    return parse_state(name, state) if isinstance(state, dict) and state else None
+
+
+def _compartments(fill: FillState) -> dict[str, CompartmentFill]:
+    raw = fill.compartments if isinstance(fill.compartments, dict) else {}
+    return {cid: c for cid, c in raw.items() if isinstance(c, CompartmentFill)}
 
 
 def derive_problems(components: dict[str, dict[str, Any]], availability: str | None) -> list[str]:
@@ -194,67 +225,72 @@ def derive_problems(components: dict[str, dict[str, Any]], availability: str | N
         found.append(("critical", "daemon", "availability is offline: the daemon is stopped or lost the broker; "
                                             "the states below are the last it published"))
     for name, problems in _PROBLEMS:
-        state = components.get(name)
-        if isinstance(state, dict) and state:
+        state = _parsed(components, name)
+        if state is None:
+            continue
+        try:
             found.extend(problems(state))
+        except (TypeError, AttributeError, ValueError) as exc:  # a state of another shape (another daemon version)
+            found.append(("warning", name, f"state not readable here: {type(exc).__name__}: {exc}"))
     ranked = sorted(enumerate(found), key=lambda t: (_RANK[t[1][0]], t[0]))
     return [f"{severity:<8} {source}: {text}" for _, (severity, source, text) in ranked]
 
 
-Row = tuple[str, str] | None
-"""(label, text) of one line of the status screen, or None to skip it."""
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
-def _daemon_row(snap: Snapshot, daemon: dict[str, Any]) -> str:
-    workers = daemon.get("workers") or {}
+def _daemon_row(snap: Snapshot, daemon: DaemonState) -> str:
+    workers = daemon.workers if isinstance(daemon.workers, dict) else {}
     running = sum(1 for w in workers.values() if isinstance(w, dict) and w.get("status") == "running")
-    failed = daemon.get("failed_workers") or []
-    started = _parse_iso(daemon.get("started_at"))
-    uptime = daemon.get("uptime_s")
+    failed = daemon.failed_workers or []
+    started = _parse_iso(daemon.started_at)
+    uptime: Any = daemon.uptime_s
     written = _parse_iso(snap.written_at)
     if snap.source == "broker" and snap.availability == "online" and started is not None:
         uptime = time.time() - started  # the retained state may be up to mqtt.state_interval_s old
     elif snap.source == "state_file" and started is not None and written is not None:
         uptime = written - started  # up that long when the file was written
-    return (f"v{daemon.get('version', '?')} · up {fmt_duration(uptime)} (since {_fmt_time(started)}) · pid "
-            f"{daemon.get('pid', '?')} · {running}/{len(workers)} workers running · "
+    return (f"v{_or(daemon.version, '?')} · up {fmt_duration(uptime)} (since {_fmt_time(started)}) · pid "
+            f"{_or(daemon.pid, '?')} · {running}/{len(workers)} workers running · "
             f"failed: {', '.join(failed) if failed else 'none'}")
 
 
-def _mqtt_row(mqtt: dict[str, Any]) -> str:
-    ob = mqtt.get("outbox") or {}
-    return (f"{mqtt.get('status')} to {mqtt.get('broker')} · outbox {ob.get('pending', '?')} pending, "
-            f"{ob.get('inflight', 0)} in flight, {ob.get('dropped', 0)} dropped")
+def _mqtt_row(mqtt: MqttState) -> str:
+    ob = mqtt.outbox if isinstance(mqtt.outbox, OutboxCounts) else OutboxCounts.from_json({})
+    return (f"{mqtt.status} to {mqtt.broker} · outbox {_or(ob.pending, '?')} pending, "
+            f"{_or(ob.inflight, 0)} in flight, {_or(ob.dropped, 0)} dropped")
 
 
-def _arduino_row(arduino: dict[str, Any]) -> str:
-    cnt = arduino.get("counters") or {}
-    errors = (cnt.get("checksum_errors", 0) or 0) + (cnt.get("bad_frames", 0) or 0)
-    fw = f"{arduino.get('firmware') or '?'} {arduino.get('firmware_version') or ''}".strip()
-    return (f"{arduino.get('status')} · port {arduino.get('port') or 'none'} · firmware {fw} "
-            f"(protocol {arduino.get('protocol', '?')}) · rtt {_num(arduino.get('rtt_ms'), unit=' ms')} · "
-            f"errors {errors} frame, {cnt.get('timeouts', 0)} timeouts, {cnt.get('retries', 0)} retries, "
-            f"{cnt.get('reconnects', 0)} reconnects")
+def _arduino_row(arduino: ArduinoState) -> str:
+    cnt = arduino.counters if isinstance(arduino.counters, LinkCounters) else LinkCounters.from_json({})
+    errors = (cnt.checksum_errors or 0) + (cnt.bad_frames or 0)
+    fw = f"{arduino.firmware or '?'} {arduino.firmware_version or ''}".strip()
+    return (f"{arduino.status} · port {arduino.port or 'none'} · firmware {fw} "
+            f"(protocol {_or(arduino.protocol, '?')}) · rtt {_num(arduino.rtt_ms, unit=' ms')} · "
+            f"errors {errors} frame, {_or(cnt.timeouts, 0)} timeouts, {_or(cnt.retries, 0)} retries, "
+            f"{_or(cnt.reconnects, 0)} reconnects")
 
 
-def _camera_row(camera: dict[str, Any]) -> str:
-    return (f"{camera.get('status')} · {_num(camera.get('fps'))} fps (target {_num(camera.get('target_fps'))}) · "
-            f"{camera.get('resolution') or '?'} · {camera.get('kind') or '?'}: {camera.get('source') or '?'}")
+def _camera_row(camera: CameraState) -> str:
+    return (f"{camera.status} · {_num(camera.fps)} fps (target {_num(camera.target_fps)}) · "
+            f"{camera.resolution or '?'} · {camera.kind or '?'}: {camera.source or '?'}")
 
 
-def _detector_row(detector: dict[str, Any]) -> str:
-    last = detector.get("last") or {}
-    last_text = f" · last: {last.get('category')}{' (uncertain)' if last.get('uncertain') else ''}" if last else ""
-    return (f"{detector.get('model') or 'no model'} on {detector.get('device') or '?'} · "
-            f"{'on' if detector.get('enabled') else 'OFF'} · gate {detector.get('gate')}: {detector.get('gate_state')} · "
-            f"inference p50 {_num(_dig(detector, 'inference_ms', 'p50'), unit=' ms')} "
-            f"(p95 {_num(_dig(detector, 'inference_ms', 'p95'), unit=' ms')}) · "
-            f"{detector.get('decisions', 0)} decisions{last_text}")
+def _detector_row(detector: DetectorState) -> str:
+    last = detector.last if isinstance(detector.last, LastDecision) else None
+    last_text = f" · last: {last.category}{' (uncertain)' if last.uncertain else ''}" if last else ""
+    inference = detector.inference_ms if isinstance(detector.inference_ms, Percentiles) else None
+    return (f"{detector.model or 'no model'} on {detector.device or '?'} · "
+            f"{'on' if detector.enabled else 'OFF'} · gate {detector.gate}: {detector.gate_state} · "
+            f"inference p50 {_num(inference and inference.p50, unit=' ms')} "
+            f"(p95 {_num(inference and inference.p95, unit=' ms')}) · "
+            f"{_or(detector.decisions, 0)} decisions{last_text}")
 
 
-def _sorting_rows(workflow: dict[str, Any]) -> list[tuple[str, str]]:
-    counts = workflow.get("counts") or {}
-    item = workflow.get("last_item") or {}
+def _sorting_rows(workflow: WorkflowState) -> list[tuple[str, str]]:
+    counts = workflow.counts if isinstance(workflow.counts, SortingCounts) else SortingCounts()
+    item = workflow.last_item if isinstance(workflow.last_item, dict) else {}
     last = ""
     if item and item.get("outcome") == "sorted":
         total = _dig(item, "latency", "total_ms")
@@ -262,29 +298,29 @@ def _sorting_rows(workflow: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{' (' + _num(total, '{:.0f}', ' ms') + ')' if isinstance(total, (int, float)) else ''}")
     elif item:
         last = f" · last item: {item.get('category')} {item.get('outcome')}"
-    rows = [("sorting", f"{workflow.get('state')}{' (maintenance)' if workflow.get('maintenance') else ''} · "
-                        f"{counts.get('sorted', 0)} sorted, {counts.get('refused', 0)} refused, "
-                        f"{counts.get('failed', 0)} failed{last}")]
-    for key, label in (("error", "ERROR"), ("blocked", "BLOCKED")):
-        if isinstance(workflow.get(key), dict):
-            rows.append(("", f"{label} {workflow[key].get('code')}: {workflow[key].get('message')}"))
+    rows = [("sorting", f"{workflow.state}{' (maintenance)' if workflow.maintenance else ''} · "
+                        f"{counts.sorted} sorted, {counts.refused} refused, {counts.failed} failed{last}")]
+    for fault, label in ((workflow.error, "ERROR"), (workflow.blocked, "BLOCKED")):
+        if isinstance(fault, dict):
+            rows.append(("", f"{label} {fault.get('code')}: {fault.get('message')}"))
     return rows
 
 
-def _compartment_lines(fill: dict[str, Any]) -> list[str]:
-    compartments = {cid: comp for cid, comp in (fill.get("compartments") or {}).items() if isinstance(comp, dict)}
+def _compartment_lines(fill: FillState) -> list[str]:
+    compartments = _compartments(fill)
     if not compartments:
         return []
     width = max(len(cid) for cid in compartments)
-    level_width = max(len(str(comp.get("level") or "unknown")) for comp in compartments.values())
-    return ["compartments", *("  " + compartment_line(cid, comp, width, level_width) for cid, comp in compartments.items())]
+    level_width = max(len(str(comp.level or "unknown")) for comp in compartments.values())
+    return ["compartments", *("  " + compartment_line(cid, comp.to_json(), width, level_width)
+                              for cid, comp in compartments.items())]
 
 
-def _health_row(health: dict[str, Any]) -> str:
-    return (f"{health.get('status')} · score {health.get('score', '?')} · cpu "
-            f"{_num(_dig(health, 'cpu', 'percent'), unit='%')} · ram {_num(_dig(health, 'memory', 'percent'), unit='%')}"
-            f" · disk {_num(_dig(health, 'disk', 'storage', 'percent'), unit='%')} · temp "
-            f"{_num(_dig(health, 'temperatures', 'cpu_c'), unit=' °C')}")
+def _health_row(health: HealthState) -> str:
+    return (f"{health.status} · score {_or(health.score, '?')} · cpu "
+            f"{_num(_dig(health.cpu, 'percent'), unit='%')} · ram {_num(_dig(health.memory, 'percent'), unit='%')}"
+            f" · disk {_num(_dig(health.disk, 'storage', 'percent'), unit='%')} · temp "
+            f"{_num(_dig(health.temperatures, 'cpu_c'), unit=' °C')}")
 
 
 def _availability_row(snap: Snapshot) -> str:
@@ -295,26 +331,35 @@ def _availability_row(snap: Snapshot) -> str:
 
 
 def render_status(snap: Snapshot, cfg: Config) -> str:
-    """The human-readable `status` screen."""
+    """The human-readable `status` screen, from the states parsed into their typed models."""
     c = snap.components
     lines: list[str] = [snap.header, ""] if snap.source == "state_file" else []
     lines.append(f"SmartBin {cfg.device.id} ({cfg.root_topic})" + (f" — {snap.header}" if snap.source == "broker" else ""))
 
-    def row(label: str, state: dict[str, Any] | None, text: Any, missing: str) -> None:
-        lines.append(f"{label:<13} {text(state) if state else missing}")
+    def row(label: str, name: str, text: Callable[[Any], str], missing: str) -> None:
+        state = _parsed(c, name)
+        try:
+            shown = text(state) if state is not None else missing
+        except (TypeError, AttributeError, ValueError) as exc:  # a state of another shape (another daemon version)
+            shown = f"state not readable here: {type(exc).__name__}: {exc}"
+        lines.append(f"{label:<13} {shown}")
 
-    row("daemon", c.get("daemon"), lambda d: _daemon_row(snap, d), "no state published")
+    row("daemon", "daemon", lambda d: _daemon_row(snap, d), "no state published")
     lines.append(f"{'availability':<13} {_availability_row(snap)}")
-    if c.get("mqtt"):
-        row("mqtt", c.get("mqtt"), _mqtt_row, "")
-    row("arduino", c.get("arduino"), _arduino_row, "not reported (disabled?)")
-    row("camera", c.get("camera"), _camera_row, "not reported (disabled?)")
-    row("detector", c.get("detector"), _detector_row, "not reported (disabled?)")
-    workflow = c.get("workflow")
-    sorting = _sorting_rows(workflow) if workflow else [("sorting", "not reported (bins disabled?)")]
-    lines.extend(f"{label:<13} {text}" for label, text in sorting)
-    lines.extend(_compartment_lines(c.get("fill") or {}))
-    row("health", c.get("health"), _health_row, "not reported (health monitor disabled?)")
+    if _parsed(c, "mqtt") is not None:
+        row("mqtt", "mqtt", _mqtt_row, "")
+    row("arduino", "arduino", _arduino_row, "not reported (disabled?)")
+    row("camera", "camera", _camera_row, "not reported (disabled?)")
+    row("detector", "detector", _detector_row, "not reported (disabled?)")
+    workflow, fill = _parsed(c, "workflow"), _parsed(c, "fill")
+    try:
+        sorting = _sorting_rows(workflow) if workflow is not None else [("sorting", "not reported (bins disabled?)")]
+        sorting_lines = [f"{label:<13} {text}" for label, text in sorting]
+        sorting_lines += _compartment_lines(fill) if fill is not None else []
+    except (TypeError, AttributeError, ValueError) as exc:
+        sorting_lines = [f"{'sorting':<13} state not readable here: {type(exc).__name__}: {exc}"]
+    lines.extend(sorting_lines)
+    row("health", "health", _health_row, "not reported (health monitor disabled?)")
     problems = derive_problems(c, snap.availability)
     lines.append("errors/alerts" + ("  none" if not problems else ""))
     lines.extend(f"  {p}" for p in problems)
