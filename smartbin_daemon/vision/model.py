@@ -161,7 +161,7 @@ def load_model(path: Path, *, classmap: Path | None, device: str, imgsz: int | N
     """Load with the chosen backend, warm up, check the class map; raise ModelError naming the file and the reason.
 
     `imgsz` None means the size the model was exported at (its class map's), else 320. `state_dir` (the daemon's
-    storage) holds ultralytics' settings and onnxruntime's TensorRT engine cache.
+    storage) holds ultralytics' settings, onnxruntime's TensorRT engine cache and the CPU-optimised graphs.
     """
     t0 = time.monotonic()
     if not path.exists():
@@ -178,8 +178,9 @@ def load_model(path: Path, *, classmap: Path | None, device: str, imgsz: int | N
         from .onnx_backend import OnnxRuntimeBackend
 
         cache = state_dir / "onnxruntime-trt" if state_dir is not None else None
+        optimized = state_dir / "onnxruntime-optimized" if state_dir is not None else None
         runner: DetectorBackend = OnnxRuntimeBackend(path, threads=threads or auto_threads(), cache_dir=cache,
-                                                     **settings)
+                                                     optimized_dir=optimized, **settings)
         if not runner.has_names and runner.class_count == len(cmap.classes):
             runner.names = {c.index: c.name for c in cmap.classes}  # an export without metadata: trust the count
     else:

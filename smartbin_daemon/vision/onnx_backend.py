@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .model import ModelError
+from .ort_optimized import optimized_copy
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +100,12 @@ class OnnxRuntimeBackend:
     """One onnxruntime session for a YOLO detection export; warmed up and checked at load."""
 
     def __init__(self, path: Path, *, device: str, imgsz: int, conf: float, iou: float, max_det: int,
-                 threads: int, cache_dir: Path | None = None) -> None:
+                 threads: int, cache_dir: Path | None = None, optimized_dir: Path | None = None) -> None:
         import onnxruntime as ort
 
         self.path = path
+        self.optimized_from: Path | None = None
+        """The cached pre-optimised graph the session runs (None: the model file itself)."""
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.threads = threads
         self.warnings: list[str] = []
@@ -117,10 +120,7 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         # Idle pool threads sleep instead of spinning: between frames the other workers get the cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for unreadable graphs
-            raise ModelError(f"cannot load {path.name}: onnxruntime cannot read it: {_first_line(exc)}") from None
+        self.session = self._open(ort, options, providers, optimized_dir)
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         task = meta.get("task", "detect")
         if task != "detect":
@@ -139,6 +139,28 @@ class OnnxRuntimeBackend:
         names = parse_names(meta)
         self.names = names if names is not None else {i: str(i) for i in range(self.class_count)}
         self.has_names = names is not None
+
+    def _open(self, ort: Any, options: Any, providers: list[Any], optimized_dir: Path | None) -> Any:
+        """The session: on the CPU from the graph pre-optimised for this machine when there is a cache folder
+        (ort_optimized.py), else (or when that copy does not load) from the model file."""
+        if optimized_dir is not None and providers == [CPU]:
+            optimized = optimized_copy(self.path, optimized_dir, ort.__version__)
+            if optimized is not None:
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+                try:
+                    session = ort.InferenceSession(str(optimized), sess_options=options, providers=providers)
+                except Exception as exc:  # noqa: BLE001 - a damaged cache file: drop it, load the original
+                    logger.warning("pre-optimised %s does not load (%s); removed, loading %s", optimized.name,
+                                   _first_line(exc), self.path.name)
+                    optimized.unlink(missing_ok=True)
+                else:
+                    self.optimized_from = optimized
+                    return session
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for unreadable graphs
+            raise ModelError(f"cannot load {self.path.name}: onnxruntime cannot read it: {_first_line(exc)}") from None
 
     def _input_size(self, shape: list[Any], imgsz: int) -> tuple[int, int]:
         h, w = shape[2], shape[3]

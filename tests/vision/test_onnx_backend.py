@@ -217,3 +217,57 @@ def test_onnxruntime_refuses_other_formats_at_config_time(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         parse_config(_detector_config(tmp_path, model=str(tmp_path / "m.pt"), backend="onnxruntime"))
     assert any("detector.backend: onnxruntime runs .onnx models only" in e for e in err.value.errors)
+
+
+# -- the CPU graph optimised once per machine (vision/ort_optimized.py) ---------------------------------------------
+
+
+def _load_shipped(state_dir: Path | None) -> object:
+    return load_model(SHIPPED, classmap=None, device="cpu", imgsz=None, conf=0.25, iou=0.45, max_det=20,
+                      backend="onnxruntime", threads=1, state_dir=state_dir)
+
+
+def test_the_cpu_graph_is_optimised_once_and_then_loaded_as_it_is(tmp_path: Path) -> None:
+    frame = recorded_frames()[0][1]
+    plain = _load_shipped(None)
+    first = _load_shipped(tmp_path)
+    copy = first.backend.optimized_from  # type: ignore[attr-defined]
+    assert plain.backend.optimized_from is None and copy is not None  # type: ignore[attr-defined]
+    assert copy.parent == tmp_path / "onnxruntime-optimized" and copy.name.startswith(f"{SHIPPED.stem}.")
+    made_at = copy.stat().st_mtime_ns
+    again = _load_shipped(tmp_path)
+    assert again.backend.optimized_from == copy and copy.stat().st_mtime_ns == made_at  # type: ignore[attr-defined]
+    expected, _ = plain.predict(frame)  # type: ignore[attr-defined]
+    got, _ = again.predict(frame)  # type: ignore[attr-defined]
+    assert [b.category for b in got] == [b.category for b in expected]
+    assert np.allclose([b.confidence for b in got], [b.confidence for b in expected], atol=1e-4)
+    assert np.allclose([b.xyxy for b in got], [b.xyxy for b in expected], atol=0.05)
+
+
+def test_a_damaged_optimised_copy_is_dropped_and_the_model_file_is_loaded(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from smartbin_daemon.vision.ort_optimized import cache_key
+
+    folder = tmp_path / "onnxruntime-optimized"
+    folder.mkdir()
+    damaged = folder / f"{SHIPPED.stem}.{cache_key(SHIPPED, ort.__version__)}.onnx"
+    damaged.write_bytes(b"not a model")
+    stale = folder / f"{SHIPPED.stem}.0123456789abcdef.onnx"
+    stale.write_bytes(b"an older onnxruntime's copy")
+    model = _load_shipped(tmp_path)
+    assert model.backend.optimized_from is None and not damaged.exists()  # type: ignore[attr-defined]
+    assert stale.exists(), "only the copy for this model, onnxruntime and CPU is touched while it exists"
+    rebuilt = _load_shipped(tmp_path)
+    assert rebuilt.backend.optimized_from == damaged and damaged.stat().st_size > 1_000_000  # type: ignore[attr-defined]
+    assert not stale.exists(), "making a new copy removes the model's stale ones"
+
+
+def test_the_cache_key_names_the_model_bytes_and_the_onnxruntime_version(tmp_path: Path) -> None:
+    from smartbin_daemon.vision.ort_optimized import cache_key
+
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    a.write_bytes(b"model one")
+    b.write_bytes(b"model two")
+    assert cache_key(a, "1.0") == cache_key(a, "1.0") != cache_key(b, "1.0")
+    assert cache_key(a, "1.0") != cache_key(a, "1.1")
