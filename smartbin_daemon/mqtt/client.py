@@ -25,7 +25,7 @@ from ..clock import iso_utc
 from ..config import Config
 from ..logs import ev
 from ..runtime.auth import AuthError, Verifier
-from ..runtime.backoff import Backoff
+from ..runtime.backoff import RetrySchedule
 from ..runtime.bus import (
     ACL,
     SIGNED,
@@ -139,8 +139,7 @@ class MqttWorker(Worker):
         self.topics = Topics.from_config(cfg)
         self._client: paho.Client | None = None
         self.status = DISCONNECTED
-        self._next_attempt = 0.0
-        self._backoff = Backoff(cfg.mqtt.reconnect.min_s, cfg.mqtt.reconnect.max_s)
+        self._retry = RetrySchedule(cfg.mqtt.reconnect.min_s, cfg.mqtt.reconnect.max_s, self.clock)
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
         self._acked: list[int] = []  # seqs PUBACKed during this inbox drain, forgotten together at its end
         self._last_sent_seq = 0
@@ -171,8 +170,8 @@ class MqttWorker(Worker):
         self._client = None
         self._inflight.clear()
         self._last_sent_seq = 0
-        self._next_attempt = time.monotonic()
-        self._backoff = Backoff(self.cfg.mqtt.reconnect.min_s, self.cfg.mqtt.reconnect.max_s)
+        self._retry = RetrySchedule(self.cfg.mqtt.reconnect.min_s, self.cfg.mqtt.reconnect.max_s, self.clock)
+        self._retry.now()
         self._loop_thread = threading.get_ident()
         assert self.inbox is not None
         self.inbox.set_waker(self._wake_network_loop)
@@ -252,10 +251,10 @@ class MqttWorker(Worker):
     def step(self) -> None:
         now = time.monotonic()
         if self._client is None or self.status in (DISCONNECTED, AUTH_FAILED):
-            if now >= self._next_attempt:
+            if self._retry.due(now):
                 self._connect()
             else:
-                self._drain_inbox(min(LOOP_TIMEOUT_S * 4, max(0.0, self._next_attempt - now)))
+                self._drain_inbox(min(LOOP_TIMEOUT_S * 4, self._retry.wait_s(now)))
                 self._housekeeping()
                 return
         client = self._client
@@ -300,9 +299,7 @@ class MqttWorker(Worker):
 
     def _schedule_retry(self, error: str, delay: float | None = None) -> None:
         self.counters.last_error = error
-        if delay is None:
-            delay = self._backoff.next()
-        self._next_attempt = time.monotonic() + delay
+        delay = self._retry.failed(delay)
         if self.status != AUTH_FAILED:
             self.status = DISCONNECTED
         logger.warning("%s; retrying in %.0fs", error, delay, extra=ev("mqtt_connect_failed"))
@@ -398,7 +395,7 @@ class MqttWorker(Worker):
         self.counters.connects += 1
         self.counters.connected_since = time.time()
         self.counters.last_error = None
-        self._backoff.reset()
+        self._retry.succeeded()
         logger.info("connected to %s:%d (MQTT %s)", self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.protocol,
                     extra=ev("mqtt_connected"))
         client = self._client

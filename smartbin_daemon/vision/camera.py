@@ -28,7 +28,7 @@ import numpy as np
 from ..clock import iso_utc
 from ..config import CameraConfig
 from ..logs import ev
-from ..runtime.backoff import Backoff
+from ..runtime.backoff import RetrySchedule
 from ..runtime.bus import Alert, Bus, Discovery, Entity
 from ..runtime.status import CONNECTED, DISCONNECTED, ENDED, RECONNECTING
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
@@ -89,8 +89,7 @@ class CameraWorker(Worker):
         self.last_error: str | None = None
         self._last_error_wall: float | None = None
         self._logged_error: str | None = None
-        self._next_attempt = 0.0
-        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self._retry = RetrySchedule(cfg.reconnect_min_s, cfg.reconnect_max_s, self.clock)
         self._progress_at = 0.0
         """When the source was opened or last gave a frame (stall clock)."""
         self._last_frame_at: float | None = None
@@ -112,8 +111,8 @@ class CameraWorker(Worker):
         self._close()
         now = time.monotonic()
         self.status = DISCONNECTED
-        self._next_attempt = now
-        self._backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        self._retry = RetrySchedule(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self.clock)
+        self._retry.now()
         self._unavailable_since = now
         # A worker replaced on reload inherits an alert its predecessor raised, so it clears it later.
         self._alert_active = bool(CameraState.from_json(self.bus.states().get(self.name)).unavailable_alert)
@@ -131,10 +130,10 @@ class CameraWorker(Worker):
     def step(self) -> None:
         if self.source is None:
             now = time.monotonic()
-            if self.status != ENDED and now >= self._next_attempt:
+            if self.status != ENDED and self._retry.due(now):
                 self._open()
             else:
-                wait = self.tick_s if self.status == ENDED else min(self.tick_s, self._next_attempt - now)
+                wait = self.tick_s if self.status == ENDED else min(self.tick_s, self._retry.wait_s(now))
                 self.sleep(max(0.0, wait))
         else:
             self._read_once()
@@ -166,8 +165,7 @@ class CameraWorker(Worker):
         error = redact(error)
         self.last_error = error
         self._last_error_wall = time.time()
-        delay = self._backoff.next()
-        self._next_attempt = time.monotonic() + delay
+        delay = self._retry.failed()
         if not log:
             pass  # the caller has already said why
         elif error != self._logged_error:
@@ -202,11 +200,11 @@ class CameraWorker(Worker):
             self.stalls_total += 1
             self._stall_stamps.append(now)
             logger.warning("camera stalled (%s): releasing and re-opening %s in %.1fs", reason, self.description,
-                           self._backoff.delay, extra=ev("camera_stall"))
+                           self._retry.backoff.delay, extra=ev("camera_stall"))
         else:
             self.errors_total += 1
             if self.status == CONNECTED:
-                logger.warning("camera lost (%s): re-opening %s in %.1fs", reason, self.description, self._backoff.delay,
+                logger.warning("camera lost (%s): re-opening %s in %.1fs", reason, self.description, self._retry.backoff.delay,
                                extra=ev("camera_lost"))
             else:
                 logged = False
@@ -270,7 +268,7 @@ class CameraWorker(Worker):
         if self.status == CONNECTED:
             return
         self.status = CONNECTED
-        self._backoff.reset()
+        self._retry.succeeded()
         self._unavailable_since = None
         logger.info("camera connected: %s, %s", self.description, self._resolution_text() or "size unknown",
                     extra=ev("camera_connected"))
@@ -337,7 +335,7 @@ class CameraWorker(Worker):
             open_attempts_total=self.open_attempts_total,
             last_error=self.last_error,
             last_error_at=iso_utc(self._last_error_wall) if self._last_error_wall is not None else None,
-            next_retry_s=round(max(0.0, self._next_attempt - now), 1) if waiting else None,
+            next_retry_s=round(self._retry.wait_s(now), 1) if waiting else None,
             unavailable_alert=self._alert_active,
             source_stats=self._source_stats,
         )

@@ -34,7 +34,7 @@ from ...messages import (
     TemperatureReading,
     WeightReading,
 )
-from ...runtime.backoff import Backoff
+from ...runtime.backoff import RetrySchedule
 from ...runtime.bus import Alert, Bus, Discovery, Entity, Request
 from ...runtime.commands import ANSWERED_LATER, NoArgs, RequestError, RequestSpec, command
 from ...runtime.status import CONNECTED, CONNECTING, DISCONNECTED, INCOMPATIBLE, STALE
@@ -122,8 +122,7 @@ class ArduinoLink(Worker):
         self._buffer = LineBuffer()
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
-        self._next_attempt = 0.0
-        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self._retry = RetrySchedule(cfg.reconnect_min_s, cfg.reconnect_max_s, self.clock)
         self._opened_at = 0.0
         self._wake = WakePipe()
         self._hello_sent = False
@@ -177,8 +176,8 @@ class ArduinoLink(Worker):
     def setup(self) -> None:
         self._close("starting")
         self.status = DISCONNECTED
-        self._next_attempt = time.monotonic()
-        self._backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        self._retry = RetrySchedule(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self.clock)
+        self._retry.now()
         assert self.inbox is not None
         self.inbox.set_waker(self._wake_reader)
         self.bus.publish(Discovery(self.name, self.entities()))
@@ -199,10 +198,10 @@ class ArduinoLink(Worker):
     def step(self) -> None:
         now = time.monotonic()
         if self.ser is None:
-            if now >= self._next_attempt:
+            if self._retry.due(now):
                 self._open()
             else:
-                msg = self.next_message(min(self.tick_s, self._next_attempt - now))
+                msg = self.next_message(min(self.tick_s, self._retry.wait_s(now)))
                 if msg is not None:
                     self.handle(msg)
             self.publish_state(self.own_state)
@@ -238,9 +237,7 @@ class ArduinoLink(Worker):
 
     def _retry_later(self, error: str, delay: float | None = None) -> None:
         self.last_error = error
-        if delay is None:
-            delay = self._backoff.next()
-        self._next_attempt = time.monotonic() + delay
+        delay = self._retry.failed(delay)
         logger.warning("arduino: %s; retrying in %.1fs", error, delay, extra=ev("arduino_connect_failed"))
         self.publish_state(self.own_state, force=True)
 
@@ -384,12 +381,12 @@ class ArduinoLink(Worker):
             self._fail_all_pending("incompatible protocol")
             self._close("incompatible")
             self.last_error = error
-            self._next_attempt = time.monotonic() + self.cfg.incompatible_retry_s
+            self._retry.failed(self.cfg.incompatible_retry_s)
             self.publish_state(self.own_state, force=True)
             return
         self.status = CONNECTED
         self.last_error = None
-        self._backoff.reset()
+        self._retry.succeeded()
         self._last_ping = time.monotonic()
         logger.info("arduino connected on %s: %s %s, protocol %d, %d compartments, sensors %s", self.port,
                     self.firmware["name"], self.firmware["version"], proto, bins,
