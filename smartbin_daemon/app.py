@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from . import __version__
+from .alerts.worker import AlertsWorker
 from .config import Config, ConfigError, config_diff, load_config
 from .control import (
     EX_TEMPFAIL,
@@ -49,7 +50,7 @@ WorkerFactory = Callable[[Config], Worker]
 _WORKER_SECTIONS = {"mqtt": ("mqtt.", "security.", "device.name", "device.model", "device.manufacturer"), "health": ("health.",),
                     "arduino": ("arduino.",), "gpio": ("gpio.",), "camera": ("camera.",),
                     "detector": ("detector.", "evidence.", "camera.max_frame_age_s"), "simulation": ("simulation.", "bins."),
-                     "fill": ("bins.",), "workflow": ("bins.",)}
+                     "fill": ("bins.",), "workflow": ("bins.",), "alerts": ("alerts.", "device.name")}
 _PROCESS_SECTIONS = ("device.id", "storage.", "arduino.enabled", "arduino.backend", "arduino.simulator.",
                      "gpio.enabled", "gpio.lid.", "gpio.leds.", "gpio.buzzer.",  # request ownership is fixed at start
                      "camera.enabled", "detector.enabled", "simulation.enabled", "bins.enabled")
@@ -191,6 +192,7 @@ class App:
         factories: dict[str, WorkerFactory] = {
             "mqtt": lambda cfg: MqttWorker(self.bus, cfg, outbox, self.registry),
             "daemon": lambda cfg: DaemonControl(self.bus, cfg, self.registry),
+            "alerts": lambda cfg: AlertsWorker(self.bus, cfg),
         }
         if self.cfg.health.enabled:
             from .health.monitor import HealthMonitor

@@ -15,6 +15,7 @@ from pydantic import (
     ValidationError,
 )
 
+from .alerts import url_problem
 from .base import REDACTED, TOPIC_NAME_RE, ConfigError
 from .root import Config
 
@@ -75,7 +76,7 @@ def format_validation_errors(exc: ValidationError, model: type[BaseModel] = Conf
         loc = tuple(err.get("loc", ()))
         path = _format_loc(loc)
         value = err.get("input")
-        secret = any(str(p) in {"password", "secret", "hmac_secret"} for p in loc)
+        secret = any(str(p) in {"password", "secret", "hmac_secret"} for p in loc) or loc[:3] == ("alerts", "webhook", "url")
         shown = REDACTED if secret else _short(value)
         if err.get("type") == "extra_forbidden":
             allowed = _allowed_keys(model, loc)
@@ -132,6 +133,24 @@ def _resolve_relative(cfg: Config, base_dir: Path) -> None:
             setattr(tls, name, (base_dir / value).resolve())
 
 
+def _read_webhook_url(cfg: Config, base_dir: Path | None, errors: list[str]) -> None:
+    """alerts.webhook.url_file: read the URL (a secret) into alerts.webhook.url, or name the problem."""
+    hook = cfg.alerts.webhook
+    if hook.url_file is None:
+        return
+    where = f"alerts.webhook.url_file: {str(hook.url_file)!r}"
+    try:
+        secret = _read_secret_file(hook.url_file, base_dir)
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.append(f"{where}: cannot be read: {getattr(exc, 'strerror', None) or exc}")
+        return
+    problem = url_problem(secret) if secret else "is empty"
+    if problem:
+        errors.append(f"{where}: {problem}")
+    else:
+        hook.url = SecretStr(secret)
+
+
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate a parsed YAML document; raise ConfigError listing every problem by key path."""
     if data is None:
@@ -167,6 +186,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
                 errors.append(f"security.hmac_secret_file: {str(cfg.security.hmac_secret_file)!r} is empty")
             else:
                 cfg.security.hmac_secret = SecretStr(secret)
+    _read_webhook_url(cfg, base_dir, errors)
     for key_id, key in cfg.security.keys.items():
         if key.secret_file is None or key.revoked:
             continue
@@ -235,6 +255,8 @@ def config_diff(old: Config, new: Config) -> list[str]:
         out.append("mqtt.password")
     if old.security.secret() != new.security.secret() and "security.hmac_secret" not in out:
         out.append("security.hmac_secret")  # the path only: a secret's value never leaves this function
+    if old.alerts.webhook.target() != new.alerts.webhook.target() and "alerts.webhook.url" not in out:
+        out.append("alerts.webhook.url")
     return out
 
 

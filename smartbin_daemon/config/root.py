@@ -10,6 +10,7 @@ from pydantic import (
     model_validator,
 )
 
+from .alerts import AlertsConfig
 from .base import _Model
 from .bins import BinsConfig
 from .core import DeviceConfig, HealthConfig, LoggingConfig, MqttConfig, SecurityConfig, StorageConfig
@@ -70,6 +71,7 @@ class Config(_Model):
     bins: BinsConfig = Field(default_factory=BinsConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @property
     def root_topic(self) -> str:

@@ -49,6 +49,9 @@ def secret_values(cfg: Config) -> list[str]:
     if security is not None:
         candidates.append(getattr(security, "hmac_secret", None))
         candidates.extend(getattr(key, "secret", None) for key in (getattr(security, "keys", None) or {}).values())
+    alerts = getattr(cfg, "alerts", None)
+    if alerts is not None:
+        candidates.append(alerts.webhook.url)
     for value in candidates:
         if value is None:
             continue

@@ -234,6 +234,7 @@ class Bus:
         self._lock = threading.Lock()
         self._states: dict[str, dict[str, Any]] = {}
         self._entities: dict[str, tuple[Entity, ...]] = {}
+        self._alerts: dict[tuple[str, str], Event] = {}
 
     def attach_sink(self, sink: EventSink) -> None:
         """Set the durable event store (done once at start-up, before workers run)."""
@@ -299,8 +300,18 @@ class Bus:
         return event
 
     def raise_alert(self, alert: Alert) -> Event:
-        """Emit an `alert` event."""
-        return self.emit_event("alert", alert.as_data(), alert.source)
+        """Emit an `alert` event; the last one of each (source, code) stays in the alert ledger."""
+        event = self.emit_event("alert", alert.as_data(), alert.source)
+        with self._lock:
+            self._alerts.pop((alert.source, alert.code), None)
+            self._alerts[(alert.source, alert.code)] = event
+        return event
+
+    def alerts(self) -> list[Event]:
+        """The last `alert` event of each (source, code) raised since start, oldest first: what a consumer that
+        starts late (the `alerts` component) needs to know which alerts are active."""
+        with self._lock:
+            return list(self._alerts.values())
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Copy of the latest state of every component."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..runtime.state import State
 from ..runtime.status import ConnectionStatus
+from .alerts import ActiveAlert, AlertsState
 from .arduino import ArduinoState
 from .camera import CameraState
 from .daemon import DaemonState
@@ -30,6 +31,7 @@ STATE_MODELS: dict[str, type[State]] = {
     "fill": FillState,
     "workflow": WorkflowState,
     "simulation": SimulationState,
+    "alerts": AlertsState,
 }
 """The model of each component's `<root>/<component>` state, by component name."""
 
@@ -41,7 +43,7 @@ def parse_state(component: str, data: object) -> State | None:
 
 
 __all__ = [
-    "STATE_MODELS", "ArduinoState", "BinLevel", "CameraState", "CompartmentFill", "ConnectionStatus", "DaemonState",
+    "STATE_MODELS", "ActiveAlert", "AlertsState", "ArduinoState", "BinLevel", "CameraState", "CompartmentFill", "ConnectionStatus", "DaemonState",
     "DetectorState", "FillState", "GateState", "GpioState", "HealthState", "HealthStatus", "MqttState",
     "SimulationState", "SortingState", "State", "WorkflowState", "parse_state",
 ]
