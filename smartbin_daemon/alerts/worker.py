@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..clock import iso_utc
-from ..config import SEVERITY_RANK, Config
+from ..config import SEVERITY_RANK, WASTE_CATEGORIES, Config
 from ..runtime.bus import Bus, Discovery, Entity, Event
 from ..runtime.worker import STATE_EXPIRE_AFTER_S, Worker
 from ..states.alerts import ActiveAlert, AlertCounts, AlertsState, WebhookCounters
@@ -33,14 +33,13 @@ NOTIFIED_MAX = 2000
 
 EVENT_TYPES: dict[str, tuple[str, list[str], str]] = {
     # event: (event_type expression, the event_types it can take, the attributes it adds)
-    "item_sorted": ("value_json.data.category", ["plastic", "metal", "glass", "paper_cardboard", "organic", "e_waste",
-                                                 "hazardous", "residual"],
+    "item_sorted": ("value_json.data.category", list(WASTE_CATEGORIES),
                     '"compartment": d.compartment, "class_name": d.class_name, "confidence": d.confidence, '
                     '"uncertain": d.uncertain, "item_id": d.item_id'),
     "bin_level": ("value_json.data.level", ["ok", "almost_full", "full"],
                   '"compartment": d.compartment, "name": d.name, "previous": d.previous, "fill_pct": d.fill_pct'),
     "bin_emptied": ("value_json.data.source", ["sensor", "request"],
-                    '"compartment": d.compartment, "name": d.name, "items": d.items, "peak_fill_pct": d.peak_fill_pct'),
+                    '"compartment": d.compartment, "name": d.name, "items": d["items"], "peak_fill_pct": d.peak_fill_pct'),
     "alert": ("(value_json.data.severity if value_json.data.active else 'cleared')",
               ["info", "warning", "critical", "cleared"],
               '"source": d.source, "code": d.code, "severity": d.severity, "message": d.message, "active": d.active'),

@@ -24,6 +24,7 @@ from smartbin_daemon.runtime.bus import Entity
 from smartbin_daemon.runtime.state import State
 from smartbin_daemon.runtime.status import ConnectionStatus
 from smartbin_daemon.states import STATE_MODELS, HealthStatus, SortingState
+from smartbin_daemon.states.alerts import ActiveAlert, AlertCounts, AlertsState, WebhookCounters
 from smartbin_daemon.states.arduino import ArduinoState, LinkCounters
 from smartbin_daemon.states.camera import CameraState
 from smartbin_daemon.states.daemon import Audit, DaemonState
@@ -105,7 +106,33 @@ def example_states(compartments: list[str], distances: list[str]) -> dict[str, S
                                   last_item=last_item),
         "simulation": SimulationState(items=1, samples=10, current="a.jpg", expected_category="plastic",
                                       interval_s=8.0, emptied=0),
+        "alerts": AlertsState(active=[ActiveAlert(id="e1", source="fill", code="compartment_full_a", severity="warning",
+                                                  since="2024-05-01T10:00:00.000Z", message="compartment A is full")],
+                              counts=AlertCounts(warning=1, critical=0, total=1),
+                              webhook=WebhookCounters(enabled=True, sent=1, last_sent_at="2024-05-01T10:00:00.000Z")),
     }
+
+
+def _envelope(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "e" * 32, "seq": 7, "type": type_, "ts": "2024-05-01T10:00:00.000Z", "ts_source": "clock",
+            "device": "sim-bin", "component": "x", "data": data}
+
+
+EXAMPLE_EVENTS: dict[str, dict[str, Any]] = {
+    "item_sorted": _envelope("item_sorted", {
+        "item_id": "a1", "detection_id": "d1", "class_name": "bottle", "category": "plastic", "confidence": 0.9,
+        "uncertain": False, "reason": None, "compartment": "recycling", "compartment_name": "Recycling", "flap": 1,
+        "route_attempts": 1, "started_at": "2024-05-01T10:00:00.000Z", "notes": [], "maintenance": False,
+        "outcome": "sorted", "confirmation": "drop", "confirmed": True, "latency": {"total_ms": 800}}),
+    "bin_level": _envelope("bin_level", {"compartment": "paper", "name": "Paper", "level": "full",
+                                         "previous": "almost_full", "fill_pct": 96.0, "maintenance": False}),
+    "bin_emptied": _envelope("bin_emptied", {"compartment": "paper", "name": "Paper", "items": 12, "peak_fill_pct": 97.0,
+                                             "fill_pct": 2.0, "emptied_at": "2024-05-01T10:00:00.000Z",
+                                             "source": "sensor", "maintenance": False}),
+    "alert": _envelope("alert", {"source": "workflow", "code": "route_failed", "severity": "critical",
+                                 "message": "no ACK", "active": True}),
+}
+"""An example envelope of each event an HA `event` entity listens to, as the README's Events table gives it."""
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +167,8 @@ def _templates(app: App, entity: Entity) -> list[tuple[str, str, str]]:
             component = entity.component
             if key == "json_attributes_template":
                 component = str(payload.get("json_attributes_topic", component)).rsplit("/", 1)[-1]
+            if "/event/" in str(payload.get("state_topic", "")):
+                component = "event/" + str(payload["state_topic"]).rsplit("/", 1)[-1]
             out.append((key, template, component))
     return out
 
@@ -159,10 +188,13 @@ def test_every_entity_template_renders_against_its_state_model(bin_with_everythi
     rendered = 0
     for entity in entities:
         for key, template, component in _templates(app, entity):
+            value = EXAMPLE_EVENTS[component[6:]] if component.startswith("event/") else _published(examples[component])
             try:
-                ENV.from_string(template).render(value_json=_published(examples[component]))
+                out = ENV.from_string(template).render(value_json=value)
             except jinja2.UndefinedError as exc:
                 pytest.fail(f"{entity.object_id}.{key} = {template!r} names a field {component}'s state lacks: {exc}")
+            if entity.platform == "event":  # HA wants JSON with an event_type it was told about
+                assert json.loads(out)["event_type"] in entity.options["event_types"], (entity.object_id, out)
             rendered += 1
     assert rendered >= 30, rendered  # every component's sensors, not a silently empty list
     assert {"workflow_last_item"} <= {e.object_id for e in entities if "json_attributes_template" in e.options}
