@@ -44,6 +44,8 @@ class ArduinoConfig(_Model):
     reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     incompatible_retry_s: float = Field(default=60.0, gt=0, le=86400)
+    alert_after_s: float = Field(default=120.0, gt=0, le=86400,
+                                 description="link not connected this long (also from start): critical alert link_down")
     simulator: ArduinoSimulatorConfig = Field(default_factory=ArduinoSimulatorConfig)
 
     @model_validator(mode="after")

@@ -20,13 +20,13 @@ from smartbin_daemon.hardware.arduino.simulator import SimulatedArduino
 from smartbin_daemon.messages import DistanceReading, ItemDropped
 from smartbin_daemon.runtime.bus import Bus, Event, Request, Response
 
-from ..conftest import wait_until
+from ..conftest import SteppedClock, wait_until
 
 
 class Rig:
     """A simulator on a pty and the link manager in its own thread, as the supervisor runs it."""
 
-    def __init__(self, tmp_path: Path, **cfg: Any) -> None:
+    def __init__(self, tmp_path: Path, clock: Any = time.monotonic, **cfg: Any) -> None:
         self.link_path = tmp_path / "arduino.tty"
         self.sim = SimulatedArduino(self.link_path, compartments=3, telemetry_interval_s=0.1, boot_delay_s=0.05)
         self.sim.start()
@@ -36,7 +36,7 @@ class Rig:
                    "stale_after_s": 1.0, "reconnect_after_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
                    "incompatible_retry_s": 60, "simulator": {"link": str(self.link_path)}}
         options.update(cfg)
-        self.link = ArduinoLink(self.bus, ArduinoConfig.model_validate(options), tmp_path)
+        self.link = ArduinoLink(self.bus, ArduinoConfig.model_validate(options), tmp_path, clock=clock)
         self.thread = threading.Thread(target=self.link.run, daemon=True)
         self.thread.start()
         self.messages: list[Any] = []
@@ -139,6 +139,36 @@ def test_unplug_turns_the_link_disconnected_and_replug_recovers_it(rig: Rig) -> 
     assert time.monotonic() - t0 < 5
     assert rig.link.counters.reconnects >= 1
     assert rig.request("route", {"compartment": 3, "command_id": None}).ok
+
+
+def alerts(rig: Rig, code: str) -> list[dict[str, Any]]:
+    return [m.data for m in rig.drain() if isinstance(m, Event) and m.type == "alert" and m.data["code"] == code]
+
+
+def test_a_link_down_longer_than_alert_after_s_raises_a_critical_alert_cleared_on_reconnect(tmp_path: Path) -> None:
+    clock = SteppedClock()
+    rig = Rig(tmp_path, clock=clock, alert_after_s=120)
+    try:
+        rig.connected()
+        rig.sim.unplug()
+        wait_until(lambda: rig.link.status == "disconnected", 3, what="disconnected after unplug")
+        clock.advance(119)
+        time.sleep(0.3)
+        assert alerts(rig, "link_down") == [], "not before alert_after_s"
+        clock.advance(2)
+        wait_until(lambda: alerts(rig, "link_down"), 3, what="the link_down alert")
+        (raised,) = alerts(rig, "link_down")
+        assert raised["severity"] == "critical" and raised["active"] and raised["source"] == "arduino"
+        assert raised["message"].startswith("Arduino link down for 12")
+        rig.sim.replug()
+        rig.connected(timeout=5)
+        wait_until(lambda: len(alerts(rig, "link_down")) == 2, 3, what="the alert cleared")
+        cleared = alerts(rig, "link_down")[1]
+        assert cleared["active"] is False
+        time.sleep(0.3)
+        assert len(alerts(rig, "link_down")) == 2, "raised and cleared once each"
+    finally:
+        rig.close()
 
 
 def test_repeated_unplugs_leak_no_threads(rig: Rig) -> None:

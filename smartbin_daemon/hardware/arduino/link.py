@@ -15,6 +15,7 @@ import select
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import serial
@@ -109,8 +110,8 @@ class ArduinoLink(Worker):
     critical = True
 
     def __init__(self, bus: Bus, cfg: ArduinoConfig, storage: Path, *, name: str = "arduino",
-                 exclude: frozenset[str] = frozenset()) -> None:
-        super().__init__(name, bus, tick_s=READ_TIMEOUT_S, inbox=(Request,))
+                 exclude: frozenset[str] = frozenset(), clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name, bus, tick_s=READ_TIMEOUT_S, inbox=(Request,), clock=clock)
         self.cfg = cfg
         self.exclude = exclude
         """Actuator commands another component (GPIO) owns."""
@@ -134,6 +135,9 @@ class ArduinoLink(Worker):
         self.telemetry: dict[str, Any] = {"distances_mm": [], "lid": None, "weight_g": None, "temperature_c": None}
         self.fault: str | None = None
         self.last_error: str | None = None
+        self._down_since: float | None = None
+        """When (this worker's clock) the link stopped being connected; None while connected."""
+        self._down_alerted = False
 
     # -- catalogue -------------------------------------------------------------------------
 
@@ -196,7 +200,8 @@ class ArduinoLink(Worker):
         self._wake.poke()
 
     def step(self) -> None:
-        now = time.monotonic()
+        self._check_down()
+        now = self.clock()  # the retry schedule's clock
         if self.ser is None:
             if self._retry.due(now):
                 self._open()
@@ -210,6 +215,26 @@ class ArduinoLink(Worker):
         self.drain()
         self._timers()
         self.publish_state(self.own_state)
+
+    def _check_down(self) -> None:
+        """Raise `link_down` once the link has not been connected for `alert_after_s`; clear it when it is back."""
+        now = self.clock()
+        if self.status == CONNECTED:
+            self._down_since = None
+            if self._down_alerted:
+                self._down_alerted = False
+                self.bus.raise_alert(Alert(self.name, "link_down", "info", f"Arduino link is back on {self.port}",
+                                           active=False))
+            return
+        if self._down_since is None:
+            self._down_since = now
+        elif not self._down_alerted and now - self._down_since >= self.cfg.alert_after_s:
+            self._down_alerted = True
+            logger.error("arduino link down for %.0fs (%s)", now - self._down_since, self.last_error or self.status,
+                         extra=ev("arduino_link_down"))
+            self.bus.raise_alert(Alert(self.name, "link_down", "critical",
+                                       f"Arduino link down for {now - self._down_since:.0f}s: "
+                                       f"{self.last_error or self.status}"))
 
     # -- connection --------------------------------------------------------------------------
 
