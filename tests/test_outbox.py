@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,7 +17,7 @@ import yaml
 from smartbin_daemon.clock import iso_utc
 from smartbin_daemon.config import parse_config
 from smartbin_daemon.mqtt.client import MqttWorker
-from smartbin_daemon.mqtt.outbox import Outbox
+from smartbin_daemon.mqtt.outbox import BACKLOG_CHECK_S, Backlog, Outbox
 from smartbin_daemon.runtime.bus import Bus, Event
 from smartbin_daemon.runtime.commands import RequestRegistry
 from smartbin_daemon.store import DB_NAME, Store
@@ -29,12 +30,14 @@ ROOT = "smartbin/obx"
 class Harness:
     """An MQTT worker with its own durable outbox, run in a thread like the supervisor does."""
 
-    def __init__(self, storage: Path, port: int) -> None:
+    def __init__(self, storage: Path, port: int, **outbox: Any) -> None:
         self.store = Store(storage / DB_NAME)
         self.outbox = Outbox(self.store, max_events=100_000)
         self.bus = Bus(self.outbox)
+        self.alerts = self.bus.subscribe("alerts-seen", (Event,))
         cfg = parse_config({"device": {"id": "obx"}, "storage": {"path": str(storage)},
-                            "mqtt": {"host": "127.0.0.1", "port": port, "reconnect": {"min_s": 0.1, "max_s": 0.5}}})
+                            "mqtt": {"host": "127.0.0.1", "port": port, "reconnect": {"min_s": 0.1, "max_s": 0.5},
+                                     "outbox": outbox}})
         self.worker = MqttWorker(self.bus, cfg, self.outbox, RequestRegistry())
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
@@ -50,11 +53,11 @@ class Harness:
 
 
 @pytest.fixture
-def harness_factory() -> Iterator[Callable[[Path, int], Harness]]:
+def harness_factory() -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def make(storage: Path, port: int) -> Harness:
-        h = Harness(storage, port)
+    def make(storage: Path, port: int, **outbox: Any) -> Harness:
+        h = Harness(storage, port, **outbox)
         made.append(h)
         return h
 
@@ -87,6 +90,43 @@ def test_events_emitted_while_the_broker_is_down_all_arrive_in_order(
     assert unique == ids
     seqs = [e["seq"] for e in got]
     assert seqs == sorted(seqs)
+
+
+def backlog_alerts(h: Harness, seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    while (msg := h.alerts.get(0) if len(h.alerts) else None) is not None:
+        if msg.type == "alert" and msg.data["code"] == "outbox_backlog":
+            seen.append(msg.data)
+    return seen
+
+
+def test_an_outbox_backlog_raises_a_warning_while_the_broker_is_down_and_clears_once_delivered(
+        tmp_path: Path, durable_broker: Broker, harness_factory: Callable[..., Harness]) -> None:
+    h = harness_factory(tmp_path, durable_broker.port, alert_events=20)
+    wait_until(lambda: h.worker.status == "connected", what="connected")
+    durable_broker.stop()
+    wait_until(lambda: h.worker.status != "connected", what="disconnect noticed")
+    seen: list[dict[str, Any]] = []
+    h.emit(19)
+    time.sleep(BACKLOG_CHECK_S + 0.5)
+    assert backlog_alerts(h, seen) == [], "19 waiting is below the limit"
+    h.emit(1)
+    wait_until(lambda: backlog_alerts(h, seen), timeout=BACKLOG_CHECK_S + 3, what="the backlog alert")
+    assert seen[0]["severity"] == "warning" and seen[0]["active"] and seen[0]["source"] == "mqtt"
+    assert seen[0]["message"].startswith("event outbox backlog: 20 events waiting (limit 20)")
+    durable_broker.start()
+    wait_until(lambda: len(backlog_alerts(h, seen)) == 2, timeout=30, what="the alert cleared once delivered")
+    assert seen[1]["active"] is False and len(h.outbox) < 18
+
+
+def test_the_backlog_alert_also_watches_the_oldest_event_s_age() -> None:
+    backlog = Backlog(max_events=1000, max_age_s=1800)
+    assert backlog.check(0.0, 3, lambda: 1700.0) is None
+    assert backlog.check(1.0, 3, lambda: 1900.0) is None, "checked at most every BACKLOG_CHECK_S"
+    raised = backlog.check(BACKLOG_CHECK_S, 3, lambda: 1900.0)
+    assert raised is not None and raised.active and "the oldest waiting for 32 min (limit 30)" in raised.message
+    assert backlog.check(2 * BACKLOG_CHECK_S, 3, lambda: 1700.0) is None, "still within 90 % of the limit"
+    cleared = backlog.check(3 * BACKLOG_CHECK_S, 0, lambda: None)
+    assert cleared is not None and not cleared.active and backlog.oldest_age_s is None
 
 
 def test_broker_restarts_while_events_flow_lose_nothing(

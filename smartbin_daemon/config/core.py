@@ -72,6 +72,10 @@ class OutboxConfig(_Model):
     max_events: int = Field(default=100_000, ge=100, le=10_000_000)
     max_age_days: float = Field(default=30.0, gt=0, le=3650)
     inflight: int = Field(default=50, ge=1, le=1000, description="events awaiting PUBACK at once")
+    alert_events: int = Field(default=1000, ge=1, le=10_000_000,
+                              description="this many events waiting (at most max_events): warning alert outbox_backlog")
+    alert_age_min: float = Field(default=30.0, gt=0, le=525_600,
+                                 description="the oldest waiting event this old (minutes): warning alert outbox_backlog")
 
 
 class MqttConfig(_Model):

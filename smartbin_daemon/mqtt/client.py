@@ -46,7 +46,7 @@ from ..runtime.worker import Worker
 from ..states.mqtt import MqttState, OutboxCounts
 from . import discovery as disco
 from .discovery import Topics
-from .outbox import Outbox
+from .outbox import Backlog, Outbox
 from .paho_client import build_client, set_nodelay
 
 logger = logging.getLogger(__name__)
@@ -152,6 +152,8 @@ class MqttWorker(Worker):
         self._last_prune = 0.0
         self._connect_deadline = 0.0
         self.counters = _Counters()
+        ob = cfg.mqtt.outbox
+        self._backlog = Backlog(min(ob.alert_events, ob.max_events), ob.alert_age_min * 60)
         sec = cfg.security
         keys = sec.signing_keys()
         self.verifier: Verifier | None = None
@@ -636,6 +638,8 @@ class MqttWorker(Worker):
         if now - self._last_prune >= 300:
             self._last_prune = now
             self.outbox.prune_expired()
+        if (alert := self._backlog.check(now, len(self.outbox), self.outbox.oldest_age_s)) is not None:
+            self.bus.raise_alert(alert)
         self._publish_own_state()
 
     def own_state(self) -> MqttState:
@@ -665,6 +669,7 @@ class MqttWorker(Worker):
                 dropped=dropped.get("dropped", 0),
                 dropped_by_size=dropped.get("dropped_size", 0),
                 dropped_by_age=dropped.get("dropped_age", 0),
+                oldest_age_s=self._backlog.oldest_age_s,
             ),
         )
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..clock import CLOCK_SANE_AFTER, clock_is_set, iso_utc
 from ..clock import boot_id as current_boot_id
 from ..logs import ev
-from ..runtime.bus import Event
+from ..runtime.bus import Alert, Event
 from ..store import Store
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,43 @@ _ADDED_COLUMNS = (
     ("boot", "TEXT"),
 )
 """Columns newer than the first outbox schema; a database from before them is migrated at open."""
+
+
+BACKLOG_CHECK_S = 5.0
+"""How often the MQTT worker measures the outbox backlog (the age is a query)."""
+
+
+class Backlog:
+    """The `outbox_backlog` alert: too many events waiting, or the oldest waiting too long (the broker is out of
+    reach, or refuses them). Raised once when a limit is reached, cleared below 90 % of the count and the age."""
+
+    def __init__(self, max_events: int, max_age_s: float) -> None:
+        self.max_events, self.max_age_s = max_events, max_age_s
+        self.active = False
+        self.oldest_age_s: float | None = None
+        """The oldest waiting event's age at the last check (None: none, or no trustworthy stamp)."""
+        self._checked_at: float | None = None
+
+    def check(self, now: float, pending: int, oldest_age_s: Callable[[], float | None]) -> Alert | None:
+        """At most every BACKLOG_CHECK_S (`now`: monotonic): the alert to raise or clear, else None."""
+        if self._checked_at is not None and now - self._checked_at < BACKLOG_CHECK_S:
+            return None
+        self._checked_at = now
+        age = oldest_age_s() if pending else None
+        self.oldest_age_s = None if age is None else round(age, 1)
+        over = [f"{pending} events waiting (limit {self.max_events})"] if pending >= self.max_events else []
+        if age is not None and age >= self.max_age_s:
+            over.append(f"the oldest waiting for {age / 60:.0f} min (limit {self.max_age_s / 60:.0f})")
+        clear = pending < 0.9 * self.max_events and (age is None or age < 0.9 * self.max_age_s)
+        if over and not self.active:
+            self.active = True
+            logger.warning("outbox backlog: %s", "; ".join(over), extra=ev("outbox_backlog"))
+            return Alert("mqtt", "outbox_backlog", "warning",
+                         f"event outbox backlog: {'; '.join(over)}; is the broker reachable?")
+        if clear and self.active:
+            self.active = False
+            return Alert("mqtt", "outbox_backlog", "info", f"event outbox drained ({pending} waiting)", active=False)
+        return None
 
 
 @dataclass(frozen=True)

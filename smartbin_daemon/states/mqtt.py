@@ -20,6 +20,8 @@ class OutboxCounts(State):
     dropped: int
     dropped_by_size: int
     dropped_by_age: int
+    oldest_age_s: float | None = None
+    """Age of the oldest waiting event at the last backlog check (every 5 s); None: nothing waiting, or no clock."""
 
 
 @dataclass(slots=True, kw_only=True)
