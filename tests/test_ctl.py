@@ -22,7 +22,9 @@ from pydantic import SecretStr
 
 from smartbin_daemon import ctl
 from smartbin_daemon.config import Config, parse_config
+from smartbin_daemon.ctl.render import render_alerts
 from smartbin_daemon.runtime.auth import Verifier
+from smartbin_daemon.states import AlertsState
 
 from .conftest import REPO, Broker, DaemonProcess, Probe, free_port, simulation_doc, wait_until
 
@@ -110,6 +112,19 @@ def test_status_shows_daemon_links_workflow_and_every_compartment_with_a_fill_ba
     assert doc["source"] == "broker" and doc["availability"] == "online"
     assert set(doc["components"]["fill"]["compartments"]) == {"recycling", "paper", "residual"}
     assert doc["components"]["arduino"]["status"] == "connected"
+
+
+def test_alerts_lists_the_active_alerts_and_the_status_screen_counts_them(sim: Sim) -> None:
+    raw = run_ctl("alerts", "--json", config=sim.config)
+    assert raw.returncode == 0, raw.stderr
+    state = json.loads(raw.stdout)
+    assert set(state) >= {"active", "counts", "webhook"} and state["webhook"]["enabled"] is False
+    shown = run_ctl("alerts", config=sim.config)
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.splitlines()) == max(1, state["counts"]["total"]) + 1, shown.stdout
+    assert re.search(r"^\(\d+ active \(\d+ critical, \d+ warning\)\)$", shown.stdout, re.M), shown.stdout
+    status = run_ctl("status", config=sim.config)
+    assert re.search(r"^alerts\s+\d+ active \(\d+ critical, \d+ warning\)", status.stdout, re.M), status.stdout
 
 
 def test_request_ping_exits_0_and_prints_pong(sim: Sim) -> None:
@@ -553,6 +568,27 @@ def test_derive_problems_from_states() -> None:
     assert "compartment_full_paper: Paper is full (96.0%)" in text and "link stale: silent for 3s" in text
     assert "warning  health: disk_high" in text
     assert ctl.derive_problems({}, "online") == []
+
+
+def test_active_alerts_lead_the_problems_and_replace_what_their_sources_states_repeat() -> None:
+    alerts = {"active": [{"id": "e1", "source": "fill", "code": "compartment_full_paper", "severity": "warning",
+                          "since": "2026-12-03T06:00:00.000Z", "message": "compartment Paper is full (96.0%); empty it"},
+                         {"id": "e2", "source": "arduino", "code": "link_down", "severity": "critical",
+                          "since": "2026-12-03T06:01:00.000Z", "message": "Arduino link down for 120s: unplugged"}],
+              "counts": {"warning": 1, "critical": 1, "total": 2},
+              "webhook": {"enabled": True, "min_severity": "critical", "sent": 1, "failed": 0, "suppressed": 2,
+                          "dropped": 0}}
+    states = {"alerts": alerts, "fill": {"compartments": {"paper": {"name": "Paper", "level": "full", "fill_pct": 96.0}}}}
+    problems = ctl.derive_problems(states, "online")
+    assert problems[0].startswith("critical arduino: link_down: Arduino link down for 120s: unplugged (active since ")
+    (full,) = [p for p in problems if "compartment_full_paper" in p]  # once: the alert, not also the fill state's line
+    assert full.startswith("warning  fill: compartment_full_paper: compartment Paper is full (96.0%); empty it (active")
+    text = render_alerts(AlertsState.from_json(alerts))
+    lines = text.splitlines()
+    assert lines[0].startswith("CRITICAL") and "arduino/link_down: Arduino link down" in lines[0]
+    assert lines[1].startswith("WARNING") and "fill/compartment_full_paper" in lines[1]
+    assert lines[2] == "(2 active (1 critical, 1 warning) · webhook ≥ critical: 1 sent, 0 failed, 2 suppressed, 0 dropped)"
+    assert render_alerts(AlertsState()).splitlines()[0] == "no active alerts"
 
 
 def test_a_state_of_another_shape_is_reported_not_a_crash() -> None:

@@ -22,9 +22,10 @@ from ..config import (
     ConfigError,
 )
 from ..control import STATE_FILE
+from ..states import AlertsState
 from ..runtime.commands import COMMAND_RE
 from .doctor import doctor_checks
-from .render import _num, format_event, render_status
+from .render import _num, format_event, render_alerts, render_status
 from .session import (
     COMPONENTS,
     DEFAULT_CONFIG,
@@ -124,6 +125,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(snap.as_json(), indent=2, default=str))
     else:
         print(render_status(snap, ctl.cfg))
+    return EXIT_OK
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Print the alerts active now (the retained `alerts` state), or that state as JSON."""
+    ctl = _load(args)
+    if ctl is None:
+        return EXIT_NO_ANSWER
+    try:
+        snap = collect_snapshot(ctl.cfg, _connect_timeout(args), args.wait)
+    except (OSError, ValueError) as exc:
+        _err(f"smartbinctl: the broker gave no state and the local state file is unusable: {exc}")
+        return EXIT_NO_ANSWER
+    state = snap.components.get("alerts")
+    if not isinstance(state, dict):
+        _err(f"smartbinctl: no alerts state under {ctl.cfg.root_topic}/alerts (a daemon from before it, or not running)")
+        return EXIT_NO_ANSWER
+    if snap.source == "state_file":
+        _err(snap.header)
+    print(json.dumps(state, indent=2) if args.json else render_alerts(AlertsState.from_json(state)))
     return EXIT_OK
 
 
@@ -334,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the raw collected states as JSON")
     p.add_argument("--wait", type=float, default=STATUS_WAIT_S, help="seconds to wait for retained states (default 1.5)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("alerts", parents=[common], help="the alerts active now, most severe first, and the webhook")
+    p.add_argument("--json", action="store_true", help="print the alerts state as JSON")
+    p.add_argument("--wait", type=float, default=STATUS_WAIT_S, help="seconds to wait for retained states (default 1.5)")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("watch", parents=[common], help="live events, one line each (Ctrl-C to stop)")
     p.add_argument("--raw", action="store_true", help="print each event's JSON envelope")

@@ -13,6 +13,7 @@ from ..config import (
     Config,
 )
 from ..states import (
+    AlertsState,
     ArduinoState,
     BinLevel,
     CameraState,
@@ -198,8 +199,17 @@ def _gpio_problems(gpio: GpioState) -> Problems:
     return [("warning", "gpio", f"{errors} device error(s)")] if errors else []
 
 
+def _alerts_problems(alerts: AlertsState) -> Problems:
+    return [(a.severity, a.source, f"{a.code}: {a.message} (active since {_when(a.since)})") for a in alerts.active or []]
+
+
+def _when(iso: Any) -> str:
+    stamp = _parse_iso(iso)
+    return _fmt_time(stamp) if stamp is not None else str(iso)
+
+
 _PROBLEMS: tuple[tuple[str, Callable[[Any], Problems]], ...] = (
-    ("daemon", _daemon_problems), ("mqtt", _mqtt_problems), ("arduino", _arduino_problems),
+    ("alerts", _alerts_problems), ("daemon", _daemon_problems), ("mqtt", _mqtt_problems), ("arduino", _arduino_problems),
     ("camera", _camera_problems), ("detector", _detector_problems), ("fill", _fill_problems),
     ("workflow", _workflow_problems), ("health", _health_problems), ("gpio", _gpio_problems),
 )
@@ -218,6 +228,17 @@ def _compartments(fill: FillState) -> dict[str, CompartmentFill]:
     return {cid: c for cid, c in raw.items() if isinstance(c, CompartmentFill)}
 
 
+def _without_repeats(found: Problems, components: dict[str, dict[str, Any]]) -> Problems:
+    """The problems less those a component's state shows for an alert the `alerts` state already lists."""
+    alerts = _parsed(components, "alerts")
+    try:
+        listed = {(a.source, a.code) for a in alerts.active or []} if isinstance(alerts, AlertsState) else set()
+        own = set(_alerts_problems(alerts)) if listed else set()
+    except (TypeError, AttributeError, ValueError):  # a state of another shape: already reported as such
+        return found
+    return [p for p in found if p in own or not any(p[1] == src and p[2].startswith(f"{code}:") for src, code in listed)]
+
+
 def derive_problems(components: dict[str, dict[str, Any]], availability: str | None) -> list[str]:
     """Active alerts and last errors that can be read off the states, most severe first."""
     found: Problems = []
@@ -232,7 +253,8 @@ def derive_problems(components: dict[str, dict[str, Any]], availability: str | N
             found.extend(problems(state))
         except (TypeError, AttributeError, ValueError) as exc:  # a state of another shape (another daemon version)
             found.append(("warning", name, f"state not readable here: {type(exc).__name__}: {exc}"))
-    ranked = sorted(enumerate(found), key=lambda t: (_RANK[t[1][0]], t[0]))
+    found = _without_repeats(found, components)
+    ranked = sorted(enumerate(found), key=lambda t: (_RANK.get(t[1][0], 2), t[0]))
     return [f"{severity:<8} {source}: {text}" for _, (severity, source, text) in ranked]
 
 
@@ -323,6 +345,23 @@ def _health_row(health: HealthState) -> str:
             f"{_num(_dig(health.temperatures, 'cpu_c'), unit=' °C')}")
 
 
+def _alerts_row(alerts: AlertsState) -> str:
+    n = alerts.counts
+    hook = alerts.webhook
+    text = f"{n.total} active ({n.critical} critical, {n.warning} warning)"
+    if hook.enabled:
+        text += (f" · webhook ≥ {hook.min_severity}: {hook.sent} sent, {hook.failed} failed, {hook.suppressed} suppressed"
+                 f", {hook.dropped} dropped" + (f" (last error: {hook.last_error})" if hook.last_error else ""))
+    return text
+
+
+def render_alerts(alerts: AlertsState) -> str:
+    """`smartbinctl alerts`: one line per active alert, most severe first, then the webhook's counters."""
+    ranked = sorted(alerts.active or [], key=lambda a: (_RANK.get(a.severity, 2), a.since))
+    lines = [f"{a.severity.upper():<9} {_when(a.since):<22} {a.source}/{a.code}: {a.message}" for a in ranked]
+    return "\n".join((lines or ["no active alerts"]) + [f"({_alerts_row(alerts)})"])
+
+
 def _availability_row(snap: Snapshot) -> str:
     if snap.source != "broker":
         return "unknown (broker unreachable)"
@@ -360,6 +399,8 @@ def render_status(snap: Snapshot, cfg: Config) -> str:
         sorting_lines = [f"{'sorting':<13} state not readable here: {type(exc).__name__}: {exc}"]
     lines.extend(sorting_lines)
     row("health", "health", _health_row, "not reported (health monitor disabled?)")
+    if _parsed(c, "alerts") is not None:
+        row("alerts", "alerts", _alerts_row, "")
     problems = derive_problems(c, snap.availability)
     lines.append("errors/alerts" + ("  none" if not problems else ""))
     lines.extend(f"  {p}" for p in problems)
