@@ -29,6 +29,7 @@ ROOT = f"smartbin/{DEVICE}"
 MQTT_USER, MQTT_PASSWORD = "smartbin", "mqtt-pw-8f3Kx!q2-secret"
 PROBE_USER, PROBE_PASSWORD = "probe", "probe-pw-not-the-daemons"
 HMAC_SECRET = "hmac-secret-Vb71-zz90-do-not-leak"
+WEBHOOK_PATH = "/services/T0/B0/webhook-secret-Qm4t-do-not-leak"
 HAS_SECURITY = "security" in Config.model_fields
 
 
@@ -63,7 +64,7 @@ def password_broker(tmp_path: Path) -> Iterator[Broker]:
 
 def secrets() -> list[str]:
     """Every secret this test configures."""
-    return [MQTT_PASSWORD, HMAC_SECRET] if HAS_SECURITY else [MQTT_PASSWORD]
+    return [MQTT_PASSWORD, HMAC_SECRET, WEBHOOK_PATH] if HAS_SECURITY else [MQTT_PASSWORD]
 
 
 def leaks(text: str | bytes) -> list[str]:
@@ -86,6 +87,10 @@ def test_no_secret_leaks_anywhere(tmp_path: Path, password_broker: Broker, daemo
     sections: dict[str, Any] = {"mqtt": {"username": MQTT_USER, "password_file": str(tmp_path / "mqtt-password")}}
     if HAS_SECURITY:
         sections["security"] = {"hmac_secret": HMAC_SECRET}
+        # a webhook nobody listens on (posts fail, and their errors must not quote the URL)
+        sections["alerts"] = {"webhook": {"url": f"http://127.0.0.1:9{WEBHOOK_PATH}", "min_severity": "warning",
+                                          "retries": 0}}
+        sections["health"] = {"thresholds": {"ram_pct": 0.1, "hysteresis_pct": 0.05}}  # ram_high: a post is tried
     cfg = write_config(tmp_path / "config.yaml", password_broker.port, tmp_path / "s", device_id=DEVICE, **sections)
     assert HMAC_SECRET in cfg.read_text() or not HAS_SECURITY, "the HMAC secret sits in the file, inline"
 
@@ -103,6 +108,7 @@ def test_no_secret_leaks_anywhere(tmp_path: Path, password_broker: Broker, daemo
         assert config["mqtt"]["password"] == "**********"
         if HAS_SECURITY:
             assert config["security"]["hmac_secret"] == "**********"
+            assert config["alerts"]["webhook"]["url"] == "**********"
         assert probe.request(ROOT, "status")["status"] == "ok"
         assert probe.request(ROOT, "help")["status"] == "ok"
         assert probe.request(ROOT, "ping")["status"] == "ok"
@@ -122,6 +128,9 @@ def test_no_secret_leaks_anywhere(tmp_path: Path, password_broker: Broker, daemo
         assert rejected["status"] == "error" and "mqtt.port" in rejected["error"], rejected
         assert probe.request(ROOT, "restart", signed("restart", {"component": "health"}))["status"] == "ok"
         wait_until(lambda: any(m.topic == f"{ROOT}/daemon" for m in probe.messages), what="the daemon state")
+        if HAS_SECURITY:
+            wait_until(lambda: "webhook: posting to http://127.0.0.1/… failed" in daemon.log(), timeout=20,
+                       what="the failed webhook post in the log")
         daemon.stop()
         probe.wait_for(f"{ROOT}/availability", lambda m: m.payload == b"offline", timeout=5)
     finally:
@@ -157,6 +166,7 @@ def test_no_secret_leaks_anywhere(tmp_path: Path, password_broker: Broker, daemo
     doc["mqtt"]["password"] = MQTT_PASSWORD  # inline and a password_file: an error about both
     if HAS_SECURITY:
         doc["security"]["hmac_secret"] = [HMAC_SECRET]  # wrong type: the error must not echo the value
+        doc["alerts"]["webhook"]["url"] = f"ftp://host{WEBHOOK_PATH}"  # invalid: named, never quoted
     broken.write_text(yaml.safe_dump(doc))
     bad = check_config(broken)
     assert bad.returncode == 78, bad.stdout + bad.stderr
