@@ -132,6 +132,9 @@ def test_a_worker_that_keeps_crashing_is_marked_failed_with_an_alert_and_the_res
     assert sup.watchdog_ok(), "a failed worker is reported, it does not stop the watchdog"
     sup.restart("crasher")  # operator revive clears the history
     assert sup.table()["crasher"]["status"] in ("starting", "running")
+    cleared = events.get(2)
+    assert isinstance(cleared, Event) and cleared.data["code"] == "worker_failed" and cleared.data["active"] is False
+    assert [e.data["active"] for e in bus.alerts()] == [False], "the alert ledger holds the clear"
     sup.stop_all(2)
 
 

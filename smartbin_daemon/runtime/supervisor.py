@@ -148,11 +148,15 @@ class Supervisor:
     def restart(self, name: str) -> None:
         """Operator restart: stop, clear the crash history, start again (also revives a failed worker)."""
         slot = self._slots[name]
+        was_failed = slot.status == FAILED
         self.stop(name)
         slot.crashes.clear()
         slot.last_error = None
         logger.info("restarting worker %s on request", name, extra=ev("worker_restart_requested", component=name))
         self._start(slot)
+        if was_failed:  # its worker_failed alert no longer holds
+            self.bus.raise_alert(Alert(source=name, code="worker_failed", severity="info",
+                                       message=f"worker {name} restarted on request", active=False))
 
     # -- periodic supervision ---------------------------------------------------
 
