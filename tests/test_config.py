@@ -48,7 +48,7 @@ def errors_of(doc: object) -> list[str]:
         ({"health": {"thresholds": {"cpu_pct": 150}}}, "health.thresholds.cpu_pct:"),
         ({"logging": {"level": "LOUD"}}, "logging.level:"),
         ({"storage": []}, "storage:"),
-        ({"sorting": {}}, "sorting: unknown key; allowed keys here: arduino, bins, camera, detector, device, evidence, gpio, health"),
+        ({"sorting": {}}, "sorting: unknown key; allowed keys here: alerts, arduino, bins, camera, detector, device, evidence, gpio, health"),
         (["not", "a", "mapping"], "<root>: the file must hold a mapping of sections, got list"),
     ],
 )
@@ -66,6 +66,35 @@ def test_all_errors_are_reported_at_once() -> None:
 def test_secrets_are_never_echoed_in_errors() -> None:
     errors = errors_of({"mqtt": {"password": ["hunter2-secret"]}})
     assert errors and all("hunter2-secret" not in e for e in errors)
+
+
+HOOK = "https://hooks.example.com/services/T0/B0/hook-secret-77"
+
+
+def test_the_webhook_url_is_a_secret_checked_without_being_quoted(tmp_path: Path) -> None:
+    cfg = parse_config({"alerts": {"webhook": {"url": HOOK}}})
+    assert cfg.alerts.webhook.target() == HOOK and cfg.alerts.webhook.min_severity == "critical"
+    assert redacted_dict(cfg)["alerts"]["webhook"]["url"] == REDACTED and HOOK not in str(redacted_dict(cfg))
+    errors = errors_of({"alerts": {"webhook": {"url": "ftp://hooks.example.com/hook-secret-77"}}})
+    assert errors == ["alerts.webhook.url: must be an http:// or https:// URL with a host"]
+    errors = errors_of({"alerts": {"webhook": {"url": ["hook-secret-77"]}}})
+    assert errors and all("hook-secret-77" not in e for e in errors)
+    (tmp_path / "hook").write_text(HOOK + "\n")
+    from_file = parse_config({"alerts": {"webhook": {"url_file": "hook"}}}, base_dir=tmp_path)
+    assert from_file.alerts.webhook.target() == HOOK
+    (tmp_path / "bad").write_text("not a url hook-secret-77")
+    errors = errors_of_file({"alerts": {"webhook": {"url_file": "bad"}}}, tmp_path)
+    assert errors == [f"alerts.webhook.url_file: 'bad': must be an http:// or https:// URL with a host"]
+    assert errors_of({"alerts": {"webhook": {"url": HOOK, "url_file": "x"}}}) == [
+        "alerts.webhook.url_file: give url or url_file, not both"]
+    changed = config_diff(cfg, parse_config({"alerts": {"webhook": {"url": HOOK + "8"}}}))
+    assert changed == ["alerts.webhook.url"], "a changed URL is a change (its value never leaves config_diff)"
+
+
+def errors_of_file(doc: object, base_dir: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, base_dir=base_dir)
+    return info.value.errors
 
 
 def test_defaults_match_the_documented_contract() -> None:
