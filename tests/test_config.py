@@ -84,7 +84,7 @@ def test_the_webhook_url_is_a_secret_checked_without_being_quoted(tmp_path: Path
     assert from_file.alerts.webhook.target() == HOOK
     (tmp_path / "bad").write_text("not a url hook-secret-77")
     errors = errors_of_file({"alerts": {"webhook": {"url_file": "bad"}}}, tmp_path)
-    assert errors == [f"alerts.webhook.url_file: 'bad': must be an http:// or https:// URL with a host"]
+    assert errors == ["alerts.webhook.url_file: 'bad': must be an http:// or https:// URL with a host"]
     assert errors_of({"alerts": {"webhook": {"url": HOOK, "url_file": "x"}}}) == [
         "alerts.webhook.url_file: give url or url_file, not both"]
     changed = config_diff(cfg, parse_config({"alerts": {"webhook": {"url": HOOK + "8"}}}))

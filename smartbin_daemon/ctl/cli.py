@@ -22,8 +22,8 @@ from ..config import (
     ConfigError,
 )
 from ..control import STATE_FILE
-from ..states import AlertsState
 from ..runtime.commands import COMMAND_RE
+from ..states import AlertsState
 from .doctor import doctor_checks
 from .render import _num, format_event, render_alerts, render_status
 from .session import (

@@ -49,7 +49,7 @@ RETAINED_QUIET_S = 0.4
 EXIT_OK, EXIT_ERROR, EXIT_NO_ANSWER = 0, 1, 2
 """0: ok; 1: the daemon answered with an error (or doctor found a FAIL); 2: usage error, bad config, no answer."""
 BAR_WIDTH = 20
-COMPONENTS = ("daemon", "app", "mqtt", "health", "arduino", "gpio", "camera", "detector", "fill", "workflow",
+COMPONENTS = ("daemon", "app", "mqtt", "health", "arduino", "gpio", "camera", "detector", "fill", "workflow", "alerts",
               "simulation")
 """Values of SMARTBIN_COMPONENT in the journal (see logs.component_of)."""
 
