@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 """Event types become topic levels: no '/', '+', '#'."""
+ALERT_LEDGER_MAX = 1000
+"""Alert keys (source, code) the bus remembers; the least recently raised are forgotten first."""
 
 
 # --------------------------------------------------------------------------- messages
@@ -305,6 +307,8 @@ class Bus:
         with self._lock:
             self._alerts.pop((alert.source, alert.code), None)
             self._alerts[(alert.source, alert.code)] = event
+            while len(self._alerts) > ALERT_LEDGER_MAX:  # codes an MCU makes up cannot grow it without bound
+                del self._alerts[next(iter(self._alerts))]
         return event
 
     def alerts(self) -> list[Event]:

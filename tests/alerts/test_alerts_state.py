@@ -124,3 +124,14 @@ def test_the_entities_are_problem_sensors_and_event_triggers() -> None:
         assert entity.options["event_types"]
     assert {"alerts_webhook_sent", "alerts_webhook_failed", "alerts_webhook_suppressed"} <= set(entities)
     assert not any(o.startswith("alerts_webhook") for o in (e.object_id for e in alerts_entities(webhook=False)))
+
+
+def test_the_alert_ledger_is_bounded_forgetting_the_least_recently_raised(bus: Bus) -> None:
+    from smartbin_daemon.runtime.bus import ALERT_LEDGER_MAX
+
+    for i in range(ALERT_LEDGER_MAX + 5):
+        bus.raise_alert(Alert("arduino", f"fault_{i}", "critical", "made-up fault code"))
+    bus.raise_alert(Alert("arduino", "fault_3", "critical", "raised again: now the newest"))
+    codes_kept = [e.data["code"] for e in bus.alerts()]
+    assert len(codes_kept) == ALERT_LEDGER_MAX and codes_kept[-1] == "fault_3"
+    assert "fault_0" not in codes_kept and "fault_5" not in codes_kept and "fault_6" in codes_kept
