@@ -8,6 +8,7 @@ The URL is a secret (its path is the credential): it is never logged, published 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import queue
@@ -165,9 +166,11 @@ class WebhookSender:
                 return True, False, ""
         except urllib.error.HTTPError as exc:
             return False, exc.code >= 500 or exc.code == 429, f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, timeout, garbage
             reason = getattr(exc, "reason", None) or exc
             return False, True, self._scrub(f"{type(exc).__name__}: {reason}")
+        except ValueError as exc:  # a URL urllib cannot use
+            return False, False, self._scrub(f"{type(exc).__name__}: {exc}")
 
     def _scrub(self, text: str) -> str:
         """An error text with the URL (and its path) removed, should a library quote it."""

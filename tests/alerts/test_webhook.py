@@ -135,6 +135,31 @@ def test_a_server_that_never_answers_times_out_without_blocking_the_submitter() 
         silent.close()
 
 
+def test_a_server_answering_garbage_counts_as_a_failure_and_the_sender_goes_on() -> None:
+    garbage = socket.socket()
+    garbage.bind(("127.0.0.1", 0))
+    garbage.listen(5)
+
+    def answer() -> None:
+        for _ in range(4):  # two posts and their retries
+            conn, _ = garbage.accept()
+            conn.recv(65536)
+            conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    s = sender(f"http://127.0.0.1:{garbage.getsockname()[1]}{SECRET_PATH}", retries=1)
+    try:
+        s.submit("to a broken endpoint")
+        wait_until(lambda: s.counters().failed == 1, what="the garbage answer counted as a failure")
+        assert "BadStatusLine" in (s.counters().last_error or "") and s.counters().retries == 1
+        s.submit("after")  # the sending thread lives on: a later alert is tried too
+        wait_until(lambda: s.counters().failed == 2, what="the next post tried")
+    finally:
+        s.stop()
+        garbage.close()
+
+
 def test_the_url_never_reaches_the_log_or_the_state(hook: Hook, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     hook.script = [500, 500]
