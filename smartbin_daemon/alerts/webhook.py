@@ -108,7 +108,11 @@ class WebhookSender:
                 self._hold(text)
             if self._held and self._due_in() <= 0:
                 body = self._fold()
-                self._deliver(body)
+                try:
+                    self._deliver(body)
+                except Exception:  # noqa: BLE001 - the sender outlives one bad post
+                    logger.exception("webhook: posting to %s failed unexpectedly", self.where)
+                    self._count(failed=1)
 
     def _hold(self, text: str) -> None:
         """Keep a text for the next post; one that must wait for the interval counts as suppressed."""
