@@ -110,8 +110,10 @@ class WebhookSender:
                 body = self._fold()
                 try:
                     self._deliver(body)
-                except Exception:  # noqa: BLE001 - the sender outlives one bad post
-                    logger.exception("webhook: posting to %s failed unexpectedly", self.where)
+                except Exception as exc:  # noqa: BLE001 - the sender outlives one bad post
+                    # no traceback: its text could quote the URL
+                    logger.error("webhook: posting to %s failed unexpectedly: %s", self.where, type(exc).__name__,
+                                 extra=ev("webhook_failed"))
                     self._count(failed=1)
 
     def _hold(self, text: str) -> None:
