@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 from ..conftest import Broker, DaemonProcess, Probe, write_config
 
@@ -44,3 +47,21 @@ def test_the_active_alerts_are_retained_discovered_and_raised_again_after_a_rest
                            timeout=20).json()
     raised = next(a for a in again["active"] if a["code"] == "ram_high")
     assert raised["id"] != alert["id"] and raised["since"] > alert["since"]
+
+
+def test_a_webhook_configured_by_sighup_restarts_the_alerts_worker_with_it(
+        tmp_path: Path, broker: Broker, probe_factory: Callable[..., Probe],
+        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    cfg = write_config(tmp_path / "c.yaml", broker.port, tmp_path / "s")
+    probe = probe_factory(broker.port)
+    probe.subscribe(f"{ROOT}/#")
+    daemon = daemon_factory(cfg)
+    probe.wait_for(f"{ROOT}/alerts", lambda m: m.json()["webhook"]["enabled"] is False, timeout=20)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["alerts"] = {"webhook": {"url": "http://127.0.0.1:9/hook-secret", "min_severity": "warning"}}
+    cfg.write_text(yaml.safe_dump(doc))
+    daemon.signal(signal.SIGHUP)
+    event = probe.wait_for(f"{ROOT}/event/config_changed").json()
+    assert event["data"]["applied"] == ["alerts.webhook.min_severity", "alerts.webhook.url"]
+    state = probe.wait_for(f"{ROOT}/alerts", lambda m: m.json()["webhook"]["enabled"] is True).json()
+    assert state["webhook"]["min_severity"] == "warning" and "hook-secret" not in daemon.log()
