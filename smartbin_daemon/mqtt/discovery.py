@@ -120,7 +120,7 @@ def entity_config(cfg: Config, topics: Topics, entity: Entity) -> dict[str, Any]
         "origin": ORIGIN,
         "availability": [{"topic": topics.availability, "payload_available": "online", "payload_not_available": "offline"}],
     }
-    if entity.platform not in {"button", "image"}:
+    if entity.platform not in {"button", "image", "camera"}:
         payload["state_topic"] = topics.state(entity.component)
     if entity.value_template is not None:
         key = "url_template" if entity.platform == "image" else "value_template"
@@ -129,8 +129,9 @@ def entity_config(cfg: Config, topics: Topics, entity: Entity) -> dict[str, Any]
     if entity.platform in _STATE_PLATFORMS and "expire_after" not in payload:
         # Every retained state is republished at least every mqtt.state_interval_s: three missed ones = gone.
         payload["expire_after"] = int(3 * cfg.mqtt.state_interval_s)
-    if "image_topic" in payload and not payload["image_topic"].startswith(topics.root + "/"):
-        payload["image_topic"] = topics.state(payload["image_topic"])  # relative to <root>
+    for key in ("image_topic", "topic") if entity.platform in {"image", "camera"} else ():
+        if key in payload and not payload[key].startswith(topics.root + "/"):
+            payload[key] = topics.state(payload[key])  # relative to <root>
     if entity.platform in _COMMAND_PLATFORMS and "command_topic" in payload:
         cmd = payload["command_topic"]
         if not cmd.startswith(topics.root + "/"):
