@@ -149,6 +149,8 @@ class FillTracker(Worker):
     def offer(self, spec: RequestSpec) -> RequestSpec:
         """Every command is offered; its example names the first configured compartment (not `recycling`)."""
         first = self.cfg.compartments[0].id if self.cfg.compartments else "recycling"
+        if "compartments" in spec.example:
+            return dataclasses.replace(spec, example={"compartments": {first: next(iter(spec.example["compartments"].values()))}})
         return dataclasses.replace(spec, example={**spec.example, "compartment": first})
 
     def entities(self) -> tuple[Entity, ...]:
