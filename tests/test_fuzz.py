@@ -29,6 +29,7 @@ from smartbin_daemon.runtime.auth import AuthError, Verifier, sign
 from smartbin_daemon.runtime.bus import Bus
 from smartbin_daemon.runtime.commands import ParsedRequest, RequestError, RequestRegistry
 from smartbin_daemon.store import Store
+from smartbin_daemon.vision.camera import CameraWorker
 from smartbin_daemon.vision.detector import DetectorWorker
 from smartbin_daemon.vision.frames import LatestFrame
 
@@ -47,6 +48,7 @@ def full_registry(tmp: Path) -> RequestRegistry:
     registry = RequestRegistry()
     specs = [*core_requests(), *ArduinoLink(bus, cfg.arduino, tmp).requests(),
              *DetectorWorker(bus, cfg.detector, cfg.camera, cfg.evidence, LatestFrame(), tmp).requests(),
+             *CameraWorker(bus, cfg.camera, LatestFrame(), base_dir=tmp).requests(),
              *FillTracker(bus, cfg.bins, store).requests(),
              *SortingWorkflow(bus, cfg.bins, store, owners={}, vision={}).requests()]
     for spec in specs:
@@ -110,7 +112,8 @@ def test_every_request_payload_parses_or_gets_a_well_formed_error(case: tuple[st
 
 
 def test_the_request_fuzzer_covers_the_whole_catalogue() -> None:
-    assert {"route", "lid", "bin/calibrate", "maintenance", "config/set", "model/reload"} <= set(COMMANDS)
+    assert {"route", "lid", "bin/calibrate", "maintenance", "config/set", "model/reload", "camera/preview", "backup",
+            "restore", "bin/restore"} <= set(COMMANDS)
 
 
 VERIFIER_SECRET = "fuzz-secret"

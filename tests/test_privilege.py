@@ -221,6 +221,7 @@ def hints_for(running: RunningBin) -> Hints:
     """Strings and documents from the running bin itself: its compartments, workers, model and config."""
     config = running.ask("config/get")["data"]
     workers = sorted(running.ask("status")["data"]["components"]["daemon"]["workers"])
+    backup = running.ask("backup")["data"]
     return Hints(
         strings={
             "compartment": [c["id"] for c in config["bins"]["compartments"]],
@@ -237,6 +238,14 @@ def hints_for(running: RunningBin) -> Hints:
                 {"bins": {"compartments": [{**c, "calibration": {"empty_mm": 700, "full_mm": 50}}
                                            for c in config["bins"]["compartments"]]}},
             ],
+            "document": [  # restore: this bin's own backup with its counters zeroed, and another bin's
+                {**backup, "fill": {"compartments": {cid: {**part, "items": 0, "items_total": 0}
+                                                     for cid, part in backup["fill"]["compartments"].items()}}},
+                {**backup, "device": "another-bin"},
+            ],
+            "compartments": [{cid: {**part, "items": 0, "items_total": 0, "calibration_source": "request",
+                                    "empty_mm": 700.0}
+                              for cid, part in backup["fill"]["compartments"].items()}],
         },
     )
 
@@ -690,6 +699,17 @@ def test_signed_privileged_requests_take_effect(running: RunningBin) -> None:
     assert data["empty_mm"] == 700
     assert running.compartments()[ids[1]]["calibration"]["source"] == "request"
     assert live_query(running.storage, f"SELECT empty_mm FROM fill_state WHERE compartment = '{ids[1]}'") == [(700.0,)]
+
+    # restore (a backup taken now brings the calibration back) and bin/restore (the fill tracker's part on its own)
+    backup = ok(running.ask("backup"))
+    assert backup["fill"]["compartments"][ids[1]]["empty_mm"] == 700
+    signed("bin/calibrate", {"compartment": ids[1], "point": "empty", "distance_mm": 650})
+    assert signed("restore", {"document": backup})["restored"]["fill"]["restored"] == sorted(ids)
+    wait_until(lambda: running.compartments()[ids[1]]["calibration"]["empty_mm"] == 700, 5, what="calibration restored")
+    part = {ids[0]: {**backup["fill"]["compartments"][ids[0]], "items": 7, "items_total": 9}}
+    assert signed("bin/restore", {"compartments": part}) == {"restored": [ids[0]], "unchanged": sorted(ids[1:])}
+    assert live_query(running.storage, f"SELECT items, items_total FROM fill_state WHERE compartment = '{ids[0]}'") \
+        == [(7, 9)]
 
     # detection continuous
     assert signed("detection", {"continuous": True})["continuous"] is True

@@ -76,6 +76,11 @@ def test_a_wrong_type_is_named_by_its_field(catalogue: tuple[dict[str, Any], Pro
         ("maintenance", {"on": "maybe"}, "args.on"),
         ("config/set", {"config": "not a mapping"}, "args.config"),
         ("storage/cleanup", {"what": ["everything"]}, "args.what"),
+        ("camera/preview", {"on": "maybe"}, "args.on"),
+        ("camera/preview", {"on": True, "minutes": 500}, "args.minutes"),
+        ("restore", {"document": "not a mapping"}, "args.document"),
+        ("restore", {"document": {}, "force": "sometimes"}, "args.force"),
+        ("bin/restore", {"compartments": {"paper": {"items": -1}}}, "args.compartments.paper"),
     ]
     for command, args, field in cases:
         resp = probe.request(SIM_ROOT, command, {"args": args}, timeout=15)

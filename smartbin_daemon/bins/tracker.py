@@ -32,6 +32,7 @@ from ..runtime.bus import Alert, Bus, Discovery, Entity, Request
 from ..runtime.commands import RequestError, RequestSpec, command
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
+from ..states.backup import CalibrationSource, CompartmentBackup, FillBackup
 from ..states.fill import BinLevel, Calibration, CompartmentFill, FillState, SensorRef
 from ..states.workflow import WorkflowState
 from ..store import Store
@@ -148,6 +149,8 @@ class FillTracker(Worker):
     def offer(self, spec: RequestSpec) -> RequestSpec:
         """Every command is offered; its example names the first configured compartment (not `recycling`)."""
         first = self.cfg.compartments[0].id if self.cfg.compartments else "recycling"
+        if "compartments" in spec.example:
+            return dataclasses.replace(spec, example={"compartments": {first: next(iter(spec.example["compartments"].values()))}})
         return dataclasses.replace(spec, example={**spec.example, "compartment": first})
 
     def entities(self) -> tuple[Entity, ...]:
@@ -412,7 +415,7 @@ class FillTracker(Worker):
 
     def _audit(self, req: Request) -> None:
         """Every fill request rewrites persisted state: one audit line each (as sent, before validation)."""
-        if req.command in ("bin/calibrate", "bin/emptied", "bin/reset_counters"):
+        if req.command in ("bin/calibrate", "bin/emptied", "bin/reset_counters", "bin/restore"):
             audit(logger, req.command, " ".join(f"{k}={v}" for k, v in req.args.items()), authority=req.authority,
                   key=req.key_id, transaction=req.transaction)
 
@@ -471,6 +474,40 @@ class FillTracker(Worker):
         logger.info("fill: counters reset for %s%s", ", ".join(c.id for c in targets),
                     " (totals too)" if args.totals else "", extra=ev("bin_counters_reset"))
         return {"reset": [c.id for c in targets], "totals": args.totals}
+
+    @command("bin/restore", FillBackup, privileged=True,
+             example={"compartments": {"recycling": {"empty_mm": 600, "full_mm": 100, "calibration_source": "request",
+                                                     "items": 3, "items_total": 40}}},
+             summary="Restore calibration and counters of the given compartments (the `fill` part of a backup), all "
+                     "in one transaction; `restore` sends it.")
+    def _restore(self, req: Request, args: FillBackup) -> dict[str, Any]:
+        unknown = sorted(set(args.compartments) - set(self.compartments))
+        if unknown:
+            raise RequestError(f"args.compartments.{unknown[0]}: unknown compartment; known: {', '.join(self.compartments)}")
+        with self.store.transaction():
+            for cid, part in args.compartments.items():
+                self._apply_backup(self.compartments[cid], part)
+        for cid in args.compartments:
+            self._update_forecast(self.compartments[cid])  # fill % and level follow at the next evaluation
+        logger.info("fill: restored calibration and counters of %s", ", ".join(args.compartments),
+                    extra=ev("fill_restored"))
+        return {"restored": sorted(args.compartments),
+                "unchanged": sorted(set(self.compartments) - set(args.compartments))}
+
+    def _apply_backup(self, c: _Compartment, part: CompartmentBackup) -> None:
+        """One compartment's calibration and counters from a backup (inside the caller's transaction)."""
+        if part.calibration_source == CalibrationSource.REQUEST:
+            c.empty_mm, c.full_mm = part.empty_mm, part.full_mm
+            c.calibrated_at = part.calibrated_at.timestamp() if part.calibrated_at else time.time()
+        else:
+            c.empty_mm, c.full_mm = c.cfg.calibration.empty_mm, c.cfg.calibration.full_mm
+            c.calibrated_at = None
+        c.filter.set_span(c.empty_mm - c.full_mm)
+        c.items, c.items_total = part.items, part.items_total
+        c.emptied_at = part.emptied_at.timestamp() if part.emptied_at else None
+        since = c.emptied_at or 0.0
+        c.history = [(ts, pct) for ts, pct in c.history if ts >= since]
+        self._save(c)
 
     # -- state -------------------------------------------------------------------------------
 

@@ -16,6 +16,22 @@ from .base import _Model
 # --------------------------------------------------------------------------- vision: camera
 
 
+class CameraPreviewConfig(_Model):
+    """The live view on demand (`camera/preview`): a few small JPEGs a second, switched off on its own."""
+
+    fps: float = Field(default=1.0, gt=0, le=2, description="preview frames per second")
+    max_width: int = Field(default=640, ge=64, le=1920, description="wider frames are scaled down to this width")
+    jpeg_quality: int = Field(default=70, ge=10, le=95, description="JPEG quality of the preview frames")
+    auto_off_min: float = Field(default=5.0, gt=0, le=120, description="minutes until the preview switches itself off")
+    max_min: float = Field(default=30.0, gt=0, le=120, description="longest preview a request may ask for (`minutes`)")
+
+    @model_validator(mode="after")
+    def _auto_off_within_max(self) -> CameraPreviewConfig:
+        if self.auto_off_min > self.max_min:
+            raise ValueError("auto_off_min must be <= max_min")
+        return self
+
+
 class CameraConfig(_Model):
     """Frame source and its watchdog."""
 
@@ -36,6 +52,7 @@ class CameraConfig(_Model):
     reconnect_min_s: float = Field(default=1.0, gt=0, le=60)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
     max_frame_age_s: float = Field(default=1.0, gt=0, le=60, description="older frames are never analysed")
+    preview: CameraPreviewConfig = Field(default_factory=CameraPreviewConfig)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> CameraConfig:

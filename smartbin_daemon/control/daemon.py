@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,7 +30,7 @@ from ..clock import iso_utc
 from ..config import Config, redacted_dict
 from ..logs import ev, under_systemd
 from ..runtime import files
-from ..runtime.bus import Bus, Discovery, Entity, Request, StateUpdate
+from ..runtime.bus import UNSIGNED, Bus, Discovery, Entity, Request, Response, StateUpdate
 from ..runtime.commands import (
     ANSWERED_LATER,
     NoArgs,
@@ -43,6 +44,8 @@ from ..runtime.supervisor import WorkersChanged
 from ..runtime.worker import Worker
 from ..states.daemon import Audit, DaemonState
 from ..states.mqtt import MqttState
+from ..states.workflow import WorkflowState
+from .backup import IN_FLIGHT, RESTORE_TIMEOUT_S, RestoreArgs, RestoreJob, build_backup, check_document
 from .bundle import BUNDLE_DIR, BUNDLE_KEEP, JOURNAL_TIMEOUT_S, build_bundle
 from .cleanup import CleanupTarget, _all_cleanup_targets, clean_storage
 
@@ -124,7 +127,7 @@ class DaemonControl(Worker):
     critical = True
 
     def __init__(self, bus: Bus, cfg: Config, registry: RequestRegistry, *, name: str = "daemon") -> None:
-        super().__init__(name, bus, tick_s=1.0, inbox=(Request, WorkersChanged, ConfigApplied, StateUpdate))
+        super().__init__(name, bus, tick_s=1.0, inbox=(Request, WorkersChanged, ConfigApplied, StateUpdate, Response))
         self.cfg = cfg
         self.registry = registry
         self.started_wall = time.time()
@@ -136,6 +139,8 @@ class DaemonControl(Worker):
         self._last_state_file = 0.0
         self._last_publish = 0.0
         self._jobs: dict[str, threading.Thread] = {}
+        self._restores: dict[str, RestoreJob] = {}
+        """Restores waiting for their owners' answers, by the restore request's id."""
 
     def setup(self) -> None:
         self.bus.publish(Discovery(self.name, self.entities()))
@@ -150,6 +155,9 @@ class DaemonControl(Worker):
             self._publish()
         if self._state_dirty and now - self._last_state_file >= STATE_FILE_INTERVAL_S:
             self._write_state_file()
+        for key, job in list(self._restores.items()):
+            if job.overdue(now):
+                self._finish_restore(key)
 
     def handle(self, msg: Any) -> None:
         if isinstance(msg, Request):
@@ -163,6 +171,8 @@ class DaemonControl(Worker):
             self._publish()
         elif isinstance(msg, StateUpdate):
             self._state_dirty = True
+        elif isinstance(msg, Response) and msg.request_id.startswith("restore-"):
+            self._restore_answered(msg)
 
     def teardown(self) -> None:
         self._write_state_file()
@@ -228,6 +238,61 @@ class DaemonControl(Worker):
     def _storage_cleanup(self, req: Request, args: CleanupArgs) -> object:
         what = list(args.what)
         return self._in_background(req, lambda: self._cleanup(what))
+
+    @command("backup", summary="Calibration, counters and the workflow's maintenance mode as one JSON document (format "
+                               "version, device, created_at, daemon_version), for `restore`; it holds no secrets.")
+    def _backup(self, req: Request, args: NoArgs) -> dict[str, Any]:
+        return build_backup(self.cfg.device.id, __version__, self.bus.states())
+
+    @command("restore", RestoreArgs, privileged=True, example={"document": {"format": "smartbin-backup"}},
+             summary="Restore a `backup` document: checked whole first (format, version, device unless force, every "
+                     "field), then each owner applies its part in one transaction; refused while an item is sorted.")
+    def _restore(self, req: Request, args: RestoreArgs) -> object:
+        if self._restores:
+            raise RequestError("a restore is already running; wait for its answer")
+        compartments = [c.id for c in self.cfg.bins.compartments] if self.cfg.bins.enabled else []
+        doc = check_document(args.document, device=self.cfg.device.id, compartments=compartments, force=args.force)
+        states = self.bus.states()
+        if "workflow" in states:
+            sorting = WorkflowState.from_json(states["workflow"]).state
+            if sorting in IN_FLIGHT:
+                raise RequestError(f"an item is being sorted (workflow {sorting}); nothing was restored: retry when "
+                                   "the workflow is idle, or switch maintenance on first")
+        parts: dict[str, Request] = {}
+        if doc.fill is not None:
+            parts["fill"] = Request("fill", "bin/restore", doc.fill.model_dump(mode="json"), f"restore-{uuid.uuid4().hex}",
+                                    authority=req.authority, key_id=req.key_id, transaction=req.transaction)
+        if doc.workflow is not None:  # never unlocks: sent as an unsigned maintenance switch
+            parts["workflow"] = Request("workflow", "maintenance", {"on": doc.workflow.maintenance},
+                                        f"restore-{uuid.uuid4().hex}", authority=UNSIGNED, transaction=req.transaction)
+        missing = [part for part in parts if part not in states]
+        if missing or not parts:
+            raise RequestError(f"args.document.{missing[0]}: that component does not run on this bin; nothing was "
+                               "restored" if missing else "args.document: no fill or workflow part; nothing to restore")
+        self._restores[req.request_id] = RestoreJob(
+            req, {r.request_id: part for part, r in parts.items()}, time.monotonic() + RESTORE_TIMEOUT_S,
+            {"device": doc.device, "created_at": doc.created_at.isoformat(), "forced": args.force})
+        logger.info("restoring the backup of %s made %s: %s", doc.device, doc.created_at.isoformat(), ", ".join(parts),
+                    extra=ev("backup_restore"))
+        for part_request in parts.values():
+            self.bus.publish(part_request)
+        return ANSWERED_LATER
+
+    def _restore_answered(self, resp: Response) -> None:
+        for key, job in self._restores.items():
+            if resp.request_id in job.waiting:
+                if job.answered(resp.request_id, resp.ok, resp.data, resp.error):
+                    self._finish_restore(key)
+                return
+
+    def _finish_restore(self, key: str) -> None:
+        job = self._restores.pop(key)
+        data, error = job.outcome()
+        if error is None:
+            self.reply(job.request, data)
+        else:
+            logger.warning("%s", error, extra=ev("backup_restore"))
+            self.refuse(job.request, error, data)
 
     def _in_background(self, req: Request, work: Callable[[], Any]) -> object:
         """Run slow file work in a thread (one per command at a time) that answers when done."""

@@ -280,6 +280,49 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _answered(args: argparse.Namespace, command: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    """Send a request; (exit code, the response) — the code is EXIT_OK only for an ok answer, errors are printed."""
+    ctl = _load(args)
+    if ctl is None:
+        return EXIT_NO_ANSWER, None
+    answer = _request(args, ctl, command, payload)
+    if answer is None:
+        return EXIT_NO_ANSWER, None
+    if answer.response is None:
+        _err(f"smartbinctl: {answer.problem}")
+        return EXIT_NO_ANSWER, None
+    if not answer.ok:
+        _err(f"{command} failed: {answer.response.get('error')}")
+        return EXIT_ERROR, answer.response
+    return EXIT_OK, answer.response
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Print the backup document (calibration, counters, maintenance mode) as JSON: `smartbinctl backup > file.json`."""
+    code, response = _answered(args, "backup", {})
+    if code == EXIT_OK and response is not None:
+        print(json.dumps(response.get("data"), indent=2, sort_keys=True))
+    return code
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Send a backup file to `restore` (signed), say what was restored."""
+    try:
+        document = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        _err(f"smartbinctl: cannot read the backup {args.file}: {exc}")
+        return EXIT_NO_ANSWER
+    if not isinstance(document, dict):
+        _err(f"smartbinctl: {args.file} is not a backup document (a JSON object), but {type(document).__name__}")
+        return EXIT_NO_ANSWER
+    code, response = _answered(args, "restore", {"document": document, "force": bool(args.force)})
+    if code == EXIT_OK and response is not None:
+        data = response.get("data") or {}
+        print(f"restored the backup of {data.get('device')} made {data.get('created_at')}: "
+              f"{', '.join(sorted(data.get('restored') or {})) or 'nothing'}")
+    return code
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     """Run (exec) journalctl with the SMARTBIN_* filters, or print the command with --dry-run."""
     cmd = journalctl_command(unit=args.unit, component=args.component, follow=args.follow, lines=args.lines,
@@ -378,6 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("point", choices=("empty", "full"), help="which calibration point the compartment is at now")
     p.add_argument("--distance-mm", type=float, help="use this distance instead of the current sensor reading")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("backup", parents=[common], help="print calibration, counters and maintenance mode as one JSON "
+                                                        "document (smartbinctl backup > bin.json)")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", parents=[common], help="restore a backup document (signed)")
+    p.add_argument("file", help="the JSON file `smartbinctl backup` wrote")
+    p.add_argument("--force", action="store_true", help="also a backup of another device or format version")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("logs", parents=[common], help="journalctl -u smartbin with SMARTBIN_* filters")
     p.add_argument("component", nargs="?", help=f"one component: {', '.join(COMPONENTS)}")

@@ -120,7 +120,7 @@ def entity_config(cfg: Config, topics: Topics, entity: Entity) -> dict[str, Any]
         "origin": ORIGIN,
         "availability": [{"topic": topics.availability, "payload_available": "online", "payload_not_available": "offline"}],
     }
-    if entity.platform not in {"button", "image"}:
+    if entity.platform not in {"button", "image", "camera"}:
         payload["state_topic"] = topics.state(entity.component)
     if entity.value_template is not None:
         key = "url_template" if entity.platform == "image" else "value_template"
@@ -129,7 +129,7 @@ def entity_config(cfg: Config, topics: Topics, entity: Entity) -> dict[str, Any]
     if entity.platform in _STATE_PLATFORMS and "expire_after" not in payload:
         # Every retained state is republished at least every mqtt.state_interval_s: three missed ones = gone.
         payload["expire_after"] = int(3 * cfg.mqtt.state_interval_s)
-    for key in ("image_topic", "state_topic", "json_attributes_topic"):
+    for key in ("image_topic", "topic", "state_topic", "json_attributes_topic"):
         if key in entity.options and not str(payload[key]).startswith(topics.root + "/"):
             payload[key] = topics.state(payload[key])  # relative to <root>
     if entity.platform in _COMMAND_PLATFORMS and "command_topic" in payload:

@@ -10,6 +10,20 @@ from ..runtime.status import ConnectionStatus
 
 
 @dataclass(slots=True, kw_only=True)
+class CameraPreview(State):
+    """The live view (`camera/preview`): whether it is on, for how long yet, and what it sent."""
+
+    on: bool = False
+    remaining_s: float | None = None
+    fps: float | None = None
+    paused: bool = False
+    """An item is being sorted: no preview frame is encoded or sent."""
+    frames: int = 0
+    skipped_busy: int = 0
+    last_bytes: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
 class CameraState(State):
     """The frame source, its rates and its failures."""
 
@@ -33,3 +47,4 @@ class CameraState(State):
     next_retry_s: float | None
     unavailable_alert: bool = False
     source_stats: dict[str, Any] = field(default_factory=dict)
+    preview: CameraPreview = field(default_factory=CameraPreview)

@@ -12,6 +12,10 @@ proves the stream decodes and gives the resolution. Otherwise the frame is only 
 from the source undecoded): it counts for the stall watchdog, `frames`, fps and `connected`, so
 status and alerts do not depend on demand, but nothing new enters the slot, whose last frame goes
 stale (consumers refuse stale frames, see `frames.is_fresh`). `decoded` in the state counts decoded frames.
+
+The live view (`camera/preview`) is encoded here, on the camera's thread, at the preview rate only: when a preview
+frame is due the next frame is decoded, scaled down and sent as a JPEG (not retained, QoS 0); while an item is being
+sorted (the workflow's or detector's published state says so) the due frame is skipped, never queued.
 """
 
 from __future__ import annotations
@@ -20,20 +24,26 @@ import collections
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..clock import iso_utc
 from ..config import CameraConfig
 from ..logs import ev
 from ..runtime.backoff import RetrySchedule
-from ..runtime.bus import Alert, Bus, Discovery, Entity
+from ..runtime.bus import Alert, BinaryPublish, Bus, Discovery, Entity, Request
+from ..runtime.commands import RequestError, command
 from ..runtime.status import CONNECTED, DISCONNECTED, ENDED, RECONNECTING
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
-from ..states.camera import CameraState
+from ..states.camera import CameraPreview, CameraState
+from ..states.detector import DetectorState, GateState
+from ..states.workflow import SortingState, WorkflowState
 from .frames import Frame, LatestFrame
 from .sources import FrameSource, SourceEnded, SourceError, SourceStalled, make_source, redact
 
@@ -44,15 +54,34 @@ HOUR_S = 3600.0
 IDLE_SLEEP_S = 0.02
 """Pause after a read that returned no frame, so a source failing fast cannot spin the CPU."""
 
+PREVIEW_SUBTOPIC = "camera/preview"
+"""`<root>/camera/preview`: the live view's JPEGs (HA camera entity)."""
+SORTING_BUSY = frozenset({SortingState.ITEM_PRESENT, SortingState.CLASSIFYING, SortingState.ROUTING,
+                          SortingState.CONFIRMING})
+"""Workflow states with an item in flight: no preview frame then."""
+
 _SEQUENCE = itertools.count(1)
 """Process-wide frame numbers: a camera worker replaced on reload continues above what consumers saw,
 so their `wait_newer(last_seq)` never waits for numbers the new worker would only reach much later."""
 
 
+class PreviewArgs(BaseModel):
+    """`camera/preview`: switch the live view on (for `minutes`, default `camera.preview.auto_off_min`) or off."""
+
+    model_config = ConfigDict(extra="forbid")
+    on: bool = Field(description="true: send preview frames; false: stop")
+    minutes: float | None = Field(default=None, gt=0, le=120,
+                                  description="how long (at most camera.preview.max_min); default auto_off_min")
+
+
 def camera_entities(component: str) -> tuple[Entity, ...]:
-    """HA entities of the camera: measured fps and connectivity (both diagnostic)."""
+    """HA entities of the camera: measured fps and connectivity (both diagnostic), the live view and its switch."""
     diag = {"entity_category": "diagnostic", "expire_after": EXPIRE_AFTER_S}
     return (
+        Entity("camera", "camera_live", "Live view", component, None, {"topic": PREVIEW_SUBTOPIC, "icon": "mdi:cctv"}),
+        Entity("switch", "camera_preview", "Live view", component, "{{ 'ON' if value_json.preview.on else 'OFF' }}",
+               {"command_topic": "camera/preview", "payload_on": '{"args": {"on": true}}',
+                "payload_off": '{"args": {"on": false}}', "state_on": "ON", "state_off": "OFF", "icon": "mdi:cctv"}),
         Entity("sensor", "camera_fps", "Camera fps", component, "{{ value_json.fps }}",
                {"unit_of_measurement": "fps", "state_class": "measurement", "icon": "mdi:camera-timer", **diag}),
         Entity("binary_sensor", "camera_connected", "Camera connected", component,
@@ -67,8 +96,8 @@ class CameraWorker(Worker):
     critical = True
 
     def __init__(self, bus: Bus, cfg: CameraConfig, frames: LatestFrame, *, base_dir: Path,
-                 name: str = "camera") -> None:
-        super().__init__(name, bus, tick_s=1.0)
+                 name: str = "camera", clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name, bus, tick_s=1.0, inbox=(Request,), clock=clock)
         self.cfg = cfg
         self.frames = frames
         self.base_dir = base_dir
@@ -100,6 +129,13 @@ class CameraWorker(Worker):
         self._source_stats: dict[str, int] = {}
         self._unavailable_since: float | None = None
         self._alert_active = False
+        self._preview_until: float | None = None
+        """Clock time the live view switches itself off (None: off)."""
+        self._preview_next = 0.0
+        self._preview_paused = False
+        self._preview_frames = 0
+        self._preview_skipped = 0
+        self._preview_bytes: int | None = None
 
     def entities(self) -> tuple[Entity, ...]:
         """HA entities of the camera."""
@@ -134,9 +170,14 @@ class CameraWorker(Worker):
                 self._open()
             else:
                 wait = self.tick_s if self.status == ENDED else min(self.tick_s, self._retry.wait_s(now))
-                self.sleep(max(0.0, wait))
+                msg = self.next_message(max(0.0, wait))
+                if msg is not None:
+                    self.handle(msg)
         else:
             self._read_once()
+        if self.inbox is not None and len(self.inbox):
+            self.drain()
+        self._preview_expiry()
         self._check_alert()
         self.publish_state(self.own_state)
 
@@ -229,8 +270,9 @@ class CameraWorker(Worker):
         source = self.source
         assert source is not None
         image: np.ndarray | None = None
+        preview = self._preview_due()
         try:
-            if self._decode_next or self.frames.wanted():
+            if self._decode_next or preview or self.frames.wanted():
                 image = source.read()
                 got = image is not None
             else:
@@ -253,6 +295,8 @@ class CameraWorker(Worker):
                 self.sleep(IDLE_SLEEP_S)
             return
         self._on_frame(image, now)
+        if preview and image is not None:
+            self._send_preview(image)
 
     def _on_frame(self, image: np.ndarray | None, now: float) -> None:
         """A frame came: decoded (`image`, published in the slot) or only grabbed (None)."""
@@ -288,6 +332,97 @@ class CameraWorker(Worker):
             self.bus.raise_alert(Alert(self.name, "camera_unavailable", "warning",
                                        f"no camera image for {down:.0f}s: {self.last_error or 'no frames'}"))
             self.publish_state(self.own_state, force=True)
+
+    # -- live view ---------------------------------------------------------------------------
+
+    def handle(self, msg: Any) -> None:
+        if isinstance(msg, Request):
+            self.answer(msg)
+
+    @command("camera/preview", PreviewArgs, example={"on": True, "minutes": 5},
+             summary="Live view on demand: JPEG frames at camera.preview.fps on <root>/camera/preview (not retained), "
+                     "off after `minutes` (default camera.preview.auto_off_min) and paused while an item is sorted.")
+    def _preview(self, req: Request, args: PreviewArgs) -> dict[str, Any]:
+        pcfg = self.cfg.preview
+        if not args.on:
+            was_on = self._preview_until is not None
+            self._preview_off("request")
+            return {"on": False, "was_on": was_on}
+        minutes = pcfg.auto_off_min if args.minutes is None else args.minutes
+        if minutes > pcfg.max_min:
+            raise RequestError(f"args.minutes: at most {pcfg.max_min:g} (camera.preview.max_min), got {minutes:g}")
+        now = self.clock()
+        if self._preview_until is None:
+            self._preview_next = now
+            logger.info("camera: live view on for %g min at %g fps", minutes, pcfg.fps, extra=ev("camera_preview"))
+        self._preview_until = now + minutes * 60.0
+        self.publish_state(self.own_state, force=True)
+        return {"on": True, "minutes": minutes, "fps": pcfg.fps, "topic": PREVIEW_SUBTOPIC}
+
+    def _preview_off(self, why: str) -> None:
+        if self._preview_until is None:
+            return
+        self._preview_until = None
+        self._preview_paused = False
+        logger.info("camera: live view off (%s)", why, extra=ev("camera_preview"))
+        self.publish_state(self.own_state, force=True)
+
+    def _preview_expiry(self) -> None:
+        if self._preview_until is not None and self.clock() >= self._preview_until:
+            self._preview_off("auto-off")
+
+    def _preview_due(self) -> bool:
+        """Whether the next frame goes to the live view (on, its interval passed, no item being sorted)."""
+        if self._preview_until is None:
+            return False
+        now = self.clock()
+        if now < self._preview_next:
+            return False
+        self._preview_next = now + 1.0 / self.cfg.preview.fps
+        paused = self._sorting_busy()
+        if paused:
+            self._preview_skipped += 1
+        if paused != self._preview_paused:
+            self._preview_paused = paused
+            self.publish_state(self.own_state, force=True)
+        return not paused
+
+    def _sorting_busy(self) -> bool:
+        """An item is being classified or routed, as the workflow's and detector's published states say."""
+        states = self.bus.states()
+        workflow = states.get("workflow")
+        if workflow is not None and WorkflowState.from_json(workflow).state in SORTING_BUSY:
+            return True
+        detector = states.get("detector")
+        return detector is not None and DetectorState.from_json(detector).gate_state in (GateState.SETTLING,
+                                                                                          GateState.COLLECTING)
+
+    def _send_preview(self, image: np.ndarray) -> None:
+        """Scale down, encode and send one live-view JPEG (dropped by the bus, never queued here)."""
+        pcfg = self.cfg.preview
+        height, width = image.shape[:2]
+        if width > pcfg.max_width:
+            size = (pcfg.max_width, max(1, round(height * pcfg.max_width / width)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, pcfg.jpeg_quality])
+        if not ok:
+            return
+        payload = jpeg.tobytes()
+        self._preview_frames += 1
+        self._preview_bytes = len(payload)
+        self.bus.publish(BinaryPublish(PREVIEW_SUBTOPIC, payload, retain=False))
+
+    def _preview_state(self) -> CameraPreview:
+        until = self._preview_until
+        return CameraPreview(
+            on=until is not None,
+            remaining_s=None if until is None else round(max(0.0, until - self.clock())),
+            fps=self.cfg.preview.fps if until is not None else None,
+            paused=self._preview_paused,
+            frames=self._preview_frames,
+            skipped_busy=self._preview_skipped,
+            last_bytes=self._preview_bytes,
+        )
 
     # -- state -------------------------------------------------------------------------------
 
@@ -338,4 +473,5 @@ class CameraWorker(Worker):
             next_retry_s=round(self._retry.wait_s(now), 1) if waiting else None,
             unavailable_alert=self._alert_active,
             source_stats=self._source_stats,
+            preview=self._preview_state(),
         )

@@ -26,7 +26,7 @@ from smartbin_daemon.runtime.status import ConnectionStatus
 from smartbin_daemon.states import STATE_MODELS, HealthStatus, SortingState
 from smartbin_daemon.states.alerts import ActiveAlert, AlertCounts, AlertsState, WebhookCounters
 from smartbin_daemon.states.arduino import ArduinoState, LinkCounters
-from smartbin_daemon.states.camera import CameraState
+from smartbin_daemon.states.camera import CameraPreview, CameraState
 from smartbin_daemon.states.daemon import Audit, DaemonState
 from smartbin_daemon.states.detector import DetectorState, GateState, LastDecision, Percentiles, Thresholds
 from smartbin_daemon.states.fill import BinLevel, Calibration, CompartmentFill, FillState, SensorRef
@@ -86,7 +86,9 @@ def example_states(compartments: list[str], distances: list[str]) -> dict[str, S
                               fps=9.8, target_fps=10.0, frames=100, decoded=10, last_frame_age_s=0.1,
                               reconnects_last_hour=0, stalls_last_hour=0, reconnects_total=0, stalls_total=0,
                               errors_total=0, open_attempts_total=1, last_error=None, last_error_at=None,
-                              next_retry_s=None, unavailable_alert=False, source_stats={}),
+                              next_retry_s=None, unavailable_alert=False, source_stats={},
+                              preview=CameraPreview(on=True, remaining_s=120, fps=1.0, paused=False, frames=3,
+                                                    skipped_busy=0, last_bytes=21000)),
         "detector": DetectorState(enabled=True, continuous=False, gate="presence", gate_state=GateState.IDLE,
                                   model="waste-s", backend="onnxruntime", device="cpu", imgsz=640,
                                   thresholds=Thresholds(min_confidence=0.5, min_margin=0.1,
