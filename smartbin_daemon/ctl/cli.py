@@ -24,6 +24,7 @@ from ..config import (
 from ..control import STATE_FILE
 from ..runtime.commands import COMMAND_RE
 from .doctor import doctor_checks
+from .history import KINDS, add_history_parser, history_payload, history_rows, render_csv, render_jsonl, render_table
 from .render import _num, format_event, render_status
 from .session import (
     COMPONENTS,
@@ -259,6 +260,39 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """A history request, printed as a table, CSV, JSON lines or the whole answer."""
+    if args.kind == "fill" and not args.compartment:
+        _err("smartbinctl: history fill needs a compartment, e.g. `smartbinctl history fill recycling --hours 168`")
+        return EXIT_NO_ANSWER
+    if args.kind in ("health", "counts") and args.compartment:
+        _err(f"smartbinctl: history {args.kind} takes no compartment (history counts --by compartment splits by it)")
+        return EXIT_NO_ANSWER
+    ctl = _load(args)
+    if ctl is None:
+        return EXIT_NO_ANSWER
+    answer = _request(args, ctl, KINDS[args.kind].command, history_payload(args))
+    if answer is None:
+        return EXIT_NO_ANSWER
+    if answer.response is None:
+        _err(f"smartbinctl: {answer.problem}")
+        return EXIT_NO_ANSWER
+    if not answer.ok:
+        _err(f"error: {answer.response.get('error')}")
+        return EXIT_ERROR
+    data = answer.response.get("data") or {}
+    rows = history_rows(args.kind, data)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    elif args.csv:
+        sys.stdout.write(render_csv(rows))
+    elif args.jsonl:
+        sys.stdout.write(render_jsonl(rows))
+    else:
+        print(render_table(args.kind, data, rows))
+    return EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     """Run (exec) journalctl with the SMARTBIN_* filters, or print the command with --dry-run."""
     cmd = journalctl_command(unit=args.unit, component=args.component, follow=args.follow, lines=args.lines,
@@ -352,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("point", choices=("empty", "full"), help="which calibration point the compartment is at now")
     p.add_argument("--distance-mm", type=float, help="use this distance instead of the current sensor reading")
     p.set_defaults(func=cmd_calibrate)
+
+    add_history_parser(sub, common).set_defaults(func=cmd_history)
 
     p = sub.add_parser("logs", parents=[common], help="journalctl -u smartbin with SMARTBIN_* filters")
     p.add_argument("component", nargs="?", help=f"one component: {', '.join(COMPONENTS)}")
