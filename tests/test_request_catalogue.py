@@ -77,6 +77,10 @@ def test_a_wrong_type_is_named_by_its_field(catalogue: tuple[dict[str, Any], Pro
         ("maintenance", {"on": "maybe"}, "args.on"),
         ("config/set", {"config": "not a mapping"}, "args.config"),
         ("storage/cleanup", {"what": ["everything"]}, "args.what"),
+        ("history/fill", {"compartment": "recycling", "limit": 501}, "args.limit"),
+        ("history/health", {"since": "yesterday"}, "args.since"),
+        ("history/counts", {"period": "week"}, "args.period"),
+        ("history/items", {"limit": "many"}, "args.limit"),
     ]
     for command, args, field in cases:
         resp = probe.request(SIM_ROOT, command, {"args": args}, timeout=15)
