@@ -24,7 +24,15 @@ from ..config import (
 from ..control import STATE_FILE
 from ..runtime.commands import COMMAND_RE
 from .doctor import doctor_checks
-from .history import KINDS, add_history_parser, history_payload, history_rows, render_csv, render_jsonl, render_table
+from .history import (
+    KINDS,
+    add_history_parser,
+    history_payload,
+    history_rows,
+    render_csv,
+    render_jsonl,
+    render_table,
+)
 from .render import _num, format_event, render_status
 from .session import (
     COMPONENTS,

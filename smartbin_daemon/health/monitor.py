@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import HealthConfig
-from ..logs import ev
 from ..history import resolve_range
+from ..logs import ev
 from ..runtime.bus import Alert, Bus, Discovery, Entity, Request
 from ..runtime.commands import RequestSpec, command
 from ..runtime.worker import Worker
