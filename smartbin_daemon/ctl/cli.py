@@ -216,6 +216,21 @@ def _request(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: di
         return None
 
 
+def _answer_data(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: dict[str, Any],
+                 failed: str) -> Any:
+    """The `data` of an ok answer, or the exit code after saying why there is none (`failed: <error>`)."""
+    answer = _request(args, ctl, command, payload)
+    if answer is None:
+        return EXIT_NO_ANSWER
+    if answer.response is None:
+        _err(f"smartbinctl: {answer.problem}")
+        return EXIT_NO_ANSWER
+    if not answer.ok:
+        _err(f"{failed}: {answer.response.get('error')}")
+        return EXIT_ERROR
+    return answer.response.get("data") or {}
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     """Send one request and print the response."""
     if not COMMAND_RE.match(args.command):
@@ -249,16 +264,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     payload: dict[str, Any] = {"compartment": args.compartment, "point": args.point}
     if args.distance_mm is not None:
         payload["distance_mm"] = args.distance_mm
-    answer = _request(args, ctl, "bin/calibrate", payload)
-    if answer is None:
-        return EXIT_NO_ANSWER
-    if answer.response is None:
-        _err(f"smartbinctl: {answer.problem}")
-        return EXIT_NO_ANSWER
-    if not answer.ok:
-        _err(f"calibration of {args.compartment} failed: {answer.response.get('error')}")
-        return EXIT_ERROR
-    data = answer.response.get("data") or {}
+    data = _answer_data(args, ctl, "bin/calibrate", payload, f"calibration of {args.compartment} failed")
+    if isinstance(data, int):
+        return data
     empty, full = data.get("empty_mm"), data.get("full_mm")
     taken = f"{args.distance_mm:g} mm as given" if args.distance_mm is not None else "the current sensor reading"
     span = f"; usable height {empty - full:.1f} mm" if isinstance(empty, (int, float)) and isinstance(full, (int, float)) else ""
@@ -279,16 +287,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     ctl = _load(args)
     if ctl is None:
         return EXIT_NO_ANSWER
-    answer = _request(args, ctl, KINDS[args.kind].command, history_payload(args))
-    if answer is None:
-        return EXIT_NO_ANSWER
-    if answer.response is None:
-        _err(f"smartbinctl: {answer.problem}")
-        return EXIT_NO_ANSWER
-    if not answer.ok:
-        _err(f"error: {answer.response.get('error')}")
-        return EXIT_ERROR
-    data = answer.response.get("data") or {}
+    data = _answer_data(args, ctl, KINDS[args.kind].command, history_payload(args), "error")
+    if isinstance(data, int):
+        return data
     rows = history_rows(args.kind, data)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
