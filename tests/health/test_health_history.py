@@ -142,3 +142,17 @@ def test_the_health_monitor_records_each_sample_and_answers_history_health(tmp_p
     finally:
         monitor.request_stop()
         thread.join(5)
+
+
+def test_a_failed_history_write_is_logged_and_the_state_still_published(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    data_dir = Path(__file__).parent / "data"
+    store = Store(tmp_path / "smartbin.db")
+    monitor = HealthMonitor(Bus(), HealthConfig(interval_s=1, sources=sources(data_dir, "x86_laptop"),
+                                                thresholds=LENIENT), tmp_path, store=store)
+    assert monitor.history is not None
+    monitor.history.setup()
+    store.close()  # every write fails from now on, as on a broken disk
+    state = monitor.poll()
+    assert state["status"] in ("ok", "warn", "critical") and state["cpu"]["percent"] is not None
+    assert "could not record the history sample" in caplog.text
