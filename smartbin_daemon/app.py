@@ -197,7 +197,9 @@ class App:
         if self.cfg.health.enabled:
             from .health.monitor import HealthMonitor
 
-            factories["health"] = lambda cfg: HealthMonitor(self.bus, cfg.health, Path(cfg.storage.path))
+            health_store = self.store
+            factories["health"] = lambda cfg: HealthMonitor(self.bus, cfg.health, Path(cfg.storage.path),
+                                                            store=health_store)
         if self.cfg.arduino.enabled:
             from .hardware.arduino.link import ArduinoLink
             from .hardware.gpio import owned_commands

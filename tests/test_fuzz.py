@@ -25,6 +25,7 @@ from smartbin_daemon.bins.workflow import SortingWorkflow
 from smartbin_daemon.config import ConfigError, parse_config
 from smartbin_daemon.control import core_requests
 from smartbin_daemon.hardware.arduino.link import ArduinoLink
+from smartbin_daemon.health.monitor import HealthMonitor
 from smartbin_daemon.runtime.auth import AuthError, Verifier, sign
 from smartbin_daemon.runtime.bus import Bus
 from smartbin_daemon.runtime.commands import ParsedRequest, RequestError, RequestRegistry
@@ -50,7 +51,8 @@ def full_registry(tmp: Path) -> RequestRegistry:
              *DetectorWorker(bus, cfg.detector, cfg.camera, cfg.evidence, LatestFrame(), tmp).requests(),
              *CameraWorker(bus, cfg.camera, LatestFrame(), base_dir=tmp).requests(),
              *FillTracker(bus, cfg.bins, store).requests(),
-             *SortingWorkflow(bus, cfg.bins, store, owners={}, vision={}).requests()]
+             *SortingWorkflow(bus, cfg.bins, store, owners={}, vision={}).requests(),
+             *HealthMonitor(bus, cfg.health, tmp, store=store).requests()]
     for spec in specs:
         registry.register(spec)
     return registry

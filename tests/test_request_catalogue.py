@@ -24,7 +24,8 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[s
     tmp = tmp_path_factory.mktemp("catalogue")
     broker = Broker(tmp)
     broker.start()
-    config = fast_simulation_config(tmp, broker.port, simulation={"item_interval_s": 3600, "item_dwell_s": 1})
+    config = fast_simulation_config(tmp, broker.port, simulation={"item_interval_s": 3600, "item_dwell_s": 1},
+                                    health={"enabled": True, "interval_s": 60})
     daemon = DaemonProcess(config)
     probe = Probe(broker.port)
     try:
@@ -81,6 +82,10 @@ def test_a_wrong_type_is_named_by_its_field(catalogue: tuple[dict[str, Any], Pro
         ("restore", {"document": "not a mapping"}, "args.document"),
         ("restore", {"document": {}, "force": "sometimes"}, "args.force"),
         ("bin/restore", {"compartments": {"paper": {"items": -1}}}, "args.compartments.paper"),
+        ("history/fill", {"compartment": "recycling", "limit": 501}, "args.limit"),
+        ("history/health", {"since": "yesterday"}, "args.since"),
+        ("history/counts", {"period": "week"}, "args.period"),
+        ("history/items", {"limit": "many"}, "args.limit"),
     ]
     for command, args, field in cases:
         resp = probe.request(SIM_ROOT, command, {"args": args}, timeout=15)

@@ -213,7 +213,8 @@ class _Run:
             "category": item.category, "confidence": item.confidence, "uncertain": item.uncertain,
             "reason": item.reason, "compartment": item.compartment, "compartment_name": comp.name if comp else None,
             "flap": item.flap, "route_attempts": item.route_attempts, "started_at": _iso(item.started_at),
-            "notes": list(item.notes), "maintenance": self.s.maintenance or item.maintenance, **extra,
+            "notes": list(item.notes), "snapshot": item.snapshot, "maintenance": self.s.maintenance or item.maintenance,
+            **extra,
         }
         handoff = (item.id, item.compartment) if type_ == "item_sorted" and item.compartment is not None else None
         self.out.append(Emit(type_, data, forget=item.id, handoff=handoff, meta=meta))
@@ -379,7 +380,7 @@ class _Run:
         if self.s.phase not in (ITEM_PRESENT, CLASSIFYING) or self.s.item is None:
             self.log(logging.INFO, "decision %s (%s) arrived in state %s; ignored", d.item_id, d.category, self.s.phase)
             return
-        self.set_item(detection_id=d.item_id)
+        self.set_item(detection_id=d.item_id, snapshot=d.snapshot)
         self.set(deadline=None)
         self.classified(d.category, d.class_name, d.confidence, d.uncertain, d.reason)
 

@@ -66,6 +66,8 @@ class Item:
     weight_at_route: float | None = None
     fill_at_route: float | None = None
     notes: tuple[str, ...] = ()
+    snapshot: str | None = None
+    """The decision's evidence snapshot (its reserved path), when one is saved."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..clock import CLOCK_SANE_AFTER, iso_utc
 from ..config import TOPIC_NAME_RE, BinsConfig, CompartmentConfig
+from ..history import RangeArgs, TimeRange, bucket_s, bucketed, resolve_range, rounded
 from ..logs import audit, ev
 from ..messages import (
     ITEM_HANDOFF_DDL,
@@ -97,6 +98,20 @@ class ResetCountersArgs(_Args):
     compartment: str | None = Field(default=None, pattern=TOPIC_NAME_RE.pattern, max_length=64,
                                     description="default: every compartment")
     totals: bool = Field(default=False, description="also zero the lifetime totals")
+
+
+class FillHistoryArgs(RangeArgs):
+    """`history/fill`: a compartment's fill history over a time range."""
+
+    compartment: str = CompartmentId
+
+
+def fill_history(store: Store, compartment: str, span: TimeRange, limit: int, resolution_s: float) -> dict[str, Any]:
+    """A compartment's recorded fill % in `span`, at most `limit` buckets: mean, min and max fill and the samples."""
+    width = bucket_s(span, limit, resolution_s)
+    columns = {"fill_pct": "AVG(fill_pct)", "min_pct": "MIN(fill_pct)", "max_pct": "MAX(fill_pct)", "samples": "COUNT(*)"}
+    rows = bucketed(store, "fill_history", columns, span, width, limit, "compartment = ?", (compartment,))
+    return {"compartment": compartment, **span.as_json(), "bucket_s": width, "points": [rounded(r, 1) for r in rows]}
 
 
 @dataclass
@@ -508,6 +523,14 @@ class FillTracker(Worker):
         since = c.emptied_at or 0.0
         c.history = [(ts, pct) for ts, pct in c.history if ts >= since]
         self._save(c)
+
+    @command("history/fill", FillHistoryArgs, example={"compartment": "recycling", "hours": 168, "limit": 200},
+             summary="A compartment's fill history (default: the last 24 h), downsampled to at most limit points: "
+                     "mean, min and max fill % per time bucket.")
+    def _history(self, req: Request, args: FillHistoryArgs) -> dict[str, Any]:
+        c = self._targets(args.compartment)[0]
+        return fill_history(self.store, c.id, resolve_range(args, time.time()), args.limit,
+                            self.cfg.fill.history_interval_s)
 
     # -- state -------------------------------------------------------------------------------
 

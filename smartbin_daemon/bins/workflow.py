@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import BinsConfig
+from ..history import resolve_range
 from ..logs import ev
 from ..messages import (
     ITEM_HANDOFF_DDL,
@@ -40,7 +41,9 @@ from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
 from ..states.workflow import WorkflowState
 from ..store import Store
+from . import history
 from . import sorting_model as sm
+from .history import CountsArgs, ItemsArgs
 from .sorting import transition, view
 
 logger = logging.getLogger(__name__)
@@ -49,7 +52,9 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS workflow_item (id TEXT PRIMARY KEY, state TEXT NOT NULL, data TEXT NOT NULL, updated_at REAL)",
     "CREATE TABLE IF NOT EXISTS workflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ITEM_HANDOFF_DDL,
+    *history.SCHEMA,
 )
+PRUNE_EVERY_S = 3600.0
 _FORGET_ITEM = "DELETE FROM workflow_item WHERE id = ?"
 _SAVE_ITEM = ("INSERT INTO workflow_item (id, state, data, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
               "SET state = excluded.state, data = excluded.data, updated_at = excluded.updated_at")
@@ -81,6 +86,7 @@ class SortingWorkflow(Worker):
         self.layout = sm.Layout(cfg, owners, vision)
         self.sorting = sm.Sorting()
         """The workflow state: only `feed()` replaces it."""
+        self._next_prune = 0.0
 
     def entities(self) -> tuple[Entity, ...]:
         """Whole-bin entities: workflow state, last item, clear-error button, maintenance switch."""
@@ -142,6 +148,9 @@ class SortingWorkflow(Worker):
             self.handle(msg)
         self.feed(sm.Tick())
         self.publish_state(self.own_state)
+        if self.clock() >= self._next_prune:
+            self._next_prune = self.clock() + PRUNE_EVERY_S
+            history.prune(self.store, self.wall(), self.cfg.workflow.history_days)
 
     def handle(self, msg: Any) -> None:
         if isinstance(msg, Request):
@@ -224,6 +233,9 @@ class SortingWorkflow(Worker):
             also.append((_SAVE_META, (effect.meta[0], json.dumps(effect.meta[1]))))
         if effect.handoff is not None:
             also.append((_HAND_OFF, effect.handoff))
+        item_row = history.record_params(effect.type, effect.data, self.wall())
+        if item_row is not None:
+            also.append((history.RECORD, item_row))
         if not also:
             self.bus.emit_event(effect.type, effect.data, self.name)
         elif self.bus.has_sink:
@@ -253,6 +265,23 @@ class SortingWorkflow(Worker):
                      "signed or by holding the service button (which also toggles it).")
     def _maintenance_request(self, req: Request, args: MaintenanceArgs) -> dict[str, Any]:
         return self._ask(sm.MaintenanceAsked(args.on, req.trusted))
+
+    @command("history/counts", CountsArgs, example={"hours": 168, "period": "day", "by": "category"},
+             summary="Items per UTC hour or day (default: the last 24 h per hour), per category, compartment or "
+                     "outcome: all outcomes and the sorted ones; at most 500 periods.")
+    def _counts(self, req: Request, args: CountsArgs) -> dict[str, Any]:
+        return history.counts(self.store, resolve_range(args, self.wall()), args.period, args.by)
+
+    @command("history/items", ItemsArgs, example={"limit": 20},
+             summary="The last items (at most limit, 500), newest first: decision (category, class, confidence), "
+                     "outcome, compartment, times and evidence snapshot; filters by range, category, compartment, "
+                     "outcome.")
+    def _items(self, req: Request, args: ItemsArgs) -> dict[str, Any]:
+        known = [c.id for c in self.cfg.compartments]
+        if args.compartment is not None and args.compartment not in known:
+            raise RequestError(f"args.compartment: unknown compartment {args.compartment!r}; known: {', '.join(known)}")
+        span = resolve_range(args, self.wall()) if args.given else None
+        return history.items(self.store, span, args)
 
     def own_state(self) -> WorkflowState:
         """The `workflow` state."""

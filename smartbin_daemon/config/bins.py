@@ -119,6 +119,8 @@ class WorkflowConfig(_Model):
     degraded_policy: Literal["residual", "refuse"] = Field(
         default="residual", description="camera or detector down: send everything to residual, or refuse items")
     vision_grace_s: float = Field(default=10.0, ge=0, le=3600, description="a camera gap shorter than this is not 'down'")
+    history_days: float = Field(default=90.0, gt=0, le=3650, description="item history (history/items, history/counts) "
+                                                                          "kept this long")
 
 
 class BinsConfig(_Model):

@@ -253,6 +253,8 @@ class HealthConfig(_Model):
 
     enabled: bool = True
     interval_s: float = Field(default=10.0, ge=1, le=3600)
+    history_days: float = Field(default=90.0, gt=0, le=3650, description="health history (10-minute rollup) kept this long")
+    history_full_days: float = Field(default=7.0, gt=0, le=3650, description="every health sample kept this long")
     thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
     sources: HealthSources = Field(default_factory=HealthSources)
 

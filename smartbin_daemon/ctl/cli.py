@@ -25,6 +25,15 @@ from ..control import STATE_FILE
 from ..runtime.commands import COMMAND_RE
 from ..states import AlertsState
 from .doctor import doctor_checks
+from .history import (
+    KINDS,
+    add_history_parser,
+    history_payload,
+    history_rows,
+    render_csv,
+    render_jsonl,
+    render_table,
+)
 from .render import _num, format_event, render_alerts, render_status
 from .session import (
     COMPONENTS,
@@ -228,6 +237,21 @@ def _request(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: di
         return None
 
 
+def _answer_data(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: dict[str, Any],
+                 failed: str) -> Any:
+    """The `data` of an ok answer, or the exit code after saying why there is none (`failed: <error>`)."""
+    answer = _request(args, ctl, command, payload)
+    if answer is None:
+        return EXIT_NO_ANSWER
+    if answer.response is None:
+        _err(f"smartbinctl: {answer.problem}")
+        return EXIT_NO_ANSWER
+    if not answer.ok:
+        _err(f"{failed}: {answer.response.get('error')}")
+        return EXIT_ERROR
+    return answer.response.get("data") or {}
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     """Send one request and print the response."""
     if not COMMAND_RE.match(args.command):
@@ -261,16 +285,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     payload: dict[str, Any] = {"compartment": args.compartment, "point": args.point}
     if args.distance_mm is not None:
         payload["distance_mm"] = args.distance_mm
-    answer = _request(args, ctl, "bin/calibrate", payload)
-    if answer is None:
-        return EXIT_NO_ANSWER
-    if answer.response is None:
-        _err(f"smartbinctl: {answer.problem}")
-        return EXIT_NO_ANSWER
-    if not answer.ok:
-        _err(f"calibration of {args.compartment} failed: {answer.response.get('error')}")
-        return EXIT_ERROR
-    data = answer.response.get("data") or {}
+    data = _answer_data(args, ctl, "bin/calibrate", payload, f"calibration of {args.compartment} failed")
+    if isinstance(data, int):
+        return data
     empty, full = data.get("empty_mm"), data.get("full_mm")
     taken = f"{args.distance_mm:g} mm as given" if args.distance_mm is not None else "the current sensor reading"
     span = f"; usable height {empty - full:.1f} mm" if isinstance(empty, (int, float)) and isinstance(full, (int, float)) else ""
@@ -280,29 +297,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _answered(args: argparse.Namespace, command: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
-    """Send a request; (exit code, the response) — the code is EXIT_OK only for an ok answer, errors are printed."""
-    ctl = _load(args)
-    if ctl is None:
-        return EXIT_NO_ANSWER, None
-    answer = _request(args, ctl, command, payload)
-    if answer is None:
-        return EXIT_NO_ANSWER, None
-    if answer.response is None:
-        _err(f"smartbinctl: {answer.problem}")
-        return EXIT_NO_ANSWER, None
-    if not answer.ok:
-        _err(f"{command} failed: {answer.response.get('error')}")
-        return EXIT_ERROR, answer.response
-    return EXIT_OK, answer.response
-
-
 def cmd_backup(args: argparse.Namespace) -> int:
     """Print the backup document (calibration, counters, maintenance mode) as JSON: `smartbinctl backup > file.json`."""
-    code, response = _answered(args, "backup", {})
-    if code == EXIT_OK and response is not None:
-        print(json.dumps(response.get("data"), indent=2, sort_keys=True))
-    return code
+    ctl = _load(args)
+    if ctl is None:
+        return EXIT_NO_ANSWER
+    data = _answer_data(args, ctl, "backup", {}, "backup failed")
+    if isinstance(data, int):
+        return data
+    print(json.dumps(data, indent=2, sort_keys=True))
+    return EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -315,12 +319,40 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not isinstance(document, dict):
         _err(f"smartbinctl: {args.file} is not a backup document (a JSON object), but {type(document).__name__}")
         return EXIT_NO_ANSWER
-    code, response = _answered(args, "restore", {"document": document, "force": bool(args.force)})
-    if code == EXIT_OK and response is not None:
-        data = response.get("data") or {}
-        print(f"restored the backup of {data.get('device')} made {data.get('created_at')}: "
-              f"{', '.join(sorted(data.get('restored') or {})) or 'nothing'}")
-    return code
+    ctl = _load(args)
+    if ctl is None:
+        return EXIT_NO_ANSWER
+    data = _answer_data(args, ctl, "restore", {"document": document, "force": bool(args.force)}, "restore failed")
+    if isinstance(data, int):
+        return data
+    print(f"restored the backup of {data.get('device')} made {data.get('created_at')}: "
+          f"{', '.join(sorted(data.get('restored') or {})) or 'nothing'}")
+    return EXIT_OK
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """A history request, printed as a table, CSV, JSON lines or the whole answer."""
+    if args.kind == "fill" and not args.compartment:
+        _err("smartbinctl: history fill needs a compartment, e.g. `smartbinctl history fill recycling --hours 168`")
+        return EXIT_NO_ANSWER
+    if args.kind in ("health", "counts") and args.compartment:
+        _err(f"smartbinctl: history {args.kind} takes no compartment (history counts --by compartment splits by it)")
+        return EXIT_NO_ANSWER
+    ctl = _load(args)
+    if ctl is None:
+        return EXIT_NO_ANSWER
+    data = _answer_data(args, ctl, KINDS[args.kind].command, history_payload(args), "error")
+    if isinstance(data, int):
+        return data
+    rows = history_rows(args.kind, data)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    elif args.csv:
+        sys.stdout.write(render_csv(rows))
+    elif args.jsonl:
+        sys.stdout.write(render_jsonl(rows))
+    else:
+        print(render_table(args.kind, data, rows))
+    return EXIT_OK
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -430,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the JSON file `smartbinctl backup` wrote")
     p.add_argument("--force", action="store_true", help="also a backup of another device or format version")
     p.set_defaults(func=cmd_restore)
+
+    add_history_parser(sub, common).set_defaults(func=cmd_history)
 
     p = sub.add_parser("logs", parents=[common], help="journalctl -u smartbin with SMARTBIN_* filters")
     p.add_argument("component", nargs="?", help=f"one component: {', '.join(COMPONENTS)}")

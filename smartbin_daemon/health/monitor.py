@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from ..config import HealthConfig
+from ..history import resolve_range
 from ..logs import ev
-from ..runtime.bus import Alert, Bus, Discovery, Entity
+from ..runtime.bus import Alert, Bus, Discovery, Entity, Request
+from ..runtime.commands import RequestSpec, command
 from ..runtime.worker import Worker
 from ..states.health import HealthState, HealthStatus
+from ..store import Store
 from . import scoring
+from .history import HealthHistory, HealthHistoryArgs
 from .sources import (
     NvmlReader,
     SystemSampler,
@@ -96,10 +100,13 @@ class HealthMonitor(Worker):
 
     critical = True
 
-    def __init__(self, bus: Bus, cfg: HealthConfig, storage_path: Path, *, name: str = COMPONENT) -> None:
-        super().__init__(name, bus, tick_s=MAX_SLEEP_CHUNK_S)
+    def __init__(self, bus: Bus, cfg: HealthConfig, storage_path: Path, *, store: Store | None = None,
+                 name: str = COMPONENT) -> None:
+        super().__init__(name, bus, tick_s=MAX_SLEEP_CHUNK_S, inbox=(Request,) if store is not None else ())
         self.cfg = cfg
         self.storage_path = Path(storage_path)
+        self.history = None if store is None else HealthHistory(
+            store, days=cfg.history_days, full_days=cfg.history_full_days, interval_s=cfg.interval_s)
         self._sampler: SystemSampler | None = None
         self._nvml: NvmlReader | None = None
         self._assessment: scoring.Assessment = scoring.OK
@@ -113,6 +120,8 @@ class HealthMonitor(Worker):
         self._sampler = SystemSampler()
         self._sampler.prime()
         self._nvml = NvmlReader() if self.cfg.sources.nvml else None
+        if self.history is not None:
+            self.history.setup()
         src = self.cfg.sources
         zones = read_thermal_zones(src.thermal_glob)
         gpu = self._read_gpu(zones)
@@ -134,7 +143,9 @@ class HealthMonitor(Worker):
             self.poll()
         remaining = self._next_due - time.monotonic()
         if remaining > 0:
-            self.sleep(min(MAX_SLEEP_CHUNK_S, remaining))
+            msg = self.next_message(min(MAX_SLEEP_CHUNK_S, remaining))
+            if isinstance(msg, Request):
+                self.answer(msg)
 
     def teardown(self) -> None:
         """Release NVML."""
@@ -145,6 +156,18 @@ class HealthMonitor(Worker):
     def entities(self, *, pi_present: bool = True, gpu_present: bool = True) -> tuple[Entity, ...]:
         """HA entities it declares; by default every one it may (the Pi flags and GPU load appear with the hardware)."""
         return health_entities(self.cfg.interval_s, pi_present=pi_present, gpu_present=gpu_present)
+
+    def offer(self, spec: RequestSpec) -> RequestSpec | None:
+        """`history/health` only with a store to keep the history in."""
+        return spec if self.history is not None else None
+
+    @command("history/health", HealthHistoryArgs, example={"hours": 168, "limit": 200},
+             summary="The health history (default: the last 24 h), downsampled to at most limit points: worst status, "
+                     "mean figures and lowest score per time bucket.")
+    def _history(self, req: Request, args: HealthHistoryArgs) -> dict[str, Any]:
+        assert self.history is not None
+        now = time.time()
+        return self.history.query(resolve_range(args, now), args.limit, now)
 
     def state_extra(self) -> dict[str, Any]:
         """Status and score for the daemon's worker table."""
@@ -165,6 +188,7 @@ class HealthMonitor(Worker):
             **state,
         ).to_json()
         self.bus.set_state(COMPONENT, state)
+        self._record(state)
         self._declare(pi_present=state["pi"] is not None, gpu_present=bool(state["gpu"]["present"]))
         try:
             self._announce(previous, current, state)
@@ -210,6 +234,15 @@ class HealthMonitor(Worker):
         }
 
     # -- helpers ---------------------------------------------------------------
+
+    def _record(self, state: dict[str, Any]) -> None:
+        """Keep the sample in the health history; a failed write (a full disk) is logged, not fatal."""
+        if self.history is None:
+            return
+        try:
+            self.history.record(state, time.time())
+        except Exception:
+            logger.exception("health: could not record the history sample", extra=ev("health_history_failed"))
 
     def _read_gpu(self, zones: list[ThermalZone]) -> dict[str, Any]:
         """Jetson devfreq load first, else NVML, else `{"present": false}`."""

@@ -299,9 +299,9 @@ class DetectorWorker(Worker):
         self.decisions += 1
         self._decision_times.append(time.monotonic())
         latency_ms = (time.monotonic() - item.presence_mono) * 1000.0
-        # The workflow routes on the bus Decision: hand it over first. The snapshot and training files are encoded and
-        # written by the evidence writer's thread (~15-20 ms with fsync on an SD card); the event names the reserved path.
-        self.bus.publish(decision)
+        # The snapshot and training files are encoded and written by the evidence writer's thread (~15-20 ms with fsync
+        # on an SD card); queueing them only reserves the path, so the bus Decision the workflow routes on (and records
+        # with the item) and the event name the reserved path.
         t2 = time.monotonic()
         snapshot_path = None
         if self.evidence_writer is not None and item.best_image is not None:
@@ -310,6 +310,7 @@ class DetectorWorker(Worker):
             snapshot_path = str(saved) if saved is not None else None
         decision = replace(decision, snapshot=snapshot_path)
         t3 = time.monotonic()
+        self.bus.publish(decision)
         self._stage_ms["evidence"].append((t3 - t2) * 1000.0)
         self.last_decision = decision
         if not self.continuous:

@@ -9,6 +9,8 @@ default), then prints a summary with each target and whether it was met:
   not mapped with the ONNX model (tests/bench/idle.py);
 - `system`: item latency, start-up (ready to detect <= 2 s), MQTT round trip, outbox replay of 10,000 events
   (tests/bench/system.py);
+- `history`: the history queries over 90 days of fill, health and item history (p95 <= 200 ms each), and their
+  round trip through a real daemon (tests/bench/history.py);
 - `fuzz`: the hypothesis properties (requests, auth, config, serial frames) at 10,000 cases each;
 - `faults`: the fault-injection suite (tests/faults) in its long variant (SMARTBIN_FAULT_LONG=1).
 
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = ("pipeline", "idle", "system", "fuzz", "faults")
+PARTS = ("pipeline", "idle", "system", "history", "fuzz", "faults")
 FUZZ_TARGETS = ["tests/test_fuzz.py", "tests/hardware/test_protocol.py"]
 FUZZ_SELECT = "fuzz or every_request or any_"
 FUZZ_CASES = 10_000

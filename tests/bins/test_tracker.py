@@ -557,3 +557,23 @@ def test_discovery_declares_fill_level_items_predicted_full_full_and_emptied_per
         assert all(e.component == "fill" for e in (fill, level, predicted, full, button))
     assert len(entities) == 6 * 3
     assert rig.bus.entities()["fill"] == discovery[-1].entities
+
+
+# --------------------------------------------------------------------------- history/fill
+
+
+def test_history_fill_answers_the_recorded_points_and_names_a_bad_compartment_or_range(rig: Rig) -> None:
+    rig.settle("recycling", 20)
+    wait_until(lambda: rig.store.query("SELECT COUNT(*) FROM fill_history WHERE compartment = 'recycling'")[0][0] >= 2,
+               10, what="two history points")
+    resp = rig.request("history/fill", {"compartment": "recycling", "hours": 1, "limit": 10})
+    assert resp.ok, resp.error
+    assert resp.data["compartment"] == "recycling" and resp.data["bucket_s"] == 360
+    assert resp.data["points"] and all(p["fill_pct"] == pytest.approx(20, abs=0.5) for p in resp.data["points"])
+    unknown = rig.request("history/fill", {"compartment": "glass"})
+    assert not unknown.ok and "args.compartment: unknown compartment 'glass'" in str(unknown.error)
+    inverted = rig.request("history/fill", {"compartment": "paper", "since": "2026-01-02T00:00:00Z",
+                                            "until": "2026-01-01T00:00:00Z"})
+    assert not inverted.ok and "args.since" in str(inverted.error)
+    too_many = rig.request("history/fill", {"compartment": "paper", "limit": 501})
+    assert not too_many.ok and "args.limit" in str(too_many.error)

@@ -6,6 +6,7 @@ published the way the real components publish it (`StateUpdate`, `WorkersChanged
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -1001,3 +1002,33 @@ def test_after_an_unsigned_clear_no_automatic_resume_unlocks_but_a_signed_clear_
     resp = bench.request("workflow", "workflow/clear_error")  # signed
     assert resp.ok and resp.data["lid_unlocked"] is True
     wait_until(lambda: bench.sim.lid == "closed", 5, what="the signed clear's unlock")
+
+
+# --------------------------------------------------------------------------- item history
+
+
+def test_each_outcome_is_recorded_with_its_snapshot_and_answered_by_history_items_and_counts(bench: Bench) -> None:
+    bench.publish(PresenceChanged("gpio", True, time.monotonic()))
+    bench.wait_state("classifying")
+    bench.publish(dataclasses.replace(decision("plastic", item_id="det-7"), snapshot="/evidence/2026-09-22/det-7.jpg"))
+    sorted_data = bench.wait_event("item_sorted").data
+    assert sorted_data["snapshot"] == "/evidence/2026-09-22/det-7.jpg", "the event names the snapshot too"
+    bench.wait_state("idle")
+
+    items = bench.request("workflow", "history/items", {"limit": 10})
+    assert items.ok, items.error
+    [item] = items.data["items"]
+    assert (item["item_id"], item["outcome"], item["category"], item["compartment"], item["confidence"]) == (
+        sorted_data["item_id"], "sorted", "plastic", "recycling", 0.91)
+    assert (item["detection_id"], item["snapshot"], item["confirmation"]) == (
+        "det-7", "/evidence/2026-09-22/det-7.jpg", "drop")
+    assert item["at"].endswith("Z") and item["started_at"] == sorted_data["started_at"]
+
+    counts = bench.request("workflow", "history/counts", {"hours": 2, "by": "compartment"})
+    assert counts.ok and counts.data["totals"] == {"recycling": 1}
+    assert [r["sorted"] for r in counts.data["rows"]] == [1]
+
+    unknown = bench.request("workflow", "history/items", {"compartment": "glass"})
+    assert not unknown.ok and "args.compartment: unknown compartment 'glass'" in str(unknown.error)
+    too_long = bench.request("workflow", "history/counts", {"hours": 24 * 30})
+    assert not too_long.ok and "args.period" in str(too_long.error)
