@@ -242,6 +242,23 @@ class HealthSources(_Model):
     )
     jetson_power_glob: str = "/sys/bus/i2c/drivers/ina3221*/*/hwmon/hwmon*"
     nvml: bool = Field(default=True, description="query NVIDIA desktop/server GPUs through nvidia-ml-py when installed")
+    os_release: Path = Field(default=Path("/etc/os-release"), description="OS name (PRETTY_NAME)")
+    cpuinfo: Path = Field(default=Path("/proc/cpuinfo"), description="CPU model (x86) or board (Raspberry Pi Model)")
+    wireless: Path = Field(default=Path("/proc/net/wireless"), description="Wi-Fi link quality and signal")
+    iwgetid: str | None = Field(default="iwgetid", description="command naming the Wi-Fi SSID; absent or null: no SSID")
+    adjtimex: bool = Field(default=True, description="read the kernel's NTP sync state (what timedatectl reports)")
+    timesync_flag: Path | None = Field(default=Path("/run/systemd/timesync/synchronized"),
+                                       description="systemd-timesyncd's flag file, the fallback for the NTP sync state")
+    mountinfo: Path = Field(default=Path("/proc/self/mountinfo"),
+                            description="tells whether /proc hides other users' processes (ProtectProc=)")
+
+
+class HealthClock(_Model):
+    """When the wall clock is not to be trusted."""
+
+    min_year: int = Field(default=2024, ge=1970, le=9999, description="a wall clock before this year is unset")
+    ntp_alert_after_s: float = Field(default=900.0, ge=0, le=604800,
+                                     description="alert when NTP is not synchronised this long; 0 disables")
 
 
 class HealthConfig(_Model):
@@ -251,5 +268,8 @@ class HealthConfig(_Model):
     interval_s: float = Field(default=10.0, ge=1, le=3600)
     thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
     sources: HealthSources = Field(default_factory=HealthSources)
+    identity_interval_s: float = Field(default=3600.0, ge=10, le=86400,
+                                       description="re-read the slow-changing system identity (OS, kernel, CPU model)")
+    clock: HealthClock = Field(default_factory=HealthClock)
 
 

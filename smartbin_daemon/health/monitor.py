@@ -8,15 +8,20 @@ import logging
 import math
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import HealthConfig
 from ..logs import ev
-from ..runtime.bus import Alert, Bus, Discovery, Entity
+from ..runtime.bus import Alert, Bus, Discovery, Entity, Request
+from ..runtime.commands import command
 from ..runtime.worker import Worker
 from ..states.health import HealthState, HealthStatus
 from . import scoring
+from .clock import ClockWatch
+from .identity import SystemIdentity, kernel_ntp_synchronized, ntp_synchronized
+from .processes import ProcessesArgs, ProcessSampler
 from .sources import (
     NvmlReader,
     SystemSampler,
@@ -96,10 +101,18 @@ class HealthMonitor(Worker):
 
     critical = True
 
-    def __init__(self, bus: Bus, cfg: HealthConfig, storage_path: Path, *, name: str = COMPONENT) -> None:
-        super().__init__(name, bus, tick_s=MAX_SLEEP_CHUNK_S)
+    def __init__(self, bus: Bus, cfg: HealthConfig, storage_path: Path, *, name: str = COMPONENT,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 kernel_ntp: Callable[[], bool | None] = kernel_ntp_synchronized) -> None:
+        super().__init__(name, bus, tick_s=MAX_SLEEP_CHUNK_S, inbox=(Request,), clock=clock)
         self.cfg = cfg
         self.storage_path = Path(storage_path)
+        self.wall_clock = wall_clock
+        self.kernel_ntp = kernel_ntp
+        self._identity = SystemIdentity(cfg.sources, cfg.identity_interval_s, clock=clock)
+        self._clock_watch = ClockWatch(cfg.clock.min_year, cfg.clock.ntp_alert_after_s)
+        self._clock_wanted: set[str] = set()
+        self._processes = ProcessSampler(cfg.sources.mountinfo)
         self._sampler: SystemSampler | None = None
         self._nvml: NvmlReader | None = None
         self._assessment: scoring.Assessment = scoring.OK
@@ -134,7 +147,9 @@ class HealthMonitor(Worker):
             self.poll()
         remaining = self._next_due - time.monotonic()
         if remaining > 0:
-            self.sleep(min(MAX_SLEEP_CHUNK_S, remaining))
+            msg = self.next_message(min(MAX_SLEEP_CHUNK_S, remaining))
+            if isinstance(msg, Request):
+                self.answer(msg)
 
     def teardown(self) -> None:
         """Release NVML."""
@@ -150,6 +165,11 @@ class HealthMonitor(Worker):
         """Status and score for the daemon's worker table."""
         current = self._assessment
         return {"status": current.status, "score": current.score}
+
+    @command("health/processes", ProcessesArgs, example={"limit": 10},
+             summary="Top processes by CPU and by memory that the daemon may see (visibility says which).")
+    def _top_processes(self, req: Request, args: ProcessesArgs) -> dict[str, Any]:
+        return self._processes.top(args.limit, self.sleep)
 
     # -- one cycle -------------------------------------------------------------
 
@@ -168,6 +188,7 @@ class HealthMonitor(Worker):
         self._declare(pi_present=state["pi"] is not None, gpu_present=bool(state["gpu"]["present"]))
         try:
             self._announce(previous, current, state)
+            self._announce_clock(state["clock"])
         except Exception:
             # The event sink could not persist (e.g. the disk is full - a health problem itself).
             # Keep the previous assessment so the same transitions are retried next time.
@@ -206,6 +227,8 @@ class HealthMonitor(Worker):
             "pi": pi.as_dict() if pi is not None else None,
             "gpu": gpu,
             "power": {"rails": [r.as_dict() for r in rails]} if rails else None,
+            "system": self._identity.read(),
+            "clock": self._read_clock(),
             "ts": _utc_now_iso(),
         }
 
@@ -229,6 +252,21 @@ class HealthMonitor(Worker):
                 "devices": [g.as_dict() for g in gpus],
             }
         return {"present": False}
+
+    def _read_clock(self) -> dict[str, Any]:
+        """The `clock` section; remembers which clock alerts should be active."""
+        src = self.cfg.sources
+        synced, how = ntp_synchronized(src.adjtimex, src.timesync_flag, self.kernel_ntp)
+        section, self._clock_wanted = self._clock_watch.assess(self.clock(), self.wall_clock(), synced, how)
+        return section
+
+    def _announce_clock(self, section: dict[str, Any]) -> None:
+        """Raise/clear the clock alerts whose state changed."""
+        for alert in self._clock_watch.alerts(self._clock_wanted, section):
+            log = logger.warning if alert.active else logger.info
+            log("health clock: %s", alert.message, extra=ev("health_clock_alert", code=alert.code, active=alert.active))
+            self.bus.raise_alert(alert)
+        self._clock_watch.commit(self._clock_wanted)
 
     def _declare(self, *, pi_present: bool, gpu_present: bool) -> None:
         """Publish the HA entities when they differ from what was last declared (e.g. a GPU appeared)."""

@@ -34,6 +34,12 @@ def sources(data_dir: Path, platform: str, *, vcgencmd: str | None = None, **ext
         "jetson_gpu_load": [root / "gpu.0" / "load"],
         "jetson_power_glob": str(root / "ina3221" / "*" / "hwmon" / "hwmon*"),
         "nvml": False,
+        "os_release": root / "proc" / "os-release",
+        "cpuinfo": root / "proc" / "cpuinfo",
+        "wireless": root / "proc" / "wireless",
+        "iwgetid": None,
+        "adjtimex": False,
+        "timesync_flag": None,
     }
     values.update(extra)
     return HealthSources(**values)
@@ -277,7 +283,7 @@ def test_state_layout_is_stable_json_with_snake_case_keys(data_dir, fake_command
 
     assert list(state) == [
         "status", "score", "conditions", "cpu", "memory", "swap", "disk", "temperatures",
-        "uptime_s", "network", "process", "pi", "gpu", "power", "ts",
+        "uptime_s", "network", "process", "pi", "gpu", "power", "system", "clock", "ts",
     ]  # fmt: skip
 
     def keys(node: Any) -> list[str]:
