@@ -232,9 +232,11 @@ class SystemIdentity:
             self._static = static_identity(src.os_release, src.cpuinfo)
             self._static_at = now
         wifi = read_wireless(src.wireless, src.iwgetid, src.pi_command_timeout_s)
+        ips = addresses()
         return {
             **self._static,
             "cpu_clock_mhz": cpu_clock_mhz(),
-            "addresses": addresses(),
+            "ip": next((ip for found in ips.values() for ip in found if ":" not in ip), None),
+            "addresses": ips,
             "wifi": [w.as_dict() for w in wifi],
         }

@@ -49,8 +49,9 @@ def expire_after_s(interval_s: float) -> int:
     return math.ceil(3 * interval_s)
 
 
-def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool) -> tuple[Entity, ...]:
-    """The HA entities of the health component; Pi flags and GPU load only where the hardware exists."""
+def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool,
+                    wifi_present: bool = True) -> tuple[Entity, ...]:
+    """The HA entities of the health component; Pi flags, GPU and Wi-Fi only where the hardware exists."""
     expire = expire_after_s(interval_s)
     diag = {"entity_category": "diagnostic", "expire_after": expire}
     pct = {"unit_of_measurement": "%", "state_class": "measurement"}
@@ -79,12 +80,49 @@ def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool) -
         entities += [problem("health_throttled", "Throttled", "throttled", "mdi:speedometer-slow"),
                      problem("health_under_voltage", "Under-voltage", "under_voltage", "mdi:flash-alert")]
     if gpu_present:
-        entities.append(sensor("health_gpu_load", "GPU load", "{{ value_json.gpu.load_pct }}",
-                               {**pct, **diag, "icon": "mdi:expansion-card"}))
+        entities += [
+            sensor("health_gpu_load", "GPU load", "{{ value_json.gpu.load_pct }}", {**pct, **diag, "icon": "mdi:expansion-card"}),
+            sensor("health_gpu_temperature", "GPU temperature", "{{ value_json.gpu.temp_c }}",
+                   {"device_class": "temperature", "unit_of_measurement": "°C", "state_class": "measurement", **diag}),
+            sensor("health_gpu_memory", "GPU memory usage", "{{ value_json.gpu.memory_pct }}",
+                   {**pct, **diag, "icon": "mdi:memory"}),
+        ]
+    entities += system_entities(diag)
+    if wifi_present:
+        entities.append(sensor("health_wifi_signal", "Wi-Fi signal",
+                               "{{ value_json.system.wifi[0].signal_dbm if value_json.system.wifi else None }}",
+                               {"device_class": "signal_strength", "unit_of_measurement": "dBm",
+                                "state_class": "measurement", **diag}))
     entities.append(sensor("health_process_rss", "Daemon memory (RSS)", "{{ value_json.process.rss_mb }}",
                            {"device_class": "data_size", "unit_of_measurement": "MB", "state_class": "measurement",
                             **diag, "icon": "mdi:memory"}))
     return tuple(entities)
+
+
+def system_entities(diag: dict[str, Any]) -> list[Entity]:
+    """Network rates, system identity and the clock (diagnostic)."""
+    rate = {"device_class": "data_rate", "unit_of_measurement": "B/s", "state_class": "measurement", **diag}
+
+    def sensor(object_id: str, name: str, template: str, extra: dict[str, Any]) -> Entity:
+        return Entity("sensor", object_id, name, COMPONENT, template, extra)
+
+    return [
+        sensor("health_network_rx", "Network received", "{{ value_json.network.recv_bytes_per_s }}",
+               {**rate, "icon": "mdi:download-network"}),
+        sensor("health_network_tx", "Network sent", "{{ value_json.network.sent_bytes_per_s }}",
+               {**rate, "icon": "mdi:upload-network"}),
+        sensor("health_os", "Operating system", "{{ value_json.system.os }}", {**diag, "icon": "mdi:linux"}),
+        sensor("health_kernel", "Kernel", "{{ value_json.system.kernel }}", {**diag, "icon": "mdi:linux"}),
+        sensor("health_cpu_model", "CPU model", "{{ value_json.system.cpu_model }}", {**diag, "icon": "mdi:cpu-64-bit"}),
+        sensor("health_cpu_clock", "CPU clock", "{{ value_json.system.cpu_clock_mhz.current }}",
+               {"device_class": "frequency", "unit_of_measurement": "MHz", "state_class": "measurement", **diag}),
+        sensor("health_ip_address", "IP address", "{{ value_json.system.ip }}", {**diag, "icon": "mdi:ip-network"}),
+        sensor("health_boot_time", "Last boot", "{{ value_json.system.boot_time }}",
+               {"device_class": "timestamp", **diag}),
+        Entity("binary_sensor", "health_clock", "Clock problem", COMPONENT,
+               "{{ 'ON' if not value_json.clock.valid or value_json.clock.ntp_synchronized == false else 'OFF' }}",
+               {"device_class": "problem", **diag, "icon": "mdi:clock-alert-outline"}),
+    ]
 
 
 def _utc_now_iso() -> str:
@@ -130,7 +168,8 @@ class HealthMonitor(Worker):
         zones = read_thermal_zones(src.thermal_glob)
         gpu = self._read_gpu(zones)
         pi = read_pi_throttling(src.vcgencmd, src.pi_throttled_sysfs, src.pi_command_timeout_s)
-        self._declare(pi_present=pi is not None, gpu_present=bool(gpu["present"]))
+        wifi = self._identity.read()["wifi"]
+        self._declare(pi_present=pi is not None, gpu_present=bool(gpu["present"]), wifi_present=bool(wifi))
         logger.info(
             "health monitor started: every %gs, Pi throttling %s, GPU %s",
             self.cfg.interval_s,
@@ -157,9 +196,11 @@ class HealthMonitor(Worker):
             self._nvml.close()
             self._nvml = None
 
-    def entities(self, *, pi_present: bool = True, gpu_present: bool = True) -> tuple[Entity, ...]:
-        """HA entities it declares; by default every one it may (the Pi flags and GPU load appear with the hardware)."""
-        return health_entities(self.cfg.interval_s, pi_present=pi_present, gpu_present=gpu_present)
+    def entities(self, *, pi_present: bool = True, gpu_present: bool = True,
+                 wifi_present: bool = True) -> tuple[Entity, ...]:
+        """HA entities it declares; by default every one it may (Pi flags, GPU and Wi-Fi appear with the hardware)."""
+        return health_entities(self.cfg.interval_s, pi_present=pi_present, gpu_present=gpu_present,
+                               wifi_present=wifi_present)
 
     def state_extra(self) -> dict[str, Any]:
         """Status and score for the daemon's worker table."""
@@ -185,7 +226,8 @@ class HealthMonitor(Worker):
             **state,
         ).to_json()
         self.bus.set_state(COMPONENT, state)
-        self._declare(pi_present=state["pi"] is not None, gpu_present=bool(state["gpu"]["present"]))
+        self._declare(pi_present=state["pi"] is not None, gpu_present=bool(state["gpu"]["present"]),
+                      wifi_present=bool(state["system"]["wifi"]))
         try:
             self._announce(previous, current, state)
             self._announce_clock(state["clock"])
@@ -238,7 +280,9 @@ class HealthMonitor(Worker):
         """Jetson devfreq load first, else NVML, else `{"present": false}`."""
         load = read_jetson_gpu_load(self.cfg.sources.jetson_gpu_load)
         if load is not None:
-            return {"present": True, "source": "jetson", "load_pct": load, "temp_c": gpu_temperature(zones)}
+            # memory_pct: Jetson GPUs share the system RAM (see `memory`).
+            return {"present": True, "source": "jetson", "load_pct": load, "temp_c": gpu_temperature(zones),
+                    "memory_pct": None}
         gpus = self._nvml.read() if self._nvml is not None else None
         if gpus:
             first = gpus[0]
@@ -268,14 +312,14 @@ class HealthMonitor(Worker):
             self.bus.raise_alert(alert)
         self._clock_watch.commit(self._clock_wanted)
 
-    def _declare(self, *, pi_present: bool, gpu_present: bool) -> None:
+    def _declare(self, *, pi_present: bool, gpu_present: bool, wifi_present: bool) -> None:
         """Publish the HA entities when they differ from what was last declared (e.g. a GPU appeared)."""
-        entities = self.entities(pi_present=pi_present, gpu_present=gpu_present)
+        entities = self.entities(pi_present=pi_present, gpu_present=gpu_present, wifi_present=wifi_present)
         if entities == self._entities:
             return
         self.bus.publish(Discovery(COMPONENT, entities))
         if self._entities is not None:
-            logger.info("health entities changed: Pi flags %s, GPU %s", pi_present, gpu_present)
+            logger.info("health entities changed: Pi flags %s, GPU %s, Wi-Fi %s", pi_present, gpu_present, wifi_present)
         self._entities = entities
 
     def _announce(

@@ -221,7 +221,7 @@ def test_jetson_gpu_temperatures_and_power_rails(data_dir, tmp_path):
     finally:
         monitor.teardown()
 
-    assert state["gpu"] == {"present": True, "source": "jetson", "load_pct": 45.2, "temp_c": 46.5}
+    assert state["gpu"] == {"present": True, "source": "jetson", "load_pct": 45.2, "temp_c": 46.5, "memory_pct": None}
     assert state["temperatures"]["cpu_c"] == pytest.approx(48.5)
     assert state["temperatures"]["gpu_c"] == pytest.approx(46.5)
     assert platform_conditions(state) == set(), "the 100 °C PMIC-Die dummy must not trip the temperature"
@@ -256,7 +256,16 @@ def test_laptop_without_gpu_reports_absent(data_dir, tmp_path):
         "health_disk",
         "health_cpu_temperature",
         "health_process_rss",
-    }
+        "health_network_rx",
+        "health_network_tx",
+        "health_os",
+        "health_kernel",
+        "health_cpu_model",
+        "health_cpu_clock",
+        "health_ip_address",
+        "health_boot_time",
+        "health_clock",
+    }, "no GPU, Pi or Wi-Fi entities on a laptop without them"
 
 
 @pytest.mark.skipif(
@@ -330,12 +339,17 @@ def test_entity_templates_render_against_the_state(data_dir, fake_command, tmp_p
     assert float(rendered["health_cpu"]) == state["cpu"]["percent"]
     assert float(rendered["health_disk"]) == state["disk"]["storage"]["percent"]
     assert float(rendered["health_process_rss"]) == state["process"]["rss_mb"]
+    assert rendered["health_os"] == "Debian GNU/Linux 12 (bookworm)"
+    assert rendered["health_cpu_model"] == "Raspberry Pi 4 Model B Rev 1.4"
+    assert rendered["health_wifi_signal"] == "-52.0"
+    assert rendered["health_clock"] == "OFF", "NTP state unknown (no source configured) is no problem"
+    assert rendered["health_boot_time"] == state["system"]["boot_time"]
 
 
 def test_entity_options_for_home_assistant():
     entities = {e.object_id: e for e in health_entities(10, pi_present=True, gpu_present=True)}
 
-    assert len(entities) == 10
+    assert len(entities) == 22
     assert all(e.component == "health" and e.value_template for e in entities.values())
     assert all(e.options["expire_after"] == 30 for e in entities.values())
     assert entities["health_status"].options["device_class"] == "enum"
@@ -348,6 +362,14 @@ def test_entity_options_for_home_assistant():
     assert entities["health_under_voltage"].options["device_class"] == "problem"
     assert entities["health_process_rss"].options["unit_of_measurement"] == "MB"
     assert entities["health_cpu"].options["entity_category"] == "diagnostic"
+    assert all(entities[k].options["entity_category"] == "diagnostic" for k in (
+        "health_gpu_temperature", "health_gpu_memory", "health_network_rx", "health_os", "health_kernel",
+        "health_cpu_clock", "health_ip_address", "health_boot_time", "health_clock", "health_wifi_signal"))
+    assert entities["health_gpu_temperature"].options["device_class"] == "temperature"
+    assert entities["health_network_rx"].options["unit_of_measurement"] == "B/s"
+    assert entities["health_wifi_signal"].options["device_class"] == "signal_strength"
+    assert entities["health_boot_time"].options["device_class"] == "timestamp"
+    assert entities["health_clock"].platform == "binary_sensor"
     assert health_entities(1.5, pi_present=False, gpu_present=False)[0].options["expire_after"] == 5
 
 
