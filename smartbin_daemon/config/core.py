@@ -187,6 +187,15 @@ class StorageConfig(_Model):
     """Where state (SQLite, evidence, bundles) lives."""
 
     path: Path = Path("/var/lib/smartbin")
+    high_water_pct: float = Field(default=90.0, gt=0, le=100, description=(
+        "storage disk usage that makes the detector's evidence writer prune evidence and the dataset, oldest first"))
+    low_water_pct: float = Field(default=80.0, gt=0, le=100, description="... down to this usage")
+
+    @model_validator(mode="after")
+    def _water_marks(self) -> StorageConfig:
+        if self.low_water_pct >= self.high_water_pct:
+            raise ValueError(f"low_water_pct ({self.low_water_pct}) must be below high_water_pct ({self.high_water_pct})")
+        return self
 
 
 class LoggingConfig(_Model):
@@ -271,5 +280,10 @@ class HealthConfig(_Model):
     identity_interval_s: float = Field(default=3600.0, ge=10, le=86400,
                                        description="re-read the slow-changing system identity (OS, kernel, CPU model)")
     clock: HealthClock = Field(default_factory=HealthClock)
+    storage_interval_s: float = Field(default=600.0, ge=10, le=86400,
+                                      description="recompute the storage breakdown (a walk of storage.path) this often")
+    storage_walk_max_entries: int = Field(default=200_000, ge=100, le=10_000_000,
+                                          description="a breakdown walks at most this many entries (else complete: false)")
+    storage_walk_budget_s: float = Field(default=2.0, gt=0, le=30, description="... and for at most this long")
 
 

@@ -22,6 +22,7 @@ from . import scoring
 from .clock import ClockWatch
 from .identity import SystemIdentity, kernel_ntp_synchronized, ntp_synchronized
 from .processes import ProcessesArgs, ProcessSampler
+from .storage import StorageSampler
 from .sources import (
     NvmlReader,
     SystemSampler,
@@ -100,7 +101,7 @@ def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool,
 
 
 def system_entities(diag: dict[str, Any]) -> list[Entity]:
-    """Network rates, system identity and the clock (diagnostic)."""
+    """Network rates, system identity, the clock and the storage totals (diagnostic)."""
     rate = {"device_class": "data_rate", "unit_of_measurement": "B/s", "state_class": "measurement", **diag}
 
     def sensor(object_id: str, name: str, template: str, extra: dict[str, Any]) -> Entity:
@@ -119,6 +120,13 @@ def system_entities(diag: dict[str, Any]) -> list[Entity]:
         sensor("health_ip_address", "IP address", "{{ value_json.system.ip }}", {**diag, "icon": "mdi:ip-network"}),
         sensor("health_boot_time", "Last boot", "{{ value_json.system.boot_time }}",
                {"device_class": "timestamp", **diag}),
+        sensor("health_storage_used", "Storage used by the bin", "{{ value_json.storage.total_bytes if value_json.storage else None }}",
+               {"device_class": "data_size", "unit_of_measurement": "B", "suggested_unit_of_measurement": "MB",
+                "state_class": "measurement", **diag, "icon": "mdi:folder-outline"}),
+        sensor("health_storage_evidence", "Evidence storage",
+               "{{ value_json.storage.evidence.bytes if value_json.storage else None }}",
+               {"device_class": "data_size", "unit_of_measurement": "B", "suggested_unit_of_measurement": "MB",
+                "state_class": "measurement", **diag, "icon": "mdi:image-multiple-outline"}),
         Entity("binary_sensor", "health_clock", "Clock problem", COMPONENT,
                "{{ 'ON' if not value_json.clock.valid or value_json.clock.ntp_synchronized == false else 'OFF' }}",
                {"device_class": "problem", **diag, "icon": "mdi:clock-alert-outline"}),
@@ -151,6 +159,8 @@ class HealthMonitor(Worker):
         self._clock_watch = ClockWatch(cfg.clock.min_year, cfg.clock.ntp_alert_after_s)
         self._clock_wanted: set[str] = set()
         self._processes = ProcessSampler(cfg.sources.mountinfo)
+        self._storage = StorageSampler(self.storage_path, cfg.storage_interval_s, max_entries=cfg.storage_walk_max_entries,
+                                       budget_s=cfg.storage_walk_budget_s, clock=clock)
         self._sampler: SystemSampler | None = None
         self._nvml: NvmlReader | None = None
         self._assessment: scoring.Assessment = scoring.OK
@@ -271,6 +281,7 @@ class HealthMonitor(Worker):
             "power": {"rails": [r.as_dict() for r in rails]} if rails else None,
             "system": self._identity.read(),
             "clock": self._read_clock(),
+            "storage": self._storage.read(),
             "ts": _utc_now_iso(),
         }
 

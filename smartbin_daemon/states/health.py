@@ -37,4 +37,5 @@ class HealthState(State):
     power: dict[str, Any] | None
     system: dict[str, Any] | None = None
     clock: dict[str, Any] | None = None
+    storage: dict[str, Any] | None = None
     ts: str

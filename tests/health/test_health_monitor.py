@@ -265,6 +265,8 @@ def test_laptop_without_gpu_reports_absent(data_dir, tmp_path):
         "health_ip_address",
         "health_boot_time",
         "health_clock",
+        "health_storage_used",
+        "health_storage_evidence",
     }, "no GPU, Pi or Wi-Fi entities on a laptop without them"
 
 
@@ -292,7 +294,7 @@ def test_state_layout_is_stable_json_with_snake_case_keys(data_dir, fake_command
 
     assert list(state) == [
         "status", "score", "conditions", "cpu", "memory", "swap", "disk", "temperatures",
-        "uptime_s", "network", "process", "pi", "gpu", "power", "system", "clock", "ts",
+        "uptime_s", "network", "process", "pi", "gpu", "power", "system", "clock", "storage", "ts",
     ]  # fmt: skip
 
     def keys(node: Any) -> list[str]:
@@ -344,12 +346,13 @@ def test_entity_templates_render_against_the_state(data_dir, fake_command, tmp_p
     assert rendered["health_wifi_signal"] == "-52.0"
     assert rendered["health_clock"] == "OFF", "NTP state unknown (no source configured) is no problem"
     assert rendered["health_boot_time"] == state["system"]["boot_time"]
+    assert rendered["health_storage_used"] == str(state["storage"]["total_bytes"])
 
 
 def test_entity_options_for_home_assistant():
     entities = {e.object_id: e for e in health_entities(10, pi_present=True, gpu_present=True)}
 
-    assert len(entities) == 22
+    assert len(entities) == 24
     assert all(e.component == "health" and e.value_template for e in entities.values())
     assert all(e.options["expire_after"] == 30 for e in entities.values())
     assert entities["health_status"].options["device_class"] == "enum"
