@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from . import scoring
 from .clock import ClockWatch
 from .identity import SystemIdentity, kernel_ntp_synchronized, ntp_synchronized
 from .processes import ProcessesArgs, ProcessSampler
-from .storage import StorageSampler
 from .sources import (
     NvmlReader,
     SystemSampler,
@@ -35,6 +34,7 @@ from .sources import (
     read_power_rails,
     read_thermal_zones,
 )
+from .storage import StorageSampler
 
 logger = logging.getLogger(__name__)
 

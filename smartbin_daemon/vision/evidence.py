@@ -42,8 +42,8 @@ import yaml
 from ..config import EvidenceConfig
 from ..logs import ev
 from ..messages import Decision, DetectedBox
-from ..runtime.bus import Alert
 from ..runtime import files
+from ..runtime.bus import Alert
 from .annotate import annotate, as_bgr, decision_title, encode_jpeg, yolo_label_lines
 
 logger = logging.getLogger(__name__)
