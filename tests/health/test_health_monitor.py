@@ -393,8 +393,29 @@ def test_discovery_is_republished_when_a_gpu_appears(data_dir, tmp_path):
 
     republished = drain(sub)
     assert len(republished) == 1
-    assert "health_gpu_load" in {e.object_id for e in republished[0].entities}
+    assert {"health_gpu_load", "health_gpu_temperature", "health_gpu_memory"} <= {
+        e.object_id for e in republished[0].entities}
     assert state["gpu"]["load_pct"] == 12.0
+
+
+def test_discovery_is_republished_when_a_wifi_interface_appears(data_dir, tmp_path):
+    wireless = tmp_path / "wireless"
+    shutil.copyfile(data_dir / "x86_laptop" / "proc" / "wireless", wireless)
+    bus = Bus()
+    sub = bus.subscribe("t", [Discovery])
+    monitor = HealthMonitor(bus, config(sources(data_dir, "x86_laptop", wireless=wireless)), tmp_path)
+    monitor.setup()
+    try:
+        monitor.poll()
+        assert "health_wifi_signal" not in {e.object_id for e in drain(sub)[-1].entities}
+        shutil.copyfile(data_dir / "rpi4" / "proc" / "wireless", wireless)
+        state = monitor.poll()
+    finally:
+        monitor.teardown()
+
+    republished = drain(sub)
+    assert len(republished) == 1 and "health_wifi_signal" in {e.object_id for e in republished[0].entities}
+    assert state["system"]["wifi"][0]["signal_dbm"] == -52.0
 
 
 class _BrokenSink:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from smartbin_daemon.health import HealthMonitor
 from smartbin_daemon.health.storage import StorageSampler, storage_breakdown
+from smartbin_daemon.runtime.bus import Bus
 from tests.conftest import SteppedClock
+from tests.health.test_health_monitor import config, sources
 
 
 def _file(path: Path, size: int) -> Path:
@@ -79,3 +82,13 @@ def test_the_sampler_walks_again_only_on_its_interval(tmp_path):
     assert first["bundles"]["files"] == 1
     assert cached["bundles"]["files"] == 1 and cached["age_s"] >= 599
     assert fresh["bundles"]["files"] == 2 and fresh["age_s"] < 1
+
+
+def test_the_health_state_carries_the_breakdown(data_dir, tmp_path):
+    root = _storage(tmp_path / "storage", tmp_path / "outside")
+    monitor = HealthMonitor(Bus(), config(sources(data_dir, "x86_laptop")), root)
+
+    storage = monitor.poll()["storage"]
+
+    assert storage["path"] == str(root) and storage["complete"] is True
+    assert storage["evidence"] == {"bytes": 500, "files": 2} and storage["database"]["files"] == 2
