@@ -79,7 +79,8 @@ class ProcessSampler:
         seen: dict[int, psutil.Process] = {}
         rows: list[dict[str, Any]] = []
         for proc in psutil.process_iter():
-            proc = self._procs.get(proc.pid, proc)
+            cached = self._procs.get(proc.pid)
+            proc = cached if cached is not None and cached == proc else proc  # == also compares start times
             try:
                 with proc.oneshot():
                     info = proc.as_dict(_FIELDS)
