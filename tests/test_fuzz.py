@@ -25,6 +25,7 @@ from smartbin_daemon.bins.workflow import SortingWorkflow
 from smartbin_daemon.config import ConfigError, parse_config
 from smartbin_daemon.control import core_requests
 from smartbin_daemon.hardware.arduino.link import ArduinoLink
+from smartbin_daemon.health.monitor import HealthMonitor
 from smartbin_daemon.runtime.auth import AuthError, Verifier, sign
 from smartbin_daemon.runtime.bus import Bus
 from smartbin_daemon.runtime.commands import ParsedRequest, RequestError, RequestRegistry
@@ -48,7 +49,8 @@ def full_registry(tmp: Path) -> RequestRegistry:
     specs = [*core_requests(), *ArduinoLink(bus, cfg.arduino, tmp).requests(),
              *DetectorWorker(bus, cfg.detector, cfg.camera, cfg.evidence, LatestFrame(), tmp).requests(),
              *FillTracker(bus, cfg.bins, store).requests(),
-             *SortingWorkflow(bus, cfg.bins, store, owners={}, vision={}).requests()]
+             *SortingWorkflow(bus, cfg.bins, store, owners={}, vision={}).requests(),
+             *HealthMonitor(bus, cfg.health, tmp).requests()]
     for spec in specs:
         registry.register(spec)
     return registry

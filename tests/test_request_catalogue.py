@@ -24,7 +24,8 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[s
     tmp = tmp_path_factory.mktemp("catalogue")
     broker = Broker(tmp)
     broker.start()
-    config = fast_simulation_config(tmp, broker.port, simulation={"item_interval_s": 3600, "item_dwell_s": 1})
+    config = fast_simulation_config(tmp, broker.port, simulation={"item_interval_s": 3600, "item_dwell_s": 1},
+                                    health={"enabled": True, "interval_s": 3600})
     daemon = DaemonProcess(config)
     probe = Probe(broker.port)
     try:
