@@ -407,8 +407,11 @@ class EvidenceStore:
         files, freed = self._prune_oldest(used - marks.low_pct / 100.0 * total)
         after = 100.0 * (used - freed) / total
         hw = self.high_water
-        hw.update(active=True, prunes=hw["prunes"] + 1, files=hw["files"] + files, bytes=hw["bytes"] + freed,
-                  last_pct=round(after, 1))
+        was_active = hw["active"]
+        hw.update(active=True, prunes=hw["prunes"] + bool(files), files=hw["files"] + files,
+                  bytes=hw["bytes"] + freed, last_pct=round(after, 1))
+        if was_active and not files:
+            return  # still high, nothing left to prune: said once already
         left = "" if after <= marks.low_pct else "; nothing left to prune, free space by other means"
         message = (f"storage disk at {pct:.1f}% >= {marks.high_pct:g}%: pruned {files} evidence/dataset file(s) "
                    f"({freed / 1_048_576:.1f} MB), oldest first, now {after:.1f}%{left}")

@@ -103,9 +103,12 @@ def test_when_evidence_is_not_what_fills_the_disk_the_alert_says_so(tmp_path: Pa
     disk.other = int(disk.total * 0.92)
 
     store.housekeeping()
+    store.housekeeping()
 
     assert not any(p.exists() for p in written), "everything prunable went"
+    assert len(alerts) == 1, "said once while it stays high with nothing to prune"
     assert alerts[-1].active and "nothing left to prune" in alerts[-1].message
+    assert store.stats()["high_water"]["prunes"] == 1
 
 
 def test_the_writer_thread_prunes_on_its_housekeeping(tmp_path: Path) -> None:
