@@ -90,10 +90,14 @@ def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool,
         ]
     entities += system_entities(diag)
     if wifi_present:
-        entities.append(sensor("health_wifi_signal", "Wi-Fi signal",
-                               "{{ value_json.system.wifi[0].signal_dbm if value_json.system.wifi else None }}",
-                               {"device_class": "signal_strength", "unit_of_measurement": "dBm",
-                                "state_class": "measurement", **diag}))
+        entities += [
+            sensor("health_wifi_signal", "Wi-Fi signal",
+                   "{{ value_json.system.wifi[0].signal_dbm if value_json.system.wifi else None }}",
+                   {"device_class": "signal_strength", "unit_of_measurement": "dBm", "state_class": "measurement",
+                    **diag}),
+            sensor("health_wifi_ssid", "Wi-Fi network", "{{ value_json.system.wifi[0].ssid if value_json.system.wifi else None }}",
+                   {**diag, "icon": "mdi:wifi"}),
+        ]
     entities.append(sensor("health_process_rss", "Daemon memory (RSS)", "{{ value_json.process.rss_mb }}",
                            {"device_class": "data_size", "unit_of_measurement": "MB", "state_class": "measurement",
                             **diag, "icon": "mdi:memory"}))

@@ -344,6 +344,7 @@ def test_entity_templates_render_against_the_state(data_dir, fake_command, tmp_p
     assert rendered["health_os"] == "Debian GNU/Linux 12 (bookworm)"
     assert rendered["health_cpu_model"] == "Raspberry Pi 4 Model B Rev 1.4"
     assert rendered["health_wifi_signal"] == "-52.0"
+    assert rendered["health_wifi_ssid"] == "None", "no iwgetid here: HA shows unknown"
     assert rendered["health_clock"] == "OFF", "NTP state unknown (no source configured) is no problem"
     assert rendered["health_boot_time"] == state["system"]["boot_time"]
     assert rendered["health_storage_used"] == str(state["storage"]["total_bytes"])
@@ -352,7 +353,7 @@ def test_entity_templates_render_against_the_state(data_dir, fake_command, tmp_p
 def test_entity_options_for_home_assistant():
     entities = {e.object_id: e for e in health_entities(10, pi_present=True, gpu_present=True)}
 
-    assert len(entities) == 24
+    assert len(entities) == 25
     assert all(e.component == "health" and e.value_template for e in entities.values())
     assert all(e.options["expire_after"] == 30 for e in entities.values())
     assert entities["health_status"].options["device_class"] == "enum"
