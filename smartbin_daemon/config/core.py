@@ -238,7 +238,7 @@ class HealthSources(_Model):
     thermal_glob: str = "/sys/class/thermal/thermal_zone*"
     vcgencmd: str | None = Field(default="vcgencmd", description="command for Raspberry Pi throttling; null disables")
     pi_throttled_sysfs: Path | None = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
-    pi_command_timeout_s: float = Field(default=2.0, gt=0, le=30, description="timeout of the vcgencmd call")
+    pi_command_timeout_s: float = Field(default=2.0, gt=0, le=30, description="timeout of the vcgencmd (and iwgetid) call")
     jetson_gpu_load: list[Path] = Field(
         default_factory=lambda: [
             Path("/sys/devices/gpu.0/load"),
