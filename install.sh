@@ -23,6 +23,7 @@ WITH_ULTRALYTICS=0      # --with-ultralytics (implied by --test)
 ULTRA_WHY=""            # why the "ultralytics" extra is forced
 ULTRA=0                 # set by install_package: 1 when the "ultralytics" extra is installed
 ARDUINO_USB=2341:0043   # Arduino Uno R3; an Uno R4 is 2341:0069, a CH340 clone 1a86:7523
+PROCESS_VISIBILITY=""   # own | all (--process-visibility); empty: keep what is installed (own on a first install)
 PASSTHRU=()
 ORIG_ARGS=("$@")
 
@@ -107,6 +108,13 @@ Options:
   --arduino-usb VID:PID
                     USB id for the udev rule that creates /dev/smartbin-arduino (default 2341:0043,
                     an Arduino Uno R3; see lsusb).
+  --process-visibility own|all
+                    Which processes the daemon may see (the `health/processes` request): "own"
+                      (the unit's ProtectProc=invisible: only the smartbin user's processes; the
+                      answer says so) or "all" (drop-in 20-process-visibility.conf with
+                      ProtectProc=default: every process, at the cost of the daemon reading other
+                      processes' names and command lines). Default: keep the installed choice
+                      (own on a first install).
   -h, --help        This help.
 
 The dev .venv is only re-synced (pip) when pyproject.toml, the extras, the platform or the Python
@@ -226,6 +234,12 @@ parse_args() {
                 shift
                 ;;
             --arduino-usb=*) ARDUINO_USB=${1#--arduino-usb=} ;;
+            --process-visibility)
+                (($# >= 2)) || die "--process-visibility needs own or all"
+                PROCESS_VISIBILITY=$2
+                shift
+                ;;
+            --process-visibility=*) PROCESS_VISIBILITY=${1#--process-visibility=} ;;
             -h | --help)
                 usage
                 exit 0
@@ -245,6 +259,8 @@ parse_args() {
     if ((NO_VISION)) && [[ $MODE == test ]]; then die "--no-vision does not go with --test (the tests need the vision stack)"; fi
     [[ $ARDUINO_USB =~ ^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$ ]] || die "--arduino-usb: expected VID:PID in hex, e.g. 2341:0043"
     ARDUINO_USB=${ARDUINO_USB,,}
+    case $PROCESS_VISIBILITY in "" | own | all) ;; *) die "--process-visibility: expected own or all, got '$PROCESS_VISIBILITY'" ;; esac
+    if [[ -n $PROCESS_VISIBILITY && $MODE != install ]]; then die "--process-visibility only goes with the install mode"; fi
     if ((${#PASSTHRU[@]})) && [[ $MODE != simulate && $MODE != test ]]; then
         die "arguments after -- only go with --simulate or --test"
     fi
@@ -798,7 +814,7 @@ install_models() {
 install_docs() {
     if [[ -f $REPO_DIR/README.md ]]; then run install -D -m 0644 "$REPO_DIR/README.md" "$OPT_DIR/README.md"; fi
     local f
-    for f in smartbin.service jetson.conf mqtt-credential.conf; do
+    for f in smartbin.service jetson.conf mqtt-credential.conf process-visibility.conf; do
         write_file "$REPO_DIR/systemd/$f" "$SHARE_DIR/systemd/$f" 0644
     done
 }
@@ -809,6 +825,23 @@ install_unit() {
     if [[ $PLATFORM == jetson ]]; then
         info "Jetson: installing drop-in $DROPIN_DIR/10-jetson.conf"
         write_file "$REPO_DIR/systemd/jetson.conf" "$DROPIN_DIR/10-jetson.conf" 0644
+    fi
+    install_process_visibility
+}
+
+# ProtectProc= of the unit: "own" (the unit's invisible) or "all" (our drop-in sets default).
+install_process_visibility() {
+    local dropin=$DROPIN_DIR/20-process-visibility.conf choice=$PROCESS_VISIBILITY
+    if [[ -z $choice ]]; then
+        if [[ -e $dropin ]]; then choice=all; else choice=own; fi
+        info "process visibility: $choice (kept; change it with --process-visibility=own|all)"
+    else
+        info "process visibility: $choice"
+    fi
+    if [[ $choice == all ]]; then
+        write_file "$REPO_DIR/systemd/process-visibility.conf" "$dropin" 0644
+    else
+        remove_path "$dropin"
     fi
 }
 
@@ -926,6 +959,7 @@ do_uninstall() {
     else
         # Keep the technician's own drop-ins (credentials, overrides); remove ours.
         remove_path "$DROPIN_DIR/10-jetson.conf"
+        remove_path "$DROPIN_DIR/20-process-visibility.conf"
         if [[ -d $DROPIN_DIR ]]; then run rmdir --ignore-fail-on-non-empty "$DROPIN_DIR"; fi
     fi
     if [[ -n $PREFIX ]] || systemd_running; then

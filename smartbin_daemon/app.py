@@ -221,9 +221,11 @@ class App:
                 factories["camera"] = lambda cfg: CameraWorker(self.bus, cfg.camera, frames, base_dir=base_dir)
             if self.cfg.detector.enabled:
                 from .vision.detector import DetectorWorker
+                from .vision.evidence import WaterMarks
 
                 factories["detector"] = lambda cfg: DetectorWorker(
-                    self.bus, cfg.detector, cfg.camera, cfg.evidence, frames, Path(cfg.storage.path))
+                    self.bus, cfg.detector, cfg.camera, cfg.evidence, frames, Path(cfg.storage.path),
+                    water_marks=WaterMarks(cfg.storage.high_water_pct, cfg.storage.low_water_pct))
         if self.cfg.bins.enabled:
             from .bins.tracker import FillTracker
             from .bins.workflow import SortingWorkflow

@@ -591,6 +591,32 @@ def test_active_alerts_lead_the_problems_and_replace_what_their_sources_states_r
     assert render_alerts(AlertsState()).splitlines()[0] == "no active alerts"
 
 
+def test_clock_problems_come_from_the_health_state() -> None:
+    def problems(clock: dict[str, Any]) -> list[str]:
+        return ctl.derive_problems({"health": {"status": "ok", "conditions": [], "clock": clock}}, "online")
+
+    assert problems({"valid": False, "wall_time": "1970-01-04T00:00:00Z", "ntp_synchronized": False}) == [
+        "critical health: wall clock unset (1970-01-04T00:00:00Z); timestamps are wrong"]
+    assert problems({"valid": True, "ntp_synchronized": False, "unsynchronized_for_s": 950.2}) == [
+        "warning  health: NTP not synchronised (for 950 s)"]
+    assert problems({"valid": True, "ntp_synchronized": None}) == []
+
+
+def test_status_shows_the_system_row_from_the_health_state() -> None:
+    from smartbin_daemon.ctl.session import Snapshot
+
+    health = {"status": "ok", "score": 100, "conditions": [], "clock": {"valid": True, "ntp_synchronized": True},
+              "system": {"os": "Debian GNU/Linux 12 (bookworm)", "kernel": "6.6.31", "ip": "192.168.1.20",
+                         "wifi": [{"interface": "wlan0", "ssid": "kitchen-iot", "signal_dbm": -52.0}]}}
+    cfg = parse_config({})
+    text = ctl.render_status(Snapshot("broker", {"health": health}, "online"), cfg)
+    older = ctl.render_status(Snapshot("broker", {"health": {"status": "ok", "conditions": []}}, "online"), cfg)
+
+    assert ("system        Debian GNU/Linux 12 (bookworm) · kernel 6.6.31 · ip 192.168.1.20 · kitchen-iot -52 dBm"
+            " · NTP synchronised") in text.splitlines()
+    assert "system        not reported (a daemon without system identity)" in older.splitlines()
+
+
 def test_a_state_of_another_shape_is_reported_not_a_crash() -> None:
     """States are read through the typed models; one that does not fit them (another daemon version) is named."""
     problems = ctl.derive_problems({"health": {"status": "warn", "conditions": True},

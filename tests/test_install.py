@@ -500,6 +500,31 @@ def test_udev_rule_names_the_arduino_by_usb_id(installed: tuple[Layout, subproce
     assert bad.returncode != 0 and "VID:PID" in bad.stderr
 
 
+def test_process_visibility_is_an_installer_choice_kept_across_reinstalls(installed: tuple[Layout, subprocess.CompletedProcess[str]], env: dict[str, str]) -> None:
+    lay, _ = installed
+    dropin = lay.unit.parent / "smartbin.service.d/20-process-visibility.conf"
+    base = ("--prefix", str(lay.prefix), "--system-site-packages", "--no-vision")
+    assert not dropin.exists(), "own (the unit's ProtectProc=invisible) on a first install"
+
+    shown = install_sh(*base, "--process-visibility=all", env=env)
+    assert "process visibility: all" in shown.stdout
+    assert [line for line in dropin.read_text().splitlines() if line and not line.startswith("#")] == [
+        "[Service]", "ProtectProc=default"]
+    if SYSTEMD_ANALYZE is not None:  # verify loads <unit>.d/*.conf next to the unit
+        result = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(lay.unit)], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0 and str(lay.prefix) not in result.stdout + result.stderr, result.stderr
+    kept = install_sh("--dry-run", "--prefix", str(lay.prefix), env=env)
+    assert "process visibility: all (kept" in kept.stdout
+
+    hidden = install_sh(*base, "--process-visibility", "own", env=env)
+    assert "process visibility: own" in hidden.stdout
+    assert not dropin.exists()
+    for bad_args in (["--process-visibility=some"], ["--uninstall", "--process-visibility=all"]):
+        bad = subprocess.run(["bash", str(INSTALL_SH), *bad_args], capture_output=True, text=True, timeout=30)
+        assert bad.returncode != 0 and "--process-visibility" in bad.stderr
+
+
 def test_uninstall_keeps_config_and_data_then_purge_removes_them(installed: tuple[Layout, subprocess.CompletedProcess[str]], env: dict[str, str]) -> None:
     lay, _ = installed
     (lay.unit.parent / "smartbin.service.d").mkdir(exist_ok=True)

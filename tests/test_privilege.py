@@ -497,7 +497,7 @@ def running(tmp_path: Path, broker: Broker) -> Iterator[RunningBin]:
         etc / "config.yaml", broker.port, storage, device_id=DEVICE,
         mqtt={"state_interval_s": 1},
         logging={"level": "INFO"},
-        health={"enabled": False},
+        health={"enabled": True, "interval_s": 3600},  # swept for its requests; sampled once
         security={"privileged": "hmac", "hmac_secret_file": str(secret_file),
                   "keys": {REVOKED_KEY: {"secret": REVOKED_SECRET, "revoked": True}},
                   "rate_limit_per_min": 100_000, "privileged_rate_limit_per_min": 100_000},

@@ -22,7 +22,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD_DIR = REPO / "systemd"
 UNIT = SYSTEMD_DIR / "smartbin.service"
-DROPINS = {"10-jetson.conf": SYSTEMD_DIR / "jetson.conf", "mqtt-credential.conf": SYSTEMD_DIR / "mqtt-credential.conf"}
+DROPINS = {"10-jetson.conf": SYSTEMD_DIR / "jetson.conf", "mqtt-credential.conf": SYSTEMD_DIR / "mqtt-credential.conf",
+           "20-process-visibility.conf": SYSTEMD_DIR / "process-visibility.conf"}
 EXEC_PATH = "/opt/smartbin/venv/bin/smartbin-daemon"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or next(
     (p for p in ("/usr/bin/systemd-analyze", "/bin/systemd-analyze") if os.access(p, os.X_OK)), None
@@ -214,6 +215,12 @@ def test_jetson_dropin_only_relaxes_private_tmp() -> None:
     dropin = parse_unit(DROPINS["10-jetson.conf"].read_text())
     assert dropin.get("Service") == [("PrivateTmp", "no")]
     assert values(dropin, "Unit", "After") == ["nvargus-daemon.service"]
+
+
+def test_process_visibility_dropin_only_lifts_protect_proc(unit: dict[str, list[tuple[str, str]]]) -> None:
+    assert one(unit, "Service", "ProtectProc") == "invisible"
+    dropin = parse_unit(DROPINS["20-process-visibility.conf"].read_text())
+    assert dropin == {"Service": [("ProtectProc", "default")]}
 
 
 def test_credential_example_matches_the_config_convention() -> None:

@@ -169,7 +169,7 @@ class FillTracker(Worker):
         return dataclasses.replace(spec, example={**spec.example, "compartment": first})
 
     def entities(self) -> tuple[Entity, ...]:
-        """Per compartment: fill %, level, items, predicted full, full, and an `emptied` button."""
+        """Per compartment: fill %, level, items, predicted full, free litres, fill rate, full, an `emptied` button."""
         out: list[Entity] = []
         expire = {"expire_after": EXPIRE_AFTER_S}
         for c in self.cfg.compartments:
@@ -184,6 +184,13 @@ class FillTracker(Worker):
                        {"state_class": "total_increasing", "icon": "mdi:counter", "unit_of_measurement": "items", **expire}),
                 Entity("sensor", f"bin_{c.id}_predicted_full", f"{c.name} predicted full", self.name,
                        f"{{{{ {base}.predicted_full_at }}}}", {"device_class": "timestamp", "icon": "mdi:calendar-clock", **expire}),
+                Entity("sensor", f"bin_{c.id}_free", f"{c.name} free volume", self.name, f"{{{{ {base}.free_l }}}}",
+                       {"device_class": "volume_storage", "unit_of_measurement": "L", "state_class": "measurement",
+                        "icon": "mdi:delete-empty-outline", "suggested_display_precision": 1, **expire}),
+                Entity("sensor", f"bin_{c.id}_fill_rate", f"{c.name} fill rate", self.name,
+                       f"{{{{ {base}.rate_pct_per_h }}}}",
+                       {"unit_of_measurement": "%/h", "state_class": "measurement", "icon": "mdi:trending-up",
+                        "suggested_display_precision": 1, **expire}),
                 Entity("binary_sensor", f"bin_{c.id}_full", f"{c.name} full", self.name,
                        f"{{{{ 'ON' if {base}.level == 'full' else 'OFF' }}}}", {"device_class": "problem", **expire}),
                 Entity("button", f"bin_{c.id}_emptied", f"{c.name} emptied", self.name, None,

@@ -25,6 +25,7 @@ from .bins import (  # noqa: F401
 )
 from .core import (  # noqa: F401
     DeviceConfig,
+    HealthClock,
     HealthConfig,
     HealthSources,
     HealthThresholds,
@@ -78,4 +79,4 @@ from .vision import (  # noqa: F401
     resolve_backend,
 )
 
-__all__ = ["SEVERITY_RANK", "AlertsConfig", "WebhookConfig", "EX_CONFIG", "REDACTED", "TOPIC_NAME_RE", "ConfigError", "TopicName", "default_device_id", "DeviceConfig", "HealthConfig", "HealthSources", "HealthThresholds", "KeyId", "LoggingConfig", "MqttConfig", "OutboxConfig", "ReconnectConfig", "SecurityConfig", "SigningKeyConfig", "StorageConfig", "TlsConfig", "GPIO_BOARD_TO_BCM", "GPIO_PIN_NAME_RE", "ArduinoConfig", "ArduinoSimulatorConfig", "GpioButtonConfig", "GpioBuzzerConfig", "GpioConfig", "GpioDistanceConfig", "GpioDoorConfig", "GpioLedsConfig", "GpioLidConfig", "GpioPin", "GpioPresenceConfig", "gpio_pin_key", "gpio_pin_spec", "CameraConfig", "DetectorConfig", "EvidenceConfig", "MotionGateConfig", "classmap_path_for", "missing_backend", "resolve_backend", "WASTE_CATEGORIES", "BinsConfig", "CalibrationConfig", "CompartmentConfig", "EmptyingConfig", "FillConfig", "FillFilterConfig", "SensorRef", "WasteCategory", "WorkflowConfig", "Config", "RuntimeConfig", "SimulationConfig", "config_diff", "format_validation_errors", "load_config", "parse_config", "redacted_dict", "resolve_secret_file"]
+__all__ = ["SEVERITY_RANK", "AlertsConfig", "WebhookConfig", "EX_CONFIG", "REDACTED", "TOPIC_NAME_RE", "ConfigError", "TopicName", "default_device_id", "DeviceConfig", "HealthClock", "HealthConfig", "HealthSources", "HealthThresholds", "KeyId", "LoggingConfig", "MqttConfig", "OutboxConfig", "ReconnectConfig", "SecurityConfig", "SigningKeyConfig", "StorageConfig", "TlsConfig", "GPIO_BOARD_TO_BCM", "GPIO_PIN_NAME_RE", "ArduinoConfig", "ArduinoSimulatorConfig", "GpioButtonConfig", "GpioBuzzerConfig", "GpioConfig", "GpioDistanceConfig", "GpioDoorConfig", "GpioLedsConfig", "GpioLidConfig", "GpioPin", "GpioPresenceConfig", "gpio_pin_key", "gpio_pin_spec", "CameraConfig", "DetectorConfig", "EvidenceConfig", "MotionGateConfig", "classmap_path_for", "missing_backend", "resolve_backend", "WASTE_CATEGORIES", "BinsConfig", "CalibrationConfig", "CompartmentConfig", "EmptyingConfig", "FillConfig", "FillFilterConfig", "SensorRef", "WasteCategory", "WorkflowConfig", "Config", "RuntimeConfig", "SimulationConfig", "config_diff", "format_validation_errors", "load_config", "parse_config", "redacted_dict", "resolve_secret_file"]

@@ -191,6 +191,15 @@ class StorageConfig(_Model):
     """Where state (SQLite, evidence, bundles) lives."""
 
     path: Path = Path("/var/lib/smartbin")
+    high_water_pct: float = Field(default=90.0, gt=0, le=100, description=(
+        "storage disk usage that makes the detector's evidence writer prune evidence and the dataset, oldest first"))
+    low_water_pct: float = Field(default=80.0, gt=0, le=100, description="... down to this usage")
+
+    @model_validator(mode="after")
+    def _water_marks(self) -> StorageConfig:
+        if self.low_water_pct >= self.high_water_pct:
+            raise ValueError(f"low_water_pct ({self.low_water_pct}) must be below high_water_pct ({self.high_water_pct})")
+        return self
 
 
 class LoggingConfig(_Model):
@@ -233,7 +242,7 @@ class HealthSources(_Model):
     thermal_glob: str = "/sys/class/thermal/thermal_zone*"
     vcgencmd: str | None = Field(default="vcgencmd", description="command for Raspberry Pi throttling; null disables")
     pi_throttled_sysfs: Path | None = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
-    pi_command_timeout_s: float = Field(default=2.0, gt=0, le=30, description="timeout of the vcgencmd call")
+    pi_command_timeout_s: float = Field(default=2.0, gt=0, le=30, description="timeout of the vcgencmd (and iwgetid) call")
     jetson_gpu_load: list[Path] = Field(
         default_factory=lambda: [
             Path("/sys/devices/gpu.0/load"),
@@ -246,6 +255,23 @@ class HealthSources(_Model):
     )
     jetson_power_glob: str = "/sys/bus/i2c/drivers/ina3221*/*/hwmon/hwmon*"
     nvml: bool = Field(default=True, description="query NVIDIA desktop/server GPUs through nvidia-ml-py when installed")
+    os_release: Path = Field(default=Path("/etc/os-release"), description="OS name (PRETTY_NAME)")
+    cpuinfo: Path = Field(default=Path("/proc/cpuinfo"), description="CPU model (x86) or board (Raspberry Pi Model)")
+    wireless: Path = Field(default=Path("/proc/net/wireless"), description="Wi-Fi link quality and signal")
+    iwgetid: str | None = Field(default="iwgetid", description="command naming the Wi-Fi SSID; absent or null: no SSID")
+    adjtimex: bool = Field(default=True, description="read the kernel's NTP sync state (what timedatectl reports)")
+    timesync_flag: Path | None = Field(default=Path("/run/systemd/timesync/synchronized"),
+                                       description="systemd-timesyncd's flag file, the fallback for the NTP sync state")
+    mountinfo: Path = Field(default=Path("/proc/self/mountinfo"),
+                            description="tells whether /proc hides other users' processes (ProtectProc=)")
+
+
+class HealthClock(_Model):
+    """When the wall clock is not to be trusted."""
+
+    min_year: int = Field(default=2024, ge=1970, le=9999, description="a wall clock before this year is unset")
+    ntp_alert_after_s: float = Field(default=900.0, ge=0, le=604800,
+                                     description="alert when NTP is not synchronised this long; 0 disables")
 
 
 class HealthConfig(_Model):
@@ -257,5 +283,13 @@ class HealthConfig(_Model):
     history_full_days: float = Field(default=7.0, gt=0, le=3650, description="every health sample kept this long")
     thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
     sources: HealthSources = Field(default_factory=HealthSources)
+    identity_interval_s: float = Field(default=3600.0, ge=10, le=86400,
+                                       description="re-read the slow-changing system identity (OS, kernel, CPU model)")
+    clock: HealthClock = Field(default_factory=HealthClock)
+    storage_interval_s: float = Field(default=600.0, ge=10, le=86400,
+                                      description="recompute the storage breakdown (a walk of storage.path) this often")
+    storage_walk_max_entries: int = Field(default=200_000, ge=100, le=10_000_000,
+                                          description="a breakdown walks at most this many entries (else complete: false)")
+    storage_walk_budget_s: float = Field(default=2.0, gt=0, le=30, description="... and for at most this long")
 
 

@@ -191,7 +191,14 @@ def _workflow_problems(workflow: WorkflowState) -> Problems:
 
 def _health_problems(health: HealthState) -> Problems:
     severity = "critical" if health.status == HealthStatus.CRITICAL else "warning"
-    return [(severity, "health", str(condition)) for condition in health.conditions or []]
+    out: Problems = [(severity, "health", str(condition)) for condition in health.conditions or []]
+    clock = health.clock if isinstance(health.clock, dict) else {}
+    if clock.get("valid") is False:
+        out.append(("critical", "health", f"wall clock unset ({clock.get('wall_time')}); timestamps are wrong"))
+    elif clock.get("ntp_synchronized") is False:
+        since = _num(clock.get("unsynchronized_for_s"), "{:.0f}", " s")
+        out.append(("warning", "health", f"NTP not synchronised (for {since})"))
+    return out
 
 
 def _gpio_problems(gpio: GpioState) -> Problems:
@@ -362,6 +369,19 @@ def render_alerts(alerts: AlertsState) -> str:
     return "\n".join((lines or ["no active alerts"]) + [f"({_alerts_row(alerts)})"])
 
 
+def _system_row(health: HealthState) -> str:
+    system = health.system
+    if not isinstance(system, dict):
+        return "not reported (a daemon without system identity)"
+    ntp = {True: "NTP synchronised", False: "NTP NOT synchronised"}.get(_dig(health.clock, "ntp_synchronized"),
+                                                                         "NTP unknown")
+    parts = [str(system.get("os") or "?"), f"kernel {system.get('kernel') or '?'}", f"ip {system.get('ip') or 'none'}"]
+    wifi = system.get("wifi") or []
+    if wifi and isinstance(wifi[0], dict):
+        parts.append(f"{wifi[0].get('ssid') or wifi[0].get('interface')} {_num(wifi[0].get('signal_dbm'), '{:.0f}', ' dBm')}")
+    return " · ".join([*parts, ntp])
+
+
 def _availability_row(snap: Snapshot) -> str:
     if snap.source != "broker":
         return "unknown (broker unreachable)"
@@ -399,6 +419,7 @@ def render_status(snap: Snapshot, cfg: Config) -> str:
         sorting_lines = [f"{'sorting':<13} state not readable here: {type(exc).__name__}: {exc}"]
     lines.extend(sorting_lines)
     row("health", "health", _health_row, "not reported (health monitor disabled?)")
+    row("system", "health", _system_row, "not reported (health monitor disabled?)")
     if _parsed(c, "alerts") is not None:
         row("alerts", "alerts", _alerts_row, "")
     problems = derive_problems(c, snap.availability)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ from ..runtime.worker import Worker
 from ..states.health import HealthState, HealthStatus
 from ..store import Store
 from . import scoring
+from .clock import ClockWatch
 from .history import HealthHistory, HealthHistoryArgs
+from .identity import SystemIdentity, kernel_ntp_synchronized, ntp_synchronized
+from .processes import ProcessesArgs, ProcessSampler
 from .sources import (
     NvmlReader,
     SystemSampler,
@@ -33,6 +37,7 @@ from .sources import (
     read_power_rails,
     read_thermal_zones,
 )
+from .storage import StorageSampler
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +53,9 @@ def expire_after_s(interval_s: float) -> int:
     return math.ceil(3 * interval_s)
 
 
-def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool) -> tuple[Entity, ...]:
-    """The HA entities of the health component; Pi flags and GPU load only where the hardware exists."""
+def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool,
+                    wifi_present: bool = True) -> tuple[Entity, ...]:
+    """The HA entities of the health component; Pi flags, GPU and Wi-Fi only where the hardware exists."""
     expire = expire_after_s(interval_s)
     diag = {"entity_category": "diagnostic", "expire_after": expire}
     pct = {"unit_of_measurement": "%", "state_class": "measurement"}
@@ -78,12 +84,60 @@ def health_entities(interval_s: float, *, pi_present: bool, gpu_present: bool) -
         entities += [problem("health_throttled", "Throttled", "throttled", "mdi:speedometer-slow"),
                      problem("health_under_voltage", "Under-voltage", "under_voltage", "mdi:flash-alert")]
     if gpu_present:
-        entities.append(sensor("health_gpu_load", "GPU load", "{{ value_json.gpu.load_pct }}",
-                               {**pct, **diag, "icon": "mdi:expansion-card"}))
+        entities += [
+            sensor("health_gpu_load", "GPU load", "{{ value_json.gpu.load_pct }}", {**pct, **diag, "icon": "mdi:expansion-card"}),
+            sensor("health_gpu_temperature", "GPU temperature", "{{ value_json.gpu.temp_c }}",
+                   {"device_class": "temperature", "unit_of_measurement": "°C", "state_class": "measurement", **diag}),
+            sensor("health_gpu_memory", "GPU memory usage", "{{ value_json.gpu.memory_pct }}",
+                   {**pct, **diag, "icon": "mdi:memory"}),
+        ]
+    entities += system_entities(diag)
+    if wifi_present:
+        entities += [
+            sensor("health_wifi_signal", "Wi-Fi signal",
+                   "{{ value_json.system.wifi[0].signal_dbm if value_json.system.wifi else None }}",
+                   {"device_class": "signal_strength", "unit_of_measurement": "dBm", "state_class": "measurement",
+                    **diag}),
+            sensor("health_wifi_ssid", "Wi-Fi network", "{{ value_json.system.wifi[0].ssid if value_json.system.wifi else None }}",
+                   {**diag, "icon": "mdi:wifi"}),
+        ]
     entities.append(sensor("health_process_rss", "Daemon memory (RSS)", "{{ value_json.process.rss_mb }}",
                            {"device_class": "data_size", "unit_of_measurement": "MB", "state_class": "measurement",
                             **diag, "icon": "mdi:memory"}))
     return tuple(entities)
+
+
+def system_entities(diag: dict[str, Any]) -> list[Entity]:
+    """Network rates, system identity, the clock and the storage totals (diagnostic)."""
+    rate = {"device_class": "data_rate", "unit_of_measurement": "B/s", "state_class": "measurement", **diag}
+
+    def sensor(object_id: str, name: str, template: str, extra: dict[str, Any]) -> Entity:
+        return Entity("sensor", object_id, name, COMPONENT, template, extra)
+
+    return [
+        sensor("health_network_rx", "Network received", "{{ value_json.network.recv_bytes_per_s }}",
+               {**rate, "icon": "mdi:download-network"}),
+        sensor("health_network_tx", "Network sent", "{{ value_json.network.sent_bytes_per_s }}",
+               {**rate, "icon": "mdi:upload-network"}),
+        sensor("health_os", "Operating system", "{{ value_json.system.os }}", {**diag, "icon": "mdi:linux"}),
+        sensor("health_kernel", "Kernel", "{{ value_json.system.kernel }}", {**diag, "icon": "mdi:linux"}),
+        sensor("health_cpu_model", "CPU model", "{{ value_json.system.cpu_model }}", {**diag, "icon": "mdi:cpu-64-bit"}),
+        sensor("health_cpu_clock", "CPU clock", "{{ value_json.system.cpu_clock_mhz.current }}",
+               {"device_class": "frequency", "unit_of_measurement": "MHz", "state_class": "measurement", **diag}),
+        sensor("health_ip_address", "IP address", "{{ value_json.system.ip }}", {**diag, "icon": "mdi:ip-network"}),
+        sensor("health_boot_time", "Last boot", "{{ value_json.system.boot_time }}",
+               {"device_class": "timestamp", **diag}),
+        sensor("health_storage_used", "Storage used by the bin", "{{ value_json.storage.total_bytes if value_json.storage else None }}",
+               {"device_class": "data_size", "unit_of_measurement": "B", "suggested_unit_of_measurement": "MB",
+                "state_class": "measurement", **diag, "icon": "mdi:folder-outline"}),
+        sensor("health_storage_evidence", "Evidence storage",
+               "{{ value_json.storage.evidence.bytes if value_json.storage else None }}",
+               {"device_class": "data_size", "unit_of_measurement": "B", "suggested_unit_of_measurement": "MB",
+                "state_class": "measurement", **diag, "icon": "mdi:image-multiple-outline"}),
+        Entity("binary_sensor", "health_clock", "Clock problem", COMPONENT,
+               "{{ 'ON' if not value_json.clock.valid or value_json.clock.ntp_synchronized == false else 'OFF' }}",
+               {"device_class": "problem", **diag, "icon": "mdi:clock-alert-outline"}),
+    ]
 
 
 def _utc_now_iso() -> str:
@@ -101,12 +155,22 @@ class HealthMonitor(Worker):
     critical = True
 
     def __init__(self, bus: Bus, cfg: HealthConfig, storage_path: Path, *, store: Store | None = None,
-                 name: str = COMPONENT) -> None:
-        super().__init__(name, bus, tick_s=MAX_SLEEP_CHUNK_S, inbox=(Request,) if store is not None else ())
+                 name: str = COMPONENT, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
+                 kernel_ntp: Callable[[], bool | None] = kernel_ntp_synchronized) -> None:
+        super().__init__(name, bus, tick_s=MAX_SLEEP_CHUNK_S, inbox=(Request,), clock=clock)
         self.cfg = cfg
         self.storage_path = Path(storage_path)
         self.history = None if store is None else HealthHistory(
             store, days=cfg.history_days, full_days=cfg.history_full_days, interval_s=cfg.interval_s)
+        self.wall_clock = wall_clock
+        self.kernel_ntp = kernel_ntp
+        self._identity = SystemIdentity(cfg.sources, cfg.identity_interval_s, clock=clock)
+        self._clock_watch = ClockWatch(cfg.clock.min_year, cfg.clock.ntp_alert_after_s)
+        self._clock_wanted: set[str] = set()
+        self._processes = ProcessSampler(cfg.sources.mountinfo)
+        self._storage = StorageSampler(self.storage_path, cfg.storage_interval_s, max_entries=cfg.storage_walk_max_entries,
+                                       budget_s=cfg.storage_walk_budget_s, clock=clock)
         self._sampler: SystemSampler | None = None
         self._nvml: NvmlReader | None = None
         self._assessment: scoring.Assessment = scoring.OK
@@ -126,7 +190,8 @@ class HealthMonitor(Worker):
         zones = read_thermal_zones(src.thermal_glob)
         gpu = self._read_gpu(zones)
         pi = read_pi_throttling(src.vcgencmd, src.pi_throttled_sysfs, src.pi_command_timeout_s)
-        self._declare(pi_present=pi is not None, gpu_present=bool(gpu["present"]))
+        wifi = self._identity.read()["wifi"]
+        self._declare(pi_present=pi is not None, gpu_present=bool(gpu["present"]), wifi_present=bool(wifi))
         logger.info(
             "health monitor started: every %gs, Pi throttling %s, GPU %s",
             self.cfg.interval_s,
@@ -153,26 +218,33 @@ class HealthMonitor(Worker):
             self._nvml.close()
             self._nvml = None
 
-    def entities(self, *, pi_present: bool = True, gpu_present: bool = True) -> tuple[Entity, ...]:
-        """HA entities it declares; by default every one it may (the Pi flags and GPU load appear with the hardware)."""
-        return health_entities(self.cfg.interval_s, pi_present=pi_present, gpu_present=gpu_present)
+    def entities(self, *, pi_present: bool = True, gpu_present: bool = True,
+                 wifi_present: bool = True) -> tuple[Entity, ...]:
+        """HA entities it declares; by default every one it may (Pi flags, GPU and Wi-Fi appear with the hardware)."""
+        return health_entities(self.cfg.interval_s, pi_present=pi_present, gpu_present=gpu_present,
+                               wifi_present=wifi_present)
 
     def offer(self, spec: RequestSpec) -> RequestSpec | None:
         """`history/health` only with a store to keep the history in."""
-        return spec if self.history is not None else None
+        return spec if spec.command != "history/health" or self.history is not None else None
 
     @command("history/health", HealthHistoryArgs, example={"hours": 168, "limit": 200},
              summary="The health history (default: the last 24 h), downsampled to at most limit points: worst status, "
                      "mean figures and lowest score per time bucket.")
     def _history(self, req: Request, args: HealthHistoryArgs) -> dict[str, Any]:
         assert self.history is not None
-        now = time.time()
+        now = self.wall_clock()
         return self.history.query(resolve_range(args, now), args.limit, now)
 
     def state_extra(self) -> dict[str, Any]:
         """Status and score for the daemon's worker table."""
         current = self._assessment
         return {"status": current.status, "score": current.score}
+
+    @command("health/processes", ProcessesArgs, example={"limit": 10},
+             summary="Top processes by CPU and by memory that the daemon may see (visibility says which).")
+    def _top_processes(self, req: Request, args: ProcessesArgs) -> dict[str, Any]:
+        return self._processes.top(args.limit, self.sleep)
 
     # -- one cycle -------------------------------------------------------------
 
@@ -189,9 +261,11 @@ class HealthMonitor(Worker):
         ).to_json()
         self.bus.set_state(COMPONENT, state)
         self._record(state)
-        self._declare(pi_present=state["pi"] is not None, gpu_present=bool(state["gpu"]["present"]))
+        self._declare(pi_present=state["pi"] is not None, gpu_present=bool(state["gpu"]["present"]),
+                      wifi_present=bool(state["system"]["wifi"]))
         try:
             self._announce(previous, current, state)
+            self._announce_clock(state["clock"])
         except Exception:
             # The event sink could not persist (e.g. the disk is full - a health problem itself).
             # Keep the previous assessment so the same transitions are retried next time.
@@ -230,6 +304,9 @@ class HealthMonitor(Worker):
             "pi": pi.as_dict() if pi is not None else None,
             "gpu": gpu,
             "power": {"rails": [r.as_dict() for r in rails]} if rails else None,
+            "system": self._identity.read(),
+            "clock": self._read_clock(),
+            "storage": self._storage.read(),
             "ts": _utc_now_iso(),
         }
 
@@ -240,7 +317,7 @@ class HealthMonitor(Worker):
         if self.history is None:
             return
         try:
-            self.history.record(state, time.time())
+            self.history.record(state, self.wall_clock())
         except Exception:
             logger.exception("health: could not record the history sample", extra=ev("health_history_failed"))
 
@@ -248,7 +325,9 @@ class HealthMonitor(Worker):
         """Jetson devfreq load first, else NVML, else `{"present": false}`."""
         load = read_jetson_gpu_load(self.cfg.sources.jetson_gpu_load)
         if load is not None:
-            return {"present": True, "source": "jetson", "load_pct": load, "temp_c": gpu_temperature(zones)}
+            # memory_pct: Jetson GPUs share the system RAM (see `memory`).
+            return {"present": True, "source": "jetson", "load_pct": load, "temp_c": gpu_temperature(zones),
+                    "memory_pct": None}
         gpus = self._nvml.read() if self._nvml is not None else None
         if gpus:
             first = gpus[0]
@@ -263,14 +342,29 @@ class HealthMonitor(Worker):
             }
         return {"present": False}
 
-    def _declare(self, *, pi_present: bool, gpu_present: bool) -> None:
+    def _read_clock(self) -> dict[str, Any]:
+        """The `clock` section; remembers which clock alerts should be active."""
+        src = self.cfg.sources
+        synced, how = ntp_synchronized(src.adjtimex, src.timesync_flag, self.kernel_ntp)
+        section, self._clock_wanted = self._clock_watch.assess(self.clock(), self.wall_clock(), synced, how)
+        return section
+
+    def _announce_clock(self, section: dict[str, Any]) -> None:
+        """Raise/clear the clock alerts whose state changed."""
+        for alert in self._clock_watch.alerts(self._clock_wanted, section):
+            log = logger.warning if alert.active else logger.info
+            log("health clock: %s", alert.message, extra=ev("health_clock_alert", code=alert.code, active=alert.active))
+            self.bus.raise_alert(alert)
+        self._clock_watch.commit(self._clock_wanted)
+
+    def _declare(self, *, pi_present: bool, gpu_present: bool, wifi_present: bool) -> None:
         """Publish the HA entities when they differ from what was last declared (e.g. a GPU appeared)."""
-        entities = self.entities(pi_present=pi_present, gpu_present=gpu_present)
+        entities = self.entities(pi_present=pi_present, gpu_present=gpu_present, wifi_present=wifi_present)
         if entities == self._entities:
             return
         self.bus.publish(Discovery(COMPONENT, entities))
         if self._entities is not None:
-            logger.info("health entities changed: Pi flags %s, GPU %s", pi_present, gpu_present)
+            logger.info("health entities changed: Pi flags %s, GPU %s, Wi-Fi %s", pi_present, gpu_present, wifi_present)
         self._entities = entities
 
     def _announce(

@@ -35,4 +35,7 @@ class HealthState(State):
     pi: dict[str, Any] | None
     gpu: dict[str, Any]
     power: dict[str, Any] | None
+    system: dict[str, Any] | None = None
+    clock: dict[str, Any] | None = None
+    storage: dict[str, Any] | None = None
     ts: str

@@ -27,7 +27,7 @@ from ..runtime.commands import ANSWERED_LATER, RequestError, RequestSpec, comman
 from ..runtime.worker import FatalWorkerError, Worker
 from ..states.detector import DetectorState, GateState, LastDecision, Percentiles, Thresholds
 from .decision import VotePolicy, decide, effective_policy
-from .evidence import EvidenceStore
+from .evidence import EvidenceStore, WaterMarks
 from .evidence_writer import EvidenceWriter
 from .frames import Frame, LatestFrame, is_fresh
 from .model import LoadedModel, ModelError, load_model, percentile
@@ -96,13 +96,15 @@ class DetectorWorker(Worker):
     state_min_interval_s = 5.0  # the stage timings change with every inference; decisions force a publish
 
     def __init__(self, bus: Bus, cfg: DetectorConfig, camera: CameraConfig, evidence_cfg: EvidenceConfig,
-                 frames: LatestFrame, storage: Path, *, name: str = "detector") -> None:
+                 frames: LatestFrame, storage: Path, *, name: str = "detector",
+                 water_marks: WaterMarks | None = None) -> None:
         super().__init__(name, bus, tick_s=0.5, inbox=(PresenceChanged, Request, _Loaded))
         self.cfg = cfg
         self.camera = camera
         self.evidence_cfg = evidence_cfg
         self.frames = frames
         self.storage = storage
+        self.water_marks = water_marks
         self.model: LoadedModel | None = None
         self.evidence: EvidenceStore | None = None
         self.evidence_writer: EvidenceWriter | None = None
@@ -164,8 +166,10 @@ class DetectorWorker(Worker):
             except ModelError as exc:
                 self.bus.raise_alert(Alert(self.name, "model_invalid", "critical", str(exc)))
                 raise FatalWorkerError(f"detector.model: {exc}") from None
+        # Above the high-water mark the store prunes itself on the writer's thread and alerts over the bus.
         self.evidence = EvidenceStore(self.storage, self.evidence_cfg,
-                                      [c.name for c in sorted(self.model.classmap.classes, key=lambda c: c.index)])
+                                      [c.name for c in sorted(self.model.classmap.classes, key=lambda c: c.index)],
+                                      water_marks=self.water_marks, alert=self.bus.raise_alert)
         self.evidence_writer = EvidenceWriter(
             self.evidence, lambda jpeg: self.bus.publish(BinaryPublish(f"{self.name}/snapshot", jpeg)))
         self.evidence_writer.start()

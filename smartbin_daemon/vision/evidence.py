@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +43,7 @@ from ..config import EvidenceConfig
 from ..logs import ev
 from ..messages import Decision, DetectedBox
 from ..runtime import files
+from ..runtime.bus import Alert
 from .annotate import annotate, as_bgr, decision_title, encode_jpeg, yolo_label_lines
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,20 @@ def _safe(text: str, limit: int = 40) -> str:
 
 
 # --------------------------------------------------------------------------- store
+
+
+@dataclass(frozen=True)
+class WaterMarks:
+    """Storage disk usage (%) at which evidence and the dataset are pruned, oldest first, and down to which."""
+
+    high_pct: float
+    low_pct: float
+
+
+def disk_used_free(path: Path) -> tuple[int, int]:
+    """Used and free bytes of the filesystem holding `path` (free as an unprivileged user sees it, like `df`)."""
+    usage = shutil.disk_usage(path)
+    return usage.total - usage.free, usage.free
 
 
 @dataclass
@@ -97,8 +112,14 @@ class EvidenceStore:
     `emulated_free_bytes` is a test hook: when set, writes beyond it fail with ENOSPC and deletions give it back.
     """
 
-    def __init__(self, root: Path, cfg: EvidenceConfig, class_names: Sequence[str]) -> None:
+    def __init__(self, root: Path, cfg: EvidenceConfig, class_names: Sequence[str], *,
+                 water_marks: WaterMarks | None = None, alert: Callable[[Alert], Any] | None = None,
+                 disk_usage: Callable[[Path], tuple[int, int]] = disk_used_free) -> None:
         self.root = Path(root)
+        self.water_marks = water_marks
+        self.alert = alert
+        self.disk_usage = disk_usage
+        self.high_water: dict[str, Any] = {"active": False, "prunes": 0, "files": 0, "bytes": 0, "last_pct": None}
         self.cfg = cfg
         self.class_names = [str(n) for n in class_names]
         self.snapshot_dir = self.root / SNAPSHOT_DIR
@@ -232,10 +253,11 @@ class EvidenceStore:
             return image_path
 
     def housekeeping(self) -> None:
-        """Apply the age limit and, when due (hourly), rebuild the index from disk; cheap to call often."""
+        """Apply the age limit, the disk's high-water mark and, when due (hourly), rebuild the index from disk."""
         with self._lock:
             self._maybe_rescan()
             self._enforce_snapshots()
+            self._enforce_high_water()
 
     def rescan(self) -> None:
         """Rebuild both indexes from disk, drop leftovers of interrupted writes, then apply the limits."""
@@ -317,6 +339,7 @@ class EvidenceStore:
                 },
                 "skipped": dict(self.skipped),
                 "last_error": self.last_error,
+                "high_water": dict(self.high_water),
             }
 
     # ------------------------------------------------------------------ snapshots
@@ -351,13 +374,66 @@ class EvidenceStore:
         cutoff = time.time() - self.cfg.snapshot_max_age_days * 86400.0
         quota = self.snapshot_quota_bytes
         while self._snaps and (self._snap_bytes > quota or self._snaps[0].mtime < cutoff):
-            snap = self._snaps.popleft()
-            self._snap_bytes -= snap.size
-            self._unlink(snap.path)
-            self.deleted["snapshots"] += 1
-            if self.latest_snapshot_path == snap.path:
-                self.latest_snapshot_path = None
-            self._rmdir(snap.path.parent)
+            self._drop_oldest_snapshot()
+
+    def _drop_oldest_snapshot(self) -> tuple[int, int]:
+        """Delete the oldest snapshot; (files, bytes) deleted."""
+        snap = self._snaps.popleft()
+        self._snap_bytes -= snap.size
+        freed = self._unlink(snap.path)
+        self.deleted["snapshots"] += 1
+        if self.latest_snapshot_path == snap.path:
+            self.latest_snapshot_path = None
+        self._rmdir(snap.path.parent)
+        return 1, freed
+
+    def _enforce_high_water(self) -> None:
+        """Above the high-water mark, delete snapshots and dataset pairs, oldest first, down to the low mark."""
+        marks = self.water_marks
+        if marks is None:
+            return
+        try:
+            used, free = self.disk_usage(self.root)
+        except OSError as exc:
+            logger.debug("evidence: disk usage of %s unavailable: %s", self.root, exc)
+            return
+        total = used + free
+        pct = 100.0 * used / total if total > 0 else 0.0
+        if pct < marks.high_pct:
+            if self.high_water["active"]:
+                self.high_water.update(active=False, last_pct=round(pct, 1))
+                self._alert(False, f"storage disk back below {marks.high_pct:g}% ({pct:.1f}%)")
+            return
+        files, freed = self._prune_oldest(used - marks.low_pct / 100.0 * total)
+        after = 100.0 * (used - freed) / total
+        hw = self.high_water
+        was_active = hw["active"]
+        hw.update(active=True, prunes=hw["prunes"] + bool(files), files=hw["files"] + files,
+                  bytes=hw["bytes"] + freed, last_pct=round(after, 1))
+        if was_active and not files:
+            return  # still high, nothing left to prune: said once already
+        left = "" if after <= marks.low_pct else "; nothing left to prune, free space by other means"
+        message = (f"storage disk at {pct:.1f}% >= {marks.high_pct:g}%: pruned {files} evidence/dataset file(s) "
+                   f"({freed / 1_048_576:.1f} MB), oldest first, now {after:.1f}%{left}")
+        logger.warning("evidence: %s", message, extra=ev("evidence_high_water", files=files, bytes=freed))
+        self._alert(True, message)
+
+    def _prune_oldest(self, goal: float) -> tuple[int, int]:
+        """Delete the oldest snapshot or dataset pair until `goal` bytes are freed or none is left."""
+        files = freed = 0
+        while freed < goal and (self._snaps or self._pairs):
+            if self._snaps and (not self._pairs or self._snaps[0].mtime <= self._pairs[0].mtime):
+                n, size = self._drop_oldest_snapshot()
+            else:
+                n, size = self._drop_oldest_pair()
+            files += n
+            freed += size
+        return files, freed
+
+    def _alert(self, active: bool, message: str) -> None:
+        """Raise or clear the `storage_high_water` alert (from the writer's thread, over the bus)."""
+        if self.alert is not None:
+            self.alert(Alert("detector", "storage_high_water", "warning" if active else "info", message, active=active))
 
     def _scan_snapshots(self) -> None:
         """Rebuild the snapshot index from disk; remove interrupted writes and empty day folders."""
@@ -489,13 +565,20 @@ split, so their share of the validation metrics is optimistic.
         """Delete the oldest image/label pairs beyond the image cap or the byte quota."""
         quota = self.dataset_quota_bytes
         while self._pairs and (len(self._pairs) > self.cfg.dataset_max_images or self._pair_bytes > quota):
-            pair = self._pairs.popleft()
-            self._pair_bytes -= pair.size
-            self._labelled -= pair.labelled
-            self._unlink(pair.image)  # image first: it is never visible without its label
-            if pair.label is not None:
-                self._unlink(pair.label)
-            self.deleted["dataset_images"] += 1
+            self._drop_oldest_pair()
+
+    def _drop_oldest_pair(self) -> tuple[int, int]:
+        """Delete the oldest dataset image and its label; (files, bytes) deleted."""
+        pair = self._pairs.popleft()
+        self._pair_bytes -= pair.size
+        self._labelled -= pair.labelled
+        freed = self._unlink(pair.image)  # image first: it is never visible without its label
+        files = 1
+        if pair.label is not None:
+            freed += self._unlink(pair.label)
+            files += 1
+        self.deleted["dataset_images"] += 1
+        return files, freed
 
     def _scan_dataset(self) -> None:
         """Rebuild the dataset index; remove interrupted writes and labels of this store without an image."""

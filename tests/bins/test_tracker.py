@@ -534,7 +534,7 @@ def test_a_rising_history_gives_a_fill_rate_and_a_predicted_full_time(rig: Rig) 
 # --------------------------------------------------------------------------- Home Assistant
 
 
-def test_discovery_declares_fill_level_items_predicted_full_full_and_emptied_per_compartment(rig: Rig) -> None:
+def test_discovery_declares_fill_level_items_predicted_full_free_rate_full_and_emptied_per_compartment(rig: Rig) -> None:
     discovery = [m for m in rig.drain() if isinstance(m, Discovery) and m.component == "fill"]
     assert discovery, "published at start"
     entities = {e.object_id: e for e in discovery[-1].entities}
@@ -549,13 +549,17 @@ def test_discovery_declares_fill_level_items_predicted_full_full_and_emptied_per
         predicted = entities[f"bin_{c}_predicted_full"]
         assert predicted.platform == "sensor" and predicted.options["device_class"] == "timestamp"
         assert "predicted_full_at" in (predicted.value_template or "")
+        free = entities[f"bin_{c}_free"]
+        assert free.options["unit_of_measurement"] == "L" and "free_l" in (free.value_template or "")
+        rate = entities[f"bin_{c}_fill_rate"]
+        assert rate.options["unit_of_measurement"] == "%/h" and "rate_pct_per_h" in (rate.value_template or "")
         full = entities[f"bin_{c}_full"]
         assert full.platform == "binary_sensor" and full.options["device_class"] == "problem"
         button = entities[f"bin_{c}_emptied"]
         assert button.platform == "button" and button.options["command_topic"] == "bin/emptied"
         assert f'"compartment": "{c}"' in button.options["payload_press"]
         assert all(e.component == "fill" for e in (fill, level, predicted, full, button))
-    assert len(entities) == 6 * 3
+    assert len(entities) == 8 * 3
     assert rig.bus.entities()["fill"] == discovery[-1].entities
 
 

@@ -288,6 +288,16 @@ def test_lid_buttons_follow_ownership(tmp_path: Path) -> None:
     assert "lid" not in {s.command for s in gpio_has_lid.requests()}
 
 
+def test_weight_and_mcu_temperature_have_sensors(tmp_path: Path) -> None:
+    cfg = ArduinoConfig.model_validate({"enabled": True, "backend": "simulator"})
+    entities = {e.object_id: e for e in ArduinoLink(Bus(), cfg, tmp_path).entities()}
+    weight, mcu = entities["arduino_weight"], entities["arduino_temperature"]
+    assert weight.value_template == "{{ value_json.weight_g }}" and weight.options["unit_of_measurement"] == "g"
+    assert weight.options["device_class"] == "weight" and "entity_category" not in weight.options
+    assert mcu.value_template == "{{ value_json.temperature_c }}" and mcu.options["device_class"] == "temperature"
+    assert mcu.options["entity_category"] == "diagnostic"
+
+
 def test_a_request_is_served_at_once_while_the_port_is_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(link_module, "READ_TIMEOUT_S", 3.0)  # a read that only the port could end would wait this
     rig = Rig(tmp_path, stale_after_s=60, reconnect_after_s=120)

@@ -118,8 +118,9 @@ def test_the_health_monitor_records_each_sample_and_answers_history_health(tmp_p
     bus = Bus()
     answers = bus.subscribe("test", (Response,))
     monitor = HealthMonitor(bus, cfg, tmp_path, store=store)
-    assert [s.command for s in monitor.requests()] == ["history/health"]
-    assert HealthMonitor(bus, cfg, tmp_path).requests() == [], "without a store, no history request is offered"
+    assert sorted(s.command for s in monitor.requests()) == ["health/processes", "history/health"]
+    assert [s.command for s in HealthMonitor(bus, cfg, tmp_path).requests()] == ["health/processes"], \
+        "without a store, no history request is offered"
     thread = threading.Thread(target=monitor.run, daemon=True)
     thread.start()
     try:

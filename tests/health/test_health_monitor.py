@@ -34,6 +34,12 @@ def sources(data_dir: Path, platform: str, *, vcgencmd: str | None = None, **ext
         "jetson_gpu_load": [root / "gpu.0" / "load"],
         "jetson_power_glob": str(root / "ina3221" / "*" / "hwmon" / "hwmon*"),
         "nvml": False,
+        "os_release": root / "proc" / "os-release",
+        "cpuinfo": root / "proc" / "cpuinfo",
+        "wireless": root / "proc" / "wireless",
+        "iwgetid": None,
+        "adjtimex": False,
+        "timesync_flag": None,
     }
     values.update(extra)
     return HealthSources(**values)
@@ -215,7 +221,7 @@ def test_jetson_gpu_temperatures_and_power_rails(data_dir, tmp_path):
     finally:
         monitor.teardown()
 
-    assert state["gpu"] == {"present": True, "source": "jetson", "load_pct": 45.2, "temp_c": 46.5}
+    assert state["gpu"] == {"present": True, "source": "jetson", "load_pct": 45.2, "temp_c": 46.5, "memory_pct": None}
     assert state["temperatures"]["cpu_c"] == pytest.approx(48.5)
     assert state["temperatures"]["gpu_c"] == pytest.approx(46.5)
     assert platform_conditions(state) == set(), "the 100 °C PMIC-Die dummy must not trip the temperature"
@@ -250,7 +256,18 @@ def test_laptop_without_gpu_reports_absent(data_dir, tmp_path):
         "health_disk",
         "health_cpu_temperature",
         "health_process_rss",
-    }
+        "health_network_rx",
+        "health_network_tx",
+        "health_os",
+        "health_kernel",
+        "health_cpu_model",
+        "health_cpu_clock",
+        "health_ip_address",
+        "health_boot_time",
+        "health_clock",
+        "health_storage_used",
+        "health_storage_evidence",
+    }, "no GPU, Pi or Wi-Fi entities on a laptop without them"
 
 
 @pytest.mark.skipif(
@@ -277,7 +294,7 @@ def test_state_layout_is_stable_json_with_snake_case_keys(data_dir, fake_command
 
     assert list(state) == [
         "status", "score", "conditions", "cpu", "memory", "swap", "disk", "temperatures",
-        "uptime_s", "network", "process", "pi", "gpu", "power", "ts",
+        "uptime_s", "network", "process", "pi", "gpu", "power", "system", "clock", "storage", "ts",
     ]  # fmt: skip
 
     def keys(node: Any) -> list[str]:
@@ -324,12 +341,19 @@ def test_entity_templates_render_against_the_state(data_dir, fake_command, tmp_p
     assert float(rendered["health_cpu"]) == state["cpu"]["percent"]
     assert float(rendered["health_disk"]) == state["disk"]["storage"]["percent"]
     assert float(rendered["health_process_rss"]) == state["process"]["rss_mb"]
+    assert rendered["health_os"] == "Debian GNU/Linux 12 (bookworm)"
+    assert rendered["health_cpu_model"] == "Raspberry Pi 4 Model B Rev 1.4"
+    assert rendered["health_wifi_signal"] == "-52.0"
+    assert rendered["health_wifi_ssid"] == "None", "no iwgetid here: HA shows unknown"
+    assert rendered["health_clock"] == "OFF", "NTP state unknown (no source configured) is no problem"
+    assert rendered["health_boot_time"] == state["system"]["boot_time"]
+    assert rendered["health_storage_used"] == str(state["storage"]["total_bytes"])
 
 
 def test_entity_options_for_home_assistant():
     entities = {e.object_id: e for e in health_entities(10, pi_present=True, gpu_present=True)}
 
-    assert len(entities) == 10
+    assert len(entities) == 25
     assert all(e.component == "health" and e.value_template for e in entities.values())
     assert all(e.options["expire_after"] == 30 for e in entities.values())
     assert entities["health_status"].options["device_class"] == "enum"
@@ -342,6 +366,14 @@ def test_entity_options_for_home_assistant():
     assert entities["health_under_voltage"].options["device_class"] == "problem"
     assert entities["health_process_rss"].options["unit_of_measurement"] == "MB"
     assert entities["health_cpu"].options["entity_category"] == "diagnostic"
+    assert all(entities[k].options["entity_category"] == "diagnostic" for k in (
+        "health_gpu_temperature", "health_gpu_memory", "health_network_rx", "health_os", "health_kernel",
+        "health_cpu_clock", "health_ip_address", "health_boot_time", "health_clock", "health_wifi_signal"))
+    assert entities["health_gpu_temperature"].options["device_class"] == "temperature"
+    assert entities["health_network_rx"].options["unit_of_measurement"] == "B/s"
+    assert entities["health_wifi_signal"].options["device_class"] == "signal_strength"
+    assert entities["health_boot_time"].options["device_class"] == "timestamp"
+    assert entities["health_clock"].platform == "binary_sensor"
     assert health_entities(1.5, pi_present=False, gpu_present=False)[0].options["expire_after"] == 5
 
 
@@ -362,8 +394,29 @@ def test_discovery_is_republished_when_a_gpu_appears(data_dir, tmp_path):
 
     republished = drain(sub)
     assert len(republished) == 1
-    assert "health_gpu_load" in {e.object_id for e in republished[0].entities}
+    assert {"health_gpu_load", "health_gpu_temperature", "health_gpu_memory"} <= {
+        e.object_id for e in republished[0].entities}
     assert state["gpu"]["load_pct"] == 12.0
+
+
+def test_discovery_is_republished_when_a_wifi_interface_appears(data_dir, tmp_path):
+    wireless = tmp_path / "wireless"
+    shutil.copyfile(data_dir / "x86_laptop" / "proc" / "wireless", wireless)
+    bus = Bus()
+    sub = bus.subscribe("t", [Discovery])
+    monitor = HealthMonitor(bus, config(sources(data_dir, "x86_laptop", wireless=wireless)), tmp_path)
+    monitor.setup()
+    try:
+        monitor.poll()
+        assert "health_wifi_signal" not in {e.object_id for e in drain(sub)[-1].entities}
+        shutil.copyfile(data_dir / "rpi4" / "proc" / "wireless", wireless)
+        state = monitor.poll()
+    finally:
+        monitor.teardown()
+
+    republished = drain(sub)
+    assert len(republished) == 1 and "health_wifi_signal" in {e.object_id for e in republished[0].entities}
+    assert state["system"]["wifi"][0]["signal_dbm"] == -52.0
 
 
 class _BrokenSink:
