@@ -24,7 +24,8 @@ from ..config import (
 from ..control import STATE_FILE
 from ..runtime.commands import COMMAND_RE
 from .doctor import doctor_checks
-from .render import _num, format_event, render_status
+from ..states.selftest import MAX_RUN_S, MOVING, PARTS
+from .render import _num, format_event, render_selftest, render_status
 from .session import (
     COMPONENTS,
     DEFAULT_CONFIG,
@@ -194,11 +195,12 @@ def _parse_args_json(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _request(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: dict[str, Any]) -> Answer | None:
+def _request(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: dict[str, Any],
+             answer_within_s: float = 0.0) -> Answer | None:
     key, secret, note = signing_key(ctl.cfg, ctl.base_dir, getattr(args, "key", None) or os.environ.get("SMARTBIN_KEY"))
     if note:
         _err(f"note: {note}")
-    answer_timeout = float(args.timeout) if args.timeout else ctl.cfg.mqtt.request_timeout_s + 2.0
+    answer_timeout = float(args.timeout) if args.timeout else max(ctl.cfg.mqtt.request_timeout_s, answer_within_s) + 2.0
     try:
         return send_request(ctl.cfg, command, payload, secret=secret, connect_timeout=_connect_timeout(args),
                             answer_timeout=answer_timeout, key=key)
@@ -257,6 +259,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"Calibration now: empty = {_num(empty, unit=' mm')}, full = {_num(full, unit=' mm')}{span}. "
           "Saved on the bin; it overrides the config from now on.")
     return EXIT_OK
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """`selftest`: the checks as a table; exit 1 when one failed (or the daemon refused), 2 on no answer."""
+    ctl = _load(args)
+    if ctl is None:
+        return EXIT_NO_ANSWER
+    parts = list(dict.fromkeys(args.parts)) if args.parts else list(PARTS)
+    payload: dict[str, Any] = {"move": not args.no_move and bool(MOVING.intersection(parts))}
+    if args.parts:
+        payload["parts"] = parts
+    answer = _request(args, ctl, "selftest", payload, answer_within_s=MAX_RUN_S + 5.0)
+    if answer is None:
+        return EXIT_NO_ANSWER
+    if answer.response is None:
+        _err(f"smartbinctl: {answer.problem}")
+        return EXIT_NO_ANSWER
+    if not answer.ok:
+        _err(f"self-test refused: {answer.response.get('error')}")
+        return EXIT_ERROR
+    data = answer.response.get("data") or {}
+    print(render_selftest(data))
+    return EXIT_OK if data.get("status") == "pass" else EXIT_ERROR
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -352,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("point", choices=("empty", "full"), help="which calibration point the compartment is at now")
     p.add_argument("--distance-mm", type=float, help="use this distance instead of the current sensor reading")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("selftest", parents=[common], help="exercise the hardware, one line per check (exit 1 on a fail)",
+                       description="Run the `selftest` request: distance sensors, drop sensor, scale, lid, flap routes, "
+                                   "LED, buzzer, camera, detector. Moving parts need a signature (the config's key) "
+                                   "and an idle bin; --no-move skips them.")
+    p.add_argument("--parts", nargs="+", choices=PARTS, metavar="PART", help=f"only these: {', '.join(PARTS)}")
+    p.add_argument("--no-move", action="store_true", help="skip the lid, flap routes, LED and buzzer (needs no signature)")
+    p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser("logs", parents=[common], help="journalctl -u smartbin with SMARTBIN_* filters")
     p.add_argument("component", nargs="?", help=f"one component: {', '.join(COMPONENTS)}")

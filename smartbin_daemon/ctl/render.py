@@ -31,6 +31,7 @@ from ..states import (
 from ..states.arduino import LinkCounters
 from ..states.detector import LastDecision, Percentiles
 from ..states.mqtt import OutboxCounts
+from ..states.selftest import SelfTestState
 from ..states.workflow import SortingCounts
 from .session import BAR_WIDTH, Snapshot, _fmt_time, _parse_iso
 
@@ -426,3 +427,19 @@ def format_event(envelope: dict[str, Any]) -> str:
     return f"{clock}  {etype:<16} {text}"
 
 
+
+
+def render_selftest(data: Any) -> str:
+    """A self-test answer as a table: one row per check (part, what, result, value, time, detail) and the verdict."""
+    result = SelfTestState.from_json(data)
+    rows = [("PART", "CHECK", "RESULT", "VALUE", "TIME", "DETAIL")]
+    for p in result.parts:
+        value = "" if p.value is None else (f"{p.value:g}" if isinstance(p.value, float) else str(p.value))
+        rows.append((p.part, p.name, str(p.status).upper(), f"{value} {p.unit or ''}".strip(),
+                     _num(p.duration_ms, "{:.0f}", " ms") if p.duration_ms is not None else "", p.detail or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    lines.append(f"self-test {str(result.status or 'unknown').upper()}: {result.passed} passed, {result.failed} "
+                 f"failed, {result.skipped} skipped in {_num(result.duration_s, '{:.1f}', ' s')}"
+                 f"{'' if result.move else ' (nothing moved)'}")
+    return "\n".join(line.rstrip() for line in lines)

@@ -16,6 +16,7 @@ from .fill import BinLevel, CompartmentFill, FillState
 from .gpio import GpioState
 from .health import HealthState, HealthStatus
 from .mqtt import MqttState
+from .selftest import PartResult, PartStatus, SelfTestState, SelfTestStatus
 from .simulation import SimulationState
 from .workflow import SortingState, WorkflowState
 
@@ -30,6 +31,7 @@ STATE_MODELS: dict[str, type[State]] = {
     "fill": FillState,
     "workflow": WorkflowState,
     "simulation": SimulationState,
+    "selftest": SelfTestState,
 }
 """The model of each component's `<root>/<component>` state, by component name."""
 
@@ -43,5 +45,5 @@ def parse_state(component: str, data: object) -> State | None:
 __all__ = [
     "STATE_MODELS", "ArduinoState", "BinLevel", "CameraState", "CompartmentFill", "ConnectionStatus", "DaemonState",
     "DetectorState", "FillState", "GateState", "GpioState", "HealthState", "HealthStatus", "MqttState",
-    "SimulationState", "SortingState", "State", "WorkflowState", "parse_state",
+    "PartResult", "PartStatus", "SelfTestState", "SelfTestStatus", "SimulationState", "SortingState", "State", "WorkflowState", "parse_state",
 ]

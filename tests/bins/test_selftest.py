@@ -1,0 +1,130 @@
+"""The self-test against the whole bin in this process: the simulated Arduino on a pty (lid, flap, sensors, scale),
+mock GPIO, the shipped model on an image-folder camera, `security.privileged: hmac` (the `running` fixture of
+tests/test_privilege.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ..conftest import REPO, wait_until
+from ..test_privilege import ROOT, RunningBin, ok, running  # noqa: F401 - `running` is the fixture
+
+ALL_CHECKS = {"ultrasonic": 3, "drop": 1, "scale": 1, "lid": 1, "routes": 4, "led": 1, "buzzer": 1, "camera": 1,
+              "detector": 1}
+"""Checks per part on this bin: three distance sensors, three compartments plus the way home."""
+
+
+def by_name(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The checks of a self-test answer by `<part>/<name>`."""
+    return {f"{p['part']}/{p['name']}": p for p in result["parts"]}
+
+
+def retained(port: int, topic: str) -> dict[str, Any]:
+    """The retained message on a topic, as a new subscriber gets it."""
+    got: list[bytes] = []
+    arrived = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="selftest-retained")
+
+    def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if msg.retain:
+            got.append(msg.payload)
+            arrived.set()
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    try:
+        assert arrived.wait(5), f"no retained message on {topic}"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return json.loads(got[-1])  # type: ignore[no-any-return]
+
+
+def smartbinctl(running: RunningBin, *args: str) -> subprocess.CompletedProcess[str]:
+    """`smartbinctl <args> --config <the bin's config>` from this tree (it signs with the config's secret)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "smartbin_daemon.ctl", *args, "--config", str(running.config)],
+                          capture_output=True, text=True, timeout=150, cwd=REPO, env=env)
+
+
+def test_every_part_passes_moves_under_maintenance_and_is_retained(running: RunningBin) -> None:
+    mark = len(running.frames())
+    seen_states: list[str] = []
+    watcher = threading.Thread(target=lambda: [seen_states.append(running.workflow_state()) or threading.Event().wait(0.05)
+                                               for _ in range(200)], daemon=True)
+    watcher.start()
+    result = ok(running.signed("selftest", timeout=60))
+    assert result["status"] == "pass", result
+    counts = {part: sum(p["part"] == part for p in result["parts"]) for part in ALL_CHECKS}
+    assert counts == ALL_CHECKS
+    assert all(p["status"] == "pass" for p in result["parts"]), [p for p in result["parts"] if p["status"] != "pass"]
+    checks = by_name(result)
+    assert checks["ultrasonic/recycling"]["unit"] == "mm" and 30 <= checks["ultrasonic/recycling"]["value"] <= 2000
+    assert checks["camera/camera"]["unit"] == "fps" and checks["camera/camera"]["value"] > 0
+    assert checks["detector/detector"]["unit"] == "ms" and checks["detector/detector"]["value"] > 0
+    assert all(p["duration_ms"] is not None and p["at"] for p in result["parts"])
+    frames = running.frames(mark)
+    assert [f.args["op"] for f in frames if f.type == "LID"][:2] == ["lock", "unlock"]
+    assert [f.args["bin"] for f in frames if f.type == "ROUTE"] == ["1", "2", "3", "3"]
+    assert "maintenance" in seen_states, "the workflow was held while the lid and flap moved"
+    wait_until(lambda: running.workflow_state() == "idle", 5, what="idle again after the self-test")
+    assert retained(running.app.cfg.mqtt.port, f"{ROOT}/selftest") == result
+
+    # unsigned: with movement refused at the edge; without, served and nothing moves
+    refused = running.ask("selftest", {"parts": ["lid"]})
+    assert refused["status"] == "error" and "unsigned privileged request refused" in refused["error"]
+    mark = len(running.frames())
+    still = ok(running.ask("selftest", {"move": False}))
+    assert still["status"] == "pass" and not still["move"]
+    moving = [p for p in still["parts"] if p["part"] in ("lid", "routes", "led", "buzzer")]
+    assert moving and all(p["status"] == "skipped" and p["detail"] == "move is false" for p in moving)
+    assert not [f for f in running.frames(mark) if f.type in ("LID", "ROUTE", "LED", "BUZ")]
+
+    # smartbinctl: a table, exit 0; --parts without moving parts needs no flag
+    done = smartbinctl(running, "selftest", "--parts", "camera", "detector", "scale")
+    assert done.returncode == 0, done.stderr
+    assert "self-test PASS: 3 passed, 0 failed, 0 skipped" in done.stdout
+    assert done.stdout.splitlines()[0].split()[:3] == ["PART", "CHECK", "RESULT"]
+
+
+def test_a_fault_fails_its_part_and_moving_parts_wait_for_the_item(running: RunningBin) -> None:
+    running.sim.stick_echo(2, 4500)  # the paper compartment's sensor reads beyond max_mm
+    running.sim.set_ack_delay(30.0)  # the MCU executes, but no ACK arrives in time: the flap never answers
+    result = ok(running.signed("selftest", {"parts": ["ultrasonic", "routes"]}, timeout=60))
+    running.sim.set_ack_delay(0.0)
+    checks = by_name(result)
+    assert result["status"] == "fail" and result["failed"] == 1 + 4, result
+    assert checks["ultrasonic/paper"]["status"] == "fail" and checks["ultrasonic/paper"]["value"] == 4500
+    assert "outside [30, 2000] mm" in checks["ultrasonic/paper"]["detail"]
+    assert checks["ultrasonic/recycling"]["status"] == "pass"
+    assert checks["routes/recycling"]["status"] == "fail", checks["routes/recycling"]
+    assert "no ACK" in checks["routes/recycling"]["detail"], checks["routes/recycling"]
+    wait_until(lambda: retained(running.app.cfg.mqtt.port, f"{ROOT}/selftest")["status"] == "fail", 5,
+               what="the failed run retained")
+    done = smartbinctl(running, "selftest", "--parts", "ultrasonic")
+    assert done.returncode == 1 and "ultrasonic  paper" in done.stdout and "FAIL" in done.stdout, done.stdout
+    running.sim.stick_echo(2, None)
+
+    # an item in flight: the lid and flap are skipped with the reason, the rest runs
+    wait_until(lambda: running.workflow_state() == "idle", 10, what="idle")
+    running.sim.set_ack_delay(2.0)
+    running.present(True)
+    wait_until(lambda: running.workflow_state() == "routing", 20, what="an item routing")
+    result = ok(running.signed("selftest", {"parts": ["lid", "routes", "scale"]}, timeout=60))
+    checks = by_name(result)
+    assert checks["lid/lid"]["status"] == "skipped" and "the workflow is routing" in checks["lid/lid"]["detail"]
+    assert checks["routes/routes"]["status"] == "skipped"
+    assert checks["scale/scale"]["status"] == "pass" and result["status"] == "pass"
+    running.sim.set_ack_delay(0.0)
+    running.present(False)
+    wait_until(lambda: running.state("workflow")["counts"]["sorted"] >= 3, 20, what="the item sorted, undisturbed")
