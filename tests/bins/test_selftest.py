@@ -90,7 +90,12 @@ def test_every_part_passes_moves_under_maintenance_and_is_retained(running: Runn
     assert moving and all(p["status"] == "skipped" and p["detail"] == "move is false" for p in moving)
     assert not [f for f in running.frames(mark) if f.type in ("LID", "ROUTE", "LED", "BUZ")]
 
-    # smartbinctl: a table, exit 0; --parts without moving parts needs no flag
+    # smartbinctl: signed with the config's key, a table, exit 0; --parts without moving parts needs no flag
+    done = smartbinctl(running, "selftest")
+    print(f"\nSELFTEST smartbinctl selftest:\n{done.stdout}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(done.stdout.splitlines()) == 1 + sum(ALL_CHECKS.values()) + 1
+    assert "self-test PASS: 14 passed, 0 failed, 0 skipped" in done.stdout
     done = smartbinctl(running, "selftest", "--parts", "camera", "detector", "scale")
     assert done.returncode == 0, done.stderr
     assert "self-test PASS: 3 passed, 0 failed, 0 skipped" in done.stdout
