@@ -76,6 +76,9 @@ def test_a_wrong_type_is_named_by_its_field(catalogue: tuple[dict[str, Any], Pro
         ("maintenance", {"on": "maybe"}, "args.on"),
         ("config/set", {"config": "not a mapping"}, "args.config"),
         ("storage/cleanup", {"what": ["everything"]}, "args.what"),
+        ("selftest", {"parts": ["everything"]}, "args.parts"),
+        ("selftest", {"parts": []}, "args.parts"),
+        ("selftest", {"move": "maybe"}, "args.move"),
     ]
     for command, args, field in cases:
         resp = probe.request(SIM_ROOT, command, {"args": args}, timeout=15)

@@ -93,6 +93,10 @@ class Probe:
     states: Callable[[], Mapping[str, Mapping[str, Any]]]
     cfg: BinsConfig
     owners: Mapping[str, str | None]
+    readings: dict[tuple[str, int], float | None] = field(default_factory=dict)
+    """Distance readings (mm, None: no echo) by (source, channel) that arrived since the run started."""
+    weights: list[float] = field(default_factory=list)
+    """Load cell readings (g) that arrived since the run started."""
 
     def state(self, component: str) -> Mapping[str, Any] | None:
         """A component's latest published state (None: never published)."""
@@ -132,34 +136,29 @@ def _no_check(outcome: Outcome) -> Check:
 # --------------------------------------------------------------------------- sensors
 
 
-def _fresh_arduino(probe: Probe) -> Generator[Step, Any, ArduinoState | None]:
-    """The Arduino's state once telemetry newer than now has arrived (None: none within FRESH_WAIT_S)."""
-    start = ArduinoState.from_json(probe.state("arduino") or {})
-    seen = start.counters.frames_in if start.counters is not None else 0
+def _await(probe: Probe, arrived: Callable[[], bool]) -> Generator[Step, Any, bool]:
+    """Wait (at most FRESH_WAIT_S) until a reading that arrived during the run is there."""
     deadline = probe.clock() + FRESH_WAIT_S
-    while probe.clock() < deadline:
-        state = ArduinoState.from_json(probe.state("arduino") or {})
-        if state.status == ConnectionStatus.CONNECTED and state.counters is not None \
-                and state.counters.frames_in > seen:
-            return state
+    while not arrived():
+        if probe.clock() >= deadline:
+            return False
         yield Pause(POLL_S)
-    return None
+    return True
 
 
-def ultrasonic(probe: Probe, compartment: str, source: str, channel: int) -> Check:
-    """One compartment's distance sensor: a fresh reading within bins.fill.filter [min_mm, max_mm]."""
+def _link(probe: Probe) -> ArduinoState | None:
+    """The Arduino's state when its link is up and fresh (None: not connected or stale)."""
+    state = ArduinoState.from_json(probe.state("arduino") or {})
+    return state if state.status == ConnectionStatus.CONNECTED else None
+
+
+def ultrasonic(probe: Probe, source: str, channel: int) -> Check:
+    """One compartment's distance sensor: a reading taken during the run within bins.fill.filter [min_mm, max_mm]."""
     lo, hi = probe.cfg.fill.filter.min_mm, probe.cfg.fill.filter.max_mm
-    if source == "gpio":
-        gpio = probe.state("gpio")
-        if gpio is None:
-            return failed("no gpio state (the gpio worker is not running)")
-        reading = GpioState.from_json(gpio).distances.get(str(channel))
-    else:
-        state = yield from _fresh_arduino(probe)
-        if state is None:
-            return failed(f"no fresh telemetry from the Arduino in {FRESH_WAIT_S:g} s")
-        values = state.distances_mm
-        reading = values[channel - 1] if 0 < channel <= len(values) else None
+    key = (source, channel)
+    if not (yield from _await(probe, lambda: key in probe.readings)):
+        return failed(f"no reading from {source} channel {channel} in {FRESH_WAIT_S:g} s")
+    reading = probe.readings[key]
     if reading is None:
         return failed(f"no echo on {source} channel {channel}")
     if not lo <= reading <= hi:
@@ -169,25 +168,26 @@ def ultrasonic(probe: Probe, compartment: str, source: str, channel: int) -> Che
 
 def drop_sensor(probe: Probe) -> Check:
     """The drop beam: the MCU reports it fitted and its link is fresh (it is exercised by an item falling)."""
-    state = yield from _fresh_arduino(probe)
+    state = _link(probe)
     if state is None:
-        return failed(f"no fresh telemetry from the Arduino in {FRESH_WAIT_S:g} s")
+        return failed("the Arduino link is not connected")
     if "drop" not in state.sensors:
         return skipped("the Arduino reports no drop sensor")
     return passed("present", None, "reported by the MCU; a drop during a route test confirms it")
+    yield  # pragma: no cover - a check is a generator
 
 
 def scale(probe: Probe) -> Check:
-    """The load cell: a fresh, plausible weight (no tare)."""
-    state = yield from _fresh_arduino(probe)
+    """The load cell: a plausible weight read during the run (no tare)."""
+    state = _link(probe)
     if state is None:
-        return failed(f"no fresh telemetry from the Arduino in {FRESH_WAIT_S:g} s")
+        return failed("the Arduino link is not connected")
     if "hx711" not in state.sensors:
         return skipped("the Arduino reports no load cell")
-    grams = state.weight_g
+    if not (yield from _await(probe, lambda: bool(probe.weights))):
+        return failed(f"no weight reading in {FRESH_WAIT_S:g} s")
+    grams = probe.weights[-1]
     lo, hi = WEIGHT_RANGE_G
-    if grams is None:
-        return failed("no weight in the telemetry")
     if not lo <= grams <= hi:
         return failed(f"{grams:g} g is not plausible (expected {lo:g} to {hi:g} g)", grams, "g")
     return passed(grams, "g")
@@ -196,7 +196,7 @@ def scale(probe: Probe) -> Check:
 # --------------------------------------------------------------------------- actuators
 
 
-def lid(probe: Probe, timeout_s: float) -> Check:
+def lid(timeout_s: float) -> Check:
     """Lock, then unlock the lid, each acknowledged by its owner."""
     _, why = yield from ask("lid", {"op": "lock"}, timeout_s)
     if why is not None:
@@ -291,7 +291,7 @@ def _part(probe: Probe, part: str, timeout_s: float, vision: Mapping[str, bool])
     """The checks of one part (several for the ultrasonic channels and the routes; a skip when it is absent)."""
     owners, comps = probe.owners, probe.cfg.compartments
     if part == "ultrasonic":
-        found = [Planned(part, c.id, ultrasonic(probe, c.id, c.sensor.source, c.sensor.channel))
+        found = [Planned(part, c.id, ultrasonic(probe, c.sensor.source, c.sensor.channel))
                  for c in comps if c.sensor is not None]
         return found or [Planned(part, part, _no_check(skipped("no compartment has a fill sensor")))]
     if part in ("drop", "scale"):
@@ -304,7 +304,7 @@ def _part(probe: Probe, part: str, timeout_s: float, vision: Mapping[str, bool])
         if owners.get(part) is None:
             return [Planned(part, part, _no_check(skipped(f"no {part} configured")))]
         if part == "lid":
-            return [Planned(part, part, lid(probe, timeout_s))]
+            return [Planned(part, part, lid(timeout_s))]
         return [Planned(part, part, signal(part, "blink" if part == "led" else "beep", timeout_s))]
     if not vision.get(part, False):
         return [Planned(part, part, _no_check(skipped(f"{part} disabled in the config")))]

@@ -25,6 +25,7 @@ from ..messages import (
     ITEM_HANDOFF_DDL,
     ButtonPressed,
     Decision,
+    DistanceReading,
     DoorChanged,
     FillLevel,
     ItemDropped,
@@ -76,7 +77,7 @@ class SortingWorkflow(Worker):
                  wall: Callable[[], float] = time.time) -> None:
         super().__init__(name, bus, tick_s=0.2, clock=clock,
                          inbox=(PresenceChanged, Decision, Response, ItemDropped, WeightReading, FillLevel,
-                                ButtonPressed, StateUpdate, WorkersChanged, Request, DoorChanged))
+                                ButtonPressed, StateUpdate, WorkersChanged, Request, DoorChanged, DistanceReading))
         self.cfg = cfg
         self.store = store
         self.wall = wall
@@ -85,6 +86,8 @@ class SortingWorkflow(Worker):
         """The workflow state: only `feed()` replaces it."""
         self.vision = vision
         self.selftest: SelfTestRun | None = None
+        self._probe: Probe | None = None
+        """What the running self-test's checks read: fresh readings are added to it."""
         self._selftest_req: Request | None = None
         self._selftest_held = False
         """Whether the running self-test put the workflow into maintenance (and takes it out again)."""
@@ -188,7 +191,13 @@ class SortingWorkflow(Worker):
             if self.selftest is not None:
                 self.selftest.on_drop(msg.compartment)
             return sm.Dropped(msg.compartment)
+        if isinstance(msg, DistanceReading):
+            if self.selftest is not None and self._probe is not None:
+                self._probe.readings[(msg.source, msg.compartment)] = msg.mm
+            return None
         if isinstance(msg, WeightReading):
+            if self.selftest is not None and self._probe is not None:
+                self._probe.weights.append(msg.grams)
             return sm.Weighed(msg.grams)
         if isinstance(msg, FillLevel):
             return sm.FillChanged(msg.compartment, msg.fill_pct, msg.level)
@@ -287,7 +296,7 @@ class SortingWorkflow(Worker):
             raise RequestError("a self-test is already running")
         parts = list(args.parts or PARTS)
         refused = self._selftest_hold(args.move, req.trusted, parts)
-        probe = Probe(self.clock, self.bus.states, self.cfg, self.layout.owners)
+        probe = self._probe = Probe(self.clock, self.bus.states, self.cfg, self.layout.owners)
         checks = plan(probe, parts, move_refused=refused, timeout_s=self.cfg.workflow.route_timeout_s,
                       vision=self.vision)
         logger.info("self-test started by %s request (%s; moving parts: %s)", req.authority, ", ".join(parts),
