@@ -20,7 +20,7 @@ from ..clock import iso_utc
 from ..config import BinsConfig
 from ..runtime.bus import Response
 from ..runtime.status import ConnectionStatus
-from ..states import ArduinoState, CameraState, GpioState
+from ..states import ArduinoState, CameraState
 from ..states.selftest import MAX_RUN_S, MOVING, PARTS, PartResult, PartStatus, SelfTestState, SelfTestStatus
 
 Part = Literal["ultrasonic", "drop", "scale", "lid", "routes", "led", "buzzer", "camera", "detector"]

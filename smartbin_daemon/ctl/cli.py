@@ -23,8 +23,8 @@ from ..config import (
 )
 from ..control import STATE_FILE
 from ..runtime.commands import COMMAND_RE
-from .doctor import doctor_checks
 from ..states.selftest import MAX_RUN_S, MOVING, PARTS
+from .doctor import doctor_checks
 from .render import _num, format_event, render_selftest, render_status
 from .session import (
     COMPONENTS,

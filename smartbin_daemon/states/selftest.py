@@ -8,7 +8,6 @@ from typing import Any
 from ..runtime.state import State
 from ..runtime.status import StrEnum
 
-
 PARTS = ("ultrasonic", "drop", "scale", "lid", "routes", "led", "buzzer", "camera", "detector")
 """Every part the self-test knows, in the order it runs them."""
 MOVING = frozenset({"lid", "routes", "led", "buzzer"})

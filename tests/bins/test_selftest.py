@@ -14,8 +14,12 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from .. import test_privilege
 from ..conftest import REPO, wait_until
-from ..test_privilege import ROOT, RunningBin, ok, running  # noqa: F401 - `running` is the fixture
+from ..test_privilege import ROOT, RunningBin, ok
+
+running = test_privilege.running
+"""The fixture: the whole bin in this process, signed requests required, two items already sorted."""
 
 ALL_CHECKS = {"ultrasonic": 3, "drop": 1, "scale": 1, "lid": 1, "routes": 4, "led": 1, "buzzer": 1, "camera": 1,
               "detector": 1}
@@ -59,11 +63,18 @@ def smartbinctl(running: RunningBin, *args: str) -> subprocess.CompletedProcess[
 
 def test_every_part_passes_moves_under_maintenance_and_is_retained(running: RunningBin) -> None:
     mark = len(running.frames())
-    seen_states: list[str] = []
-    watcher = threading.Thread(target=lambda: [seen_states.append(running.workflow_state()) or threading.Event().wait(0.05)
-                                               for _ in range(200)], daemon=True)
+    seen_states: set[str] = set()
+    done_watching = threading.Event()
+
+    def watch() -> None:
+        while not done_watching.wait(0.02):
+            seen_states.add(running.workflow_state())
+
+    watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     result = ok(running.signed("selftest", timeout=60))
+    done_watching.set()
+    watcher.join(1)
     assert result["status"] == "pass", result
     counts = {part: sum(p["part"] == part for p in result["parts"]) for part in ALL_CHECKS}
     assert counts == ALL_CHECKS
