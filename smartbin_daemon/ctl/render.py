@@ -31,7 +31,7 @@ from ..states import (
 from ..states.arduino import LinkCounters
 from ..states.detector import LastDecision, Percentiles
 from ..states.mqtt import OutboxCounts
-from ..states.selftest import SelfTestState
+from ..states.selftest import PartStatus, SelfTestState, SelfTestStatus
 from ..states.workflow import SortingCounts
 from .session import BAR_WIDTH, Snapshot, _fmt_time, _parse_iso
 
@@ -199,10 +199,19 @@ def _gpio_problems(gpio: GpioState) -> Problems:
     return [("warning", "gpio", f"{errors} device error(s)")] if errors else []
 
 
+def _selftest_problems(selftest: SelfTestState) -> Problems:
+    if selftest.status != SelfTestStatus.FAIL:
+        return []
+    names = ", ".join(f"{p.part} {p.name}: {p.detail}" if p.name != p.part else f"{p.part}: {p.detail}"
+                      for p in selftest.parts if p.status == PartStatus.FAIL)
+    return [("warning", "selftest", f"the last self-test ({selftest.finished_at}) failed: {names}")]
+
+
 _PROBLEMS: tuple[tuple[str, Callable[[Any], Problems]], ...] = (
     ("daemon", _daemon_problems), ("mqtt", _mqtt_problems), ("arduino", _arduino_problems),
     ("camera", _camera_problems), ("detector", _detector_problems), ("fill", _fill_problems),
     ("workflow", _workflow_problems), ("health", _health_problems), ("gpio", _gpio_problems),
+    ("selftest", _selftest_problems),
 )
 """What each component's state can tell a technician, in the order the screen lists equal severities."""
 _RANK = {"critical": 0, "warning": 1, "info": 2}

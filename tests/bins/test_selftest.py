@@ -14,8 +14,14 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from smartbin_daemon.bins.selftest import Probe, SelfTestRun, plan
+from smartbin_daemon.config import BinsConfig
+from smartbin_daemon.runtime.bus import Response
+from smartbin_daemon.states.selftest import PartStatus, SelfTestStatus
+
 from .. import test_privilege
-from ..conftest import REPO, wait_until
+from ..conftest import REPO, SteppedClock, wait_until
+from ..test_bin_e2e import COMPARTMENTS
 from ..test_privilege import ROOT, RunningBin, ok
 
 running = test_privilege.running
@@ -129,6 +135,9 @@ def test_a_fault_fails_its_part_and_moving_parts_wait_for_the_item(running: Runn
                what="the failed run retained")
     done = smartbinctl(running, "selftest", "--parts", "ultrasonic")
     assert done.returncode == 1 and "ultrasonic  paper" in done.stdout and "FAIL" in done.stdout, done.stdout
+    status = smartbinctl(running, "status")
+    assert "selftest: the last self-test" in status.stdout and "ultrasonic paper: 4500 mm is outside" in status.stdout, \
+        status.stdout
     running.sim.stick_echo(2, None)
 
     # an item in flight: the lid and flap are skipped with the reason, the rest runs
@@ -144,3 +153,71 @@ def test_a_fault_fails_its_part_and_moving_parts_wait_for_the_item(running: Runn
     running.sim.set_ack_delay(0.0)
     running.present(False)
     wait_until(lambda: running.state("workflow")["counts"]["sorted"] >= 3, 20, what="the item sorted, undisturbed")
+
+
+# --------------------------------------------------------------------------- the run on its own, on a stepped clock
+
+
+def _probe(clock: SteppedClock, states: dict[str, Any] | None = None) -> Probe:
+    cfg = BinsConfig.model_validate({"enabled": True, "compartments": COMPARTMENTS})
+    return Probe(clock, lambda: states or {}, cfg, {"route": "arduino", "lid": "arduino", "led": None, "buzzer": None})
+
+
+def _run(probe: Probe, clock: SteppedClock, parts: list[str], sent: list[tuple[str, str]]) -> SelfTestRun:
+    checks = plan(probe, parts, move_refused=None, timeout_s=5.0, vision={"camera": True, "detector": False})
+    run = SelfTestRun(checks, clock, lambda: 1_700_000_000.0, lambda c, a, rid: sent.append((c, rid)), True, "signed")
+    run.start()
+    return run
+
+
+def test_a_check_without_an_answer_fails_after_its_time_and_the_run_goes_on() -> None:
+    clock, sent = SteppedClock(), []
+    probe = _probe(clock)
+    run = _run(probe, clock, ["lid", "led", "detector"], sent)
+    assert [c for c, _ in sent] == ["lid"] and not run.finished
+    clock.advance(4.9)
+    run.tick()
+    assert run.results == []  # still waiting
+    clock.advance(0.2)
+    run.tick()
+    assert run.finished
+    lid_result, led, detector = run.results
+    assert (lid_result.status, lid_result.detail) == (PartStatus.FAIL, "lock: no answer in 5 s")
+    assert lid_result.duration_ms is not None and lid_result.duration_ms >= 5000
+    assert (led.status, led.detail) == (PartStatus.SKIPPED, "no led configured")
+    assert (detector.status, detector.detail) == (PartStatus.SKIPPED, "detector disabled in the config")
+    assert run.state().status == SelfTestStatus.FAIL and run.state().failed == 1
+
+
+def test_readings_and_answers_drive_the_checks_and_a_late_answer_is_ignored() -> None:
+    clock, sent = SteppedClock(), []
+    probe = _probe(clock)
+    run = _run(probe, clock, ["routes", "ultrasonic"], sent)
+    assert sent == [] and not run.results  # the distance sensors come first: waiting for readings
+    probe.readings.update({("arduino", 1): 420.0, ("arduino", 2): None})  # the third channel never reports
+    clock.advance(0.3)
+    run.tick()
+    clock.advance(3.1)
+    run.tick()
+    ultrasonic = {r.name: r for r in run.results if r.part == "ultrasonic"}
+    assert ultrasonic["recycling"].status == PartStatus.PASS and ultrasonic["recycling"].value == 420.0
+    assert ultrasonic["paper"].detail == "no echo on arduino channel 2"
+    assert ultrasonic["residual"].detail == "no reading from arduino channel 3 in 3 s"
+
+    command, first = sent[-1]
+    assert command == "route"
+    clock.advance(6.0)
+    run.tick()  # the first route timed out: the second is sent
+    assert run.results[3].detail == "no answer in 5 s" and len(sent) == 2
+    run.on_response(Response(first, "route", True, {"acked": True}))  # too late: not the check it waits for
+    assert len(run.results) == 4
+    run.on_response(Response(sent[-1][1], "route", True, {"acked": True}))
+    run.on_drop(2)
+    assert run.results[4].status == PartStatus.PASS and "drop reported" in str(run.results[4].detail)
+    for _ in range(2):  # the third compartment and home: ACKed, no drop reported in time
+        run.on_response(Response(sent[-1][1], "route", True, {"acked": True}))
+        clock.advance(3.1)
+        run.tick()
+    assert [r.status for r in run.results[5:]] == [PartStatus.PASS, PartStatus.PASS]
+    assert "no drop reported" in str(run.results[6].detail) and run.results[6].name == "home (residual)"
+    assert run.finished and run.state().status == SelfTestStatus.FAIL and run.state().failed == 3
