@@ -283,6 +283,9 @@ class SortingWorkflow(Worker):
              summary="Maintenance mode: sorting pauses, events are labelled maintenance; the lid unlocks only when "
                      "signed or by holding the service button (which also toggles it).")
     def _maintenance_request(self, req: Request, args: MaintenanceArgs) -> dict[str, Any]:
+        if self._selftest_held:
+            raise RequestError("a self-test holds the workflow in maintenance while it moves the lid and flap; "
+                               "it ends it when done")
         return self._ask(sm.MaintenanceAsked(args.on, req.trusted))
 
     @command("selftest", SelfTestArgs, example={"parts": ["camera", "detector"], "move": False},

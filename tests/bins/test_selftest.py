@@ -140,6 +140,21 @@ def test_a_fault_fails_its_part_and_moving_parts_wait_for_the_item(running: Runn
         status.stdout
     running.sim.stick_echo(2, None)
 
+    # while it runs: a second one is refused, and nobody takes the workflow out of maintenance under it
+    running.sim.set_ack_delay(0.3)  # a slower flap: the run takes a few seconds
+    answers: list[dict[str, Any]] = []
+    runner = threading.Thread(target=lambda: answers.append(running.signed("selftest", {"parts": ["lid", "routes"]},
+                                                                           timeout=60)))
+    runner.start()
+    wait_until(lambda: running.workflow_state() == "maintenance", 10, what="the workflow held")
+    second = running.signed("selftest", {"move": False})
+    assert second["status"] == "error" and second["error"] == "a self-test is already running", second
+    resumed = running.signed("maintenance", {"on": False})
+    assert resumed["status"] == "error" and "a self-test holds the workflow" in resumed["error"], resumed
+    runner.join(60)
+    running.sim.set_ack_delay(0.0)
+    assert ok(answers[0])["status"] == "pass", answers
+
     # an item in flight: the lid and flap are skipped with the reason, the rest runs
     wait_until(lambda: running.workflow_state() == "idle", 10, what="idle")
     running.sim.set_ack_delay(2.0)
