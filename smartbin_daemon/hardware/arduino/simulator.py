@@ -93,7 +93,7 @@ class SimulatedArduino:
         # Faults.
         self._ack_delay_s = 0.0
         self._drop_acks = 0
-        self._stuck_echo: dict[int, int] = {}
+        self._stuck_echo: dict[int, int | None] = {}
         # Observable history.
         self.routes: list[tuple[str, int]] = []
         self.errors: Counter[str] = Counter()
@@ -293,11 +293,7 @@ class SimulatedArduino:
     def stick_echo(self, compartment: int, mm: int | None) -> None:
         """Make compartment 1..n's ultrasonic sensor report `mm` (-1: no echo) whatever the fill; None: heal it."""
         with self._lock:
-            i = self._index(compartment)
-            if mm is None:
-                self._stuck_echo.pop(i, None)
-            else:
-                self._stuck_echo[i] = int(mm)
+            self._stuck_echo[self._index(compartment)] = mm
 
     def jam(self, compartment: int, jammed: bool = True) -> None:
         """Jam (or free) the flap towards compartment 1..n: ROUTEs there end in FLT servo_stall, no drop."""
@@ -545,8 +541,9 @@ class SimulatedArduino:
     def _send_telemetry(self) -> None:
         distances = []
         for i in range(self.spec.compartments):
-            if i in self._stuck_echo:
-                distances.append(self._stuck_echo[i])
+            stuck = self._stuck_echo.get(i)
+            if stuck is not None:
+                distances.append(stuck)
             elif "us" not in self.spec.sensors or self._rng.random() < self.spec.no_echo_rate:
                 distances.append(-1)
             else:
