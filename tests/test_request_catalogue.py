@@ -86,6 +86,9 @@ def test_a_wrong_type_is_named_by_its_field(catalogue: tuple[dict[str, Any], Pro
         ("history/health", {"since": "yesterday"}, "args.since"),
         ("history/counts", {"period": "week"}, "args.period"),
         ("history/items", {"limit": "many"}, "args.limit"),
+        ("selftest", {"parts": ["everything"]}, "args.parts"),
+        ("selftest", {"parts": []}, "args.parts"),
+        ("selftest", {"move": "maybe"}, "args.move"),
     ]
     for command, args, field in cases:
         resp = probe.request(SIM_ROOT, command, {"args": args}, timeout=15)

@@ -605,7 +605,7 @@ class _Run:
         self.set_maintenance(not self.s.maintenance, "service button held", trusted=True)
 
     def maintenance_asked(self, e: MaintenanceAsked) -> None:
-        self.set_maintenance(e.on, "request", trusted=e.trusted)
+        self.set_maintenance(e.on, e.why, trusted=e.trusted)
         s = self.s
         self.out.append(Answer({"maintenance": s.maintenance, "state": s.phase, "pending": s.maintenance_pending,
                                 "lid_unlocked": s.maintenance_unlocked}))

@@ -239,10 +239,11 @@ class ClearError:
 
 @dataclass(frozen=True)
 class MaintenanceAsked:
-    """`maintenance`."""
+    """`maintenance` (or the self-test holding the workflow while it moves the lid and flap)."""
 
     on: bool
     trusted: bool
+    why: str = "request"
 
 
 Event = (Restore | Start | Presence | Decided | RouteAnswer | Dropped | Weighed | FillChanged | ServiceButtonHeld

@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..messages import (
     ITEM_HANDOFF_DDL,
     ButtonPressed,
     Decision,
+    DistanceReading,
     DoorChanged,
     FillLevel,
     ItemDropped,
@@ -35,15 +36,17 @@ from ..messages import (
     WeightReading,
 )
 from ..runtime.bus import Alert, Bus, Discovery, Entity, Request, Response, StateUpdate
-from ..runtime.commands import NoArgs, RequestError, command
+from ..runtime.commands import ANSWERED_LATER, NoArgs, RequestError, RequestSpec, command
 from ..runtime.supervisor import WorkersChanged
 from ..runtime.worker import STATE_EXPIRE_AFTER_S as EXPIRE_AFTER_S
 from ..runtime.worker import Worker
+from ..states.selftest import SelfTestState
 from ..states.workflow import WorkflowState
 from ..store import Store
 from . import history
 from . import sorting_model as sm
 from .history import CountsArgs, ItemsArgs
+from .selftest import MAX_RUN_S, MOVING, PARTS, Probe, SelfTestArgs, SelfTestRun, plan
 from .sorting import transition, view
 
 logger = logging.getLogger(__name__)
@@ -79,7 +82,7 @@ class SortingWorkflow(Worker):
                  wall: Callable[[], float] = time.time) -> None:
         super().__init__(name, bus, tick_s=0.2, clock=clock,
                          inbox=(PresenceChanged, Decision, Response, ItemDropped, WeightReading, FillLevel,
-                                ButtonPressed, StateUpdate, WorkersChanged, Request, DoorChanged))
+                                ButtonPressed, StateUpdate, WorkersChanged, Request, DoorChanged, DistanceReading))
         self.cfg = cfg
         self.store = store
         self.wall = wall
@@ -87,6 +90,14 @@ class SortingWorkflow(Worker):
         self.sorting = sm.Sorting()
         """The workflow state: only `feed()` replaces it."""
         self._next_prune = 0.0
+        self.vision = vision
+        self.selftest: SelfTestRun | None = None
+        self._probe: Probe | None = None
+        """What the running self-test's checks read: fresh readings are added to it."""
+        self._selftest_req: Request | None = None
+        self._selftest_held = False
+        """Whether the running self-test put the workflow into maintenance (and takes it out again)."""
+        self._selftest_reported = 0
 
     def entities(self) -> tuple[Entity, ...]:
         """Whole-bin entities: workflow state, last item, clear-error button, maintenance switch."""
@@ -110,6 +121,7 @@ class SortingWorkflow(Worker):
                    {"command_topic": "maintenance", "payload_on": '{"args": {"on": true}}',
                     "payload_off": '{"args": {"on": false}}', "state_on": "ON", "state_off": "OFF",
                     "icon": "mdi:wrench", "entity_category": "config"}),
+            *selftest_entities(),
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -120,6 +132,8 @@ class SortingWorkflow(Worker):
                 db.execute(sql)
         meta = {str(k): json.loads(str(v)) for k, v in self.store.query("SELECT key, value FROM workflow_meta")}
         self.feed(sm.Restore(meta, self._interrupted_rows(), self.bus.states()))
+        if isinstance(meta.get("selftest"), dict):
+            self.bus.set_state("selftest", SelfTestState.from_json(meta["selftest"]))  # the last result, again
         self.bus.publish(Discovery(self.name, self.entities()))
         self.feed(sm.Start())
 
@@ -136,17 +150,23 @@ class SortingWorkflow(Worker):
 
     def teardown(self) -> None:
         # An item still in flight stays in SQLite: the next start reports it as interrupted.
+        if self.selftest is not None:
+            self.selftest.finished = True
+            self._selftest_done()
         self.publish_state(self.own_state, force=True)
 
     # -- loop ---------------------------------------------------------------------------------
 
     def step(self) -> None:
-        deadline = self.sorting.deadline
-        wait = self.tick_s if deadline is None else max(0.0, min(self.tick_s, deadline - self.clock()))
+        deadlines = [d for d in (self.sorting.deadline, self.selftest and self.selftest.wake_at) if d is not None]
+        wait = self.tick_s if not deadlines else max(0.0, min(self.tick_s, min(deadlines) - self.clock()))
         msg = self.next_message(wait)
         if msg is not None:
             self.handle(msg)
         self.feed(sm.Tick())
+        if self.selftest is not None:
+            self.selftest.tick()
+            self._selftest_progress()
         self.publish_state(self.own_state)
         if self.clock() >= self._next_prune:
             self._next_prune = self.clock() + PRUNE_EVERY_S
@@ -156,6 +176,9 @@ class SortingWorkflow(Worker):
         if isinstance(msg, Request):
             self.answer(msg)
             self.publish_state(self.own_state, force=True)
+        elif isinstance(msg, Response) and self.selftest is not None and self.selftest.owns(msg.request_id):
+            self.selftest.on_response(msg)
+            self._selftest_progress()
         elif isinstance(msg, Response) and msg.request_id.startswith("workflow-act-"):
             if not msg.ok:
                 logger.info("workflow: %s failed: %s", msg.command, msg.error, extra=ev("workflow_action_failed"))
@@ -174,8 +197,16 @@ class SortingWorkflow(Worker):
             duplicate = isinstance(msg.data, dict) and bool(msg.data.get("duplicate"))
             return sm.RouteAnswer(msg.request_id, msg.ok, msg.error, duplicate)
         if isinstance(msg, ItemDropped):
+            if self.selftest is not None:
+                self.selftest.on_drop(msg.compartment)
             return sm.Dropped(msg.compartment)
+        if isinstance(msg, DistanceReading):
+            if self.selftest is not None and self._probe is not None:
+                self._probe.readings[(msg.source, msg.compartment)] = msg.mm
+            return None
         if isinstance(msg, WeightReading):
+            if self.selftest is not None and self._probe is not None:
+                self._probe.weights.append(msg.grams)
             return sm.Weighed(msg.grams)
         if isinstance(msg, FillLevel):
             return sm.FillChanged(msg.compartment, msg.fill_pct, msg.level)
@@ -264,6 +295,9 @@ class SortingWorkflow(Worker):
              summary="Maintenance mode: sorting pauses, events are labelled maintenance; the lid unlocks only when "
                      "signed or by holding the service button (which also toggles it).")
     def _maintenance_request(self, req: Request, args: MaintenanceArgs) -> dict[str, Any]:
+        if self._selftest_held:
+            raise RequestError("a self-test holds the workflow in maintenance while it moves the lid and flap; "
+                               "it ends it when done")
         return self._ask(sm.MaintenanceAsked(args.on, req.trusted))
 
     @command("history/counts", CountsArgs, example={"hours": 168, "period": "day", "by": "category"},
@@ -283,9 +317,97 @@ class SortingWorkflow(Worker):
         span = resolve_range(args, self.wall()) if args.given else None
         return history.items(self.store, span, args)
 
+    @command("selftest", SelfTestArgs, example={"parts": ["camera", "detector"], "move": False},
+             privileged_when=RequestSpec.arg_in("move", True), answer_within_s=MAX_RUN_S + 5.0,
+             summary="Exercise each part present (distance sensors, drop sensor, scale, lid, flap routes, LED, "
+                     "buzzer, camera, detector); pass/fail/skipped per part, also in the retained selftest state. "
+                     "With move (the default) the lid and flap move, only while the workflow is idle (it is held "
+                     "in maintenance meanwhile).")
+    def _selftest_request(self, req: Request, args: SelfTestArgs) -> object:
+        if self.selftest is not None:
+            raise RequestError("a self-test is already running")
+        parts = list(args.parts or PARTS)
+        refused = self._selftest_hold(args.move, req.trusted, parts)
+        probe = self._probe = Probe(self.clock, self.bus.states, self.cfg, self.layout.owners)
+        checks = plan(probe, parts, move_refused=refused, timeout_s=self.cfg.workflow.route_timeout_s,
+                      vision=self.vision)
+        logger.info("self-test started by %s request (%s; moving parts: %s)", req.authority, ", ".join(parts),
+                    refused or "yes", extra=ev("selftest_started"))
+        self.selftest, self._selftest_req, self._selftest_reported = \
+            SelfTestRun(checks, self.clock, self.wall, self._selftest_send, args.move, req.authority), req, -1
+        self.selftest.start()
+        self._selftest_progress()
+        return ANSWERED_LATER
+
+    def _selftest_hold(self, move: bool, trusted: bool, parts: list[str]) -> str | None:
+        """Hold the workflow for the moving parts (maintenance while idle); None, or why they are skipped."""
+        if not MOVING.intersection(parts):
+            return None
+        if not move:
+            return "move is false"
+        if not trusted:
+            return "the request is not trusted (unsigned)"
+        phase = self.sorting.phase
+        if phase == sm.MAINTENANCE:
+            return None  # already paused by someone else: nothing to undo afterwards
+        if phase != sm.IDLE or self.sorting.item is not None:
+            return f"the workflow is {phase}: the lid and flap are tested only while it is idle (no item in flight)"
+        self.feed(sm.MaintenanceAsked(True, trusted=False, why="self-test"))
+        self._selftest_held = True
+        return None
+
+    def _selftest_send(self, command_: str, args: Mapping[str, Any], request_id: str) -> None:
+        owner = "detector" if command_ == "detector/test" else self.layout.owners.get(command_)
+        if owner is not None:
+            self.bus.publish(Request(owner, command_, dict(args), request_id))
+
+    def _selftest_progress(self) -> None:
+        """Publish each new result; at the end release the hold, keep the result and answer the request."""
+        run = self.selftest
+        if run is None:
+            return
+        if len(run.results) != self._selftest_reported:
+            self._selftest_reported = len(run.results)
+            self.bus.set_state("selftest", run.state())
+        if run.finished:
+            self._selftest_done()
+
+    def _selftest_done(self) -> None:
+        run, req = self.selftest, self._selftest_req
+        assert run is not None
+        self.selftest, self._selftest_req = None, None
+        if self._selftest_held:
+            self._selftest_held = False
+            self.feed(sm.MaintenanceAsked(False, trusted=False, why="self-test done"))
+        result = run.state()
+        self.bus.set_state("selftest", result)
+        self.store.execute(_SAVE_META, ("selftest", json.dumps(result.to_json())))
+        logger.log(logging.WARNING if result.failed else logging.INFO, "self-test %s: %d passed, %d failed, %d skipped",
+                   result.status, result.passed, result.failed, result.skipped, extra=ev("selftest_finished"))
+        if req is not None:
+            self.reply(req, result.to_json())
+
     def own_state(self) -> WorkflowState:
         """The `workflow` state."""
         return view(self.layout, self.sorting, self.clock())
+
+
+def selftest_entities() -> tuple[Entity, ...]:
+    """The self-test's entities: its result, a problem sensor when it failed, and a button for the unsigned run."""
+    return (
+        Entity("sensor", "selftest_result", "Self-test", "selftest", "{{ value_json.status or 'None' }}",
+               {"icon": "mdi:clipboard-check-outline", "entity_category": "diagnostic", "json_attributes_topic": "selftest",
+                "json_attributes_template": "{{ {'finished_at': value_json.finished_at, 'passed': value_json.passed, "
+                                            "'failed': value_json.failed, 'skipped': value_json.skipped, "
+                                            "'failed_parts': value_json.parts | selectattr('status', 'eq', 'fail') "
+                                            "| map(attribute='name') | list} | tojson }}"}),
+        Entity("binary_sensor", "selftest_failed", "Self-test failed", "selftest",
+               "{{ 'ON' if value_json.status == 'fail' else 'OFF' }}",
+               {"device_class": "problem", "entity_category": "diagnostic"}),
+        Entity("button", "selftest_no_move", "Self-test (no movement)", "selftest", None,
+               {"command_topic": "selftest", "payload_press": '{"args": {"move": false}}',
+                "icon": "mdi:clipboard-play-outline", "entity_category": "diagnostic"}),
+    )
 
 
 def _ids() -> sm.Ids:

@@ -24,6 +24,7 @@ from ..config import (
 from ..control import STATE_FILE
 from ..runtime.commands import COMMAND_RE
 from ..states import AlertsState
+from ..states.selftest import MAX_RUN_S, MOVING, PARTS
 from .doctor import doctor_checks
 from .history import (
     KINDS,
@@ -34,7 +35,7 @@ from .history import (
     render_jsonl,
     render_table,
 )
-from .render import _num, format_event, render_alerts, render_status
+from .render import _num, format_event, render_alerts, render_selftest, render_status
 from .session import (
     COMPONENTS,
     DEFAULT_CONFIG,
@@ -224,11 +225,12 @@ def _parse_args_json(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _request(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: dict[str, Any]) -> Answer | None:
+def _request(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: dict[str, Any],
+             answer_within_s: float = 0.0) -> Answer | None:
     key, secret, note = signing_key(ctl.cfg, ctl.base_dir, getattr(args, "key", None) or os.environ.get("SMARTBIN_KEY"))
     if note:
         _err(f"note: {note}")
-    answer_timeout = float(args.timeout) if args.timeout else ctl.cfg.mqtt.request_timeout_s + 2.0
+    answer_timeout = float(args.timeout) if args.timeout else max(ctl.cfg.mqtt.request_timeout_s, answer_within_s) + 2.0
     try:
         return send_request(ctl.cfg, command, payload, secret=secret, connect_timeout=_connect_timeout(args),
                             answer_timeout=answer_timeout, key=key)
@@ -329,6 +331,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
           f"{', '.join(sorted(data.get('restored') or {})) or 'nothing'}")
     return EXIT_OK
 
+
 def cmd_history(args: argparse.Namespace) -> int:
     """A history request, printed as a table, CSV, JSON lines or the whole answer."""
     if args.kind == "fill" and not args.compartment:
@@ -353,6 +356,29 @@ def cmd_history(args: argparse.Namespace) -> int:
     else:
         print(render_table(args.kind, data, rows))
     return EXIT_OK
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """`selftest`: the checks as a table; exit 1 when one failed (or the daemon refused), 2 on no answer."""
+    ctl = _load(args)
+    if ctl is None:
+        return EXIT_NO_ANSWER
+    parts = list(dict.fromkeys(args.parts)) if args.parts else list(PARTS)
+    payload: dict[str, Any] = {"move": not args.no_move and bool(MOVING.intersection(parts))}
+    if args.parts:
+        payload["parts"] = parts
+    answer = _request(args, ctl, "selftest", payload, answer_within_s=MAX_RUN_S + 5.0)
+    if answer is None:
+        return EXIT_NO_ANSWER
+    if answer.response is None:
+        _err(f"smartbinctl: {answer.problem}")
+        return EXIT_NO_ANSWER
+    if not answer.ok:
+        _err(f"self-test refused: {answer.response.get('error')}")
+        return EXIT_ERROR
+    data = answer.response.get("data") or {}
+    print(render_selftest(data))
+    return EXIT_OK if data.get("status") == "pass" else EXIT_ERROR
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -464,6 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_restore)
 
     add_history_parser(sub, common).set_defaults(func=cmd_history)
+
+    p = sub.add_parser("selftest", parents=[common], help="exercise the hardware, one line per check (exit 1 on a fail)",
+                       description="Run the `selftest` request: distance sensors, drop sensor, scale, lid, flap routes, "
+                                   "LED, buzzer, camera, detector. Moving parts need a signature (the config's key) "
+                                   "and an idle bin; --no-move skips them.")
+    p.add_argument("--parts", nargs="+", choices=PARTS, metavar="PART", help=f"only these: {', '.join(PARTS)}")
+    p.add_argument("--no-move", action="store_true", help="skip the lid, flap routes, LED and buzzer (needs no signature)")
+    p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser("logs", parents=[common], help="journalctl -u smartbin with SMARTBIN_* filters")
     p.add_argument("component", nargs="?", help=f"one component: {', '.join(COMPONENTS)}")

@@ -32,6 +32,7 @@ from ..states import (
 from ..states.arduino import LinkCounters
 from ..states.detector import LastDecision, Percentiles
 from ..states.mqtt import OutboxCounts
+from ..states.selftest import PartStatus, SelfTestState, SelfTestStatus
 from ..states.workflow import SortingCounts
 from .session import BAR_WIDTH, Snapshot, _fmt_time, _parse_iso
 
@@ -215,10 +216,19 @@ def _when(iso: Any) -> str:
     return _fmt_time(stamp) if stamp is not None else str(iso)
 
 
+def _selftest_problems(selftest: SelfTestState) -> Problems:
+    if selftest.status != SelfTestStatus.FAIL:
+        return []
+    names = ", ".join(f"{p.part} {p.name}: {p.detail}" if p.name != p.part else f"{p.part}: {p.detail}"
+                      for p in selftest.parts if p.status == PartStatus.FAIL)
+    return [("warning", "selftest", f"the last self-test ({selftest.finished_at}) failed: {names}")]
+
+
 _PROBLEMS: tuple[tuple[str, Callable[[Any], Problems]], ...] = (
     ("alerts", _alerts_problems), ("daemon", _daemon_problems), ("mqtt", _mqtt_problems), ("arduino", _arduino_problems),
     ("camera", _camera_problems), ("detector", _detector_problems), ("fill", _fill_problems),
     ("workflow", _workflow_problems), ("health", _health_problems), ("gpio", _gpio_problems),
+    ("selftest", _selftest_problems),
 )
 """What each component's state can tell a technician, in the order the screen lists equal severities."""
 _RANK = {"critical": 0, "warning": 1, "info": 2}
@@ -488,3 +498,19 @@ def format_event(envelope: dict[str, Any]) -> str:
     return f"{clock}  {etype:<16} {text}"
 
 
+
+
+def render_selftest(data: Any) -> str:
+    """A self-test answer as a table: one row per check (part, what, result, value, time, detail) and the verdict."""
+    result = SelfTestState.from_json(data)
+    rows = [("PART", "CHECK", "RESULT", "VALUE", "TIME", "DETAIL")]
+    for p in result.parts:
+        value = "" if p.value is None else (f"{p.value:g}" if isinstance(p.value, float) else str(p.value))
+        rows.append((p.part, p.name, str(p.status).upper(), f"{value} {p.unit or ''}".strip(),
+                     _num(p.duration_ms, "{:.0f}", " ms") if p.duration_ms is not None else "", p.detail or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    lines.append(f"self-test {str(result.status or 'unknown').upper()}: {result.passed} passed, {result.failed} "
+                 f"failed, {result.skipped} skipped in {_num(result.duration_s, '{:.1f}', ' s')}"
+                 f"{'' if result.move else ' (nothing moved)'}")
+    return "\n".join(line.rstrip() for line in lines)

@@ -529,8 +529,8 @@ class MqttWorker(Worker):
             self._reply(command, parsed.transaction, False, None,
                         f"component {parsed.spec.owner!r} is not running", response_topic, msg.correlation)
             return
-        self._pending[request_id] = _Pending(command, parsed.transaction,
-                                             time.monotonic() + self.cfg.mqtt.request_timeout_s,
+        wait_s = max(self.cfg.mqtt.request_timeout_s, parsed.spec.answer_within_s or 0.0)
+        self._pending[request_id] = _Pending(command, parsed.transaction, time.monotonic() + wait_s,
                                              response_topic, msg.correlation)
 
     def _response_topic_problem(self, topic: str | None) -> str | None:

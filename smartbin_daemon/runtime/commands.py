@@ -47,6 +47,8 @@ class RequestSpec:
     example: dict[str, Any] = field(default_factory=dict)
     privileged_when: Callable[[dict[str, Any]], bool] | None = None
     """Privilege that depends on the (validated) args, e.g. `lid` only for open/unlock; see `arg_in`."""
+    answer_within_s: float | None = None
+    """How long the owner may take to answer when that is longer than mqtt.request_timeout_s (e.g. `selftest`)."""
 
     def schema(self) -> dict[str, Any]:
         """JSON schema of the args object."""
@@ -121,11 +123,13 @@ class CommandDecl:
     privileged: bool = False
     example: dict[str, Any] = field(default_factory=dict)
     privileged_when: Callable[[dict[str, Any]], bool] | None = None
+    answer_within_s: float | None = None
 
     def spec(self, owner: str) -> RequestSpec:
         """The catalogue entry of this command when `owner` serves it."""
         return RequestSpec(self.command, owner, self.summary, self.args, privileged=self.privileged,
-                           example=dict(self.example), privileged_when=self.privileged_when)
+                           example=dict(self.example), privileged_when=self.privileged_when,
+                           answer_within_s=self.answer_within_s)
 
 
 _DECL_ATTR = "__smartbin_command__"
@@ -133,11 +137,12 @@ _DECL_ATTR = "__smartbin_command__"
 
 def command(name: str, args: type[BaseModel] = NoArgs, *, summary: str, privileged: bool = False,
             example: dict[str, Any] | None = None,
-            privileged_when: Callable[[dict[str, Any]], bool] | None = None) -> Callable[[Handler], Handler]:
+            privileged_when: Callable[[dict[str, Any]], bool] | None = None,
+            answer_within_s: float | None = None) -> Callable[[Handler], Handler]:
     """Declare `handler(self, req, args)` as a command's: it returns the data, raises RequestError, or ANSWERED_LATER."""
     if not valid_command(name):
         raise ValueError(f"invalid command name {name!r}")
-    decl = CommandDecl(name, args, summary, privileged, dict(example or {}), privileged_when)
+    decl = CommandDecl(name, args, summary, privileged, dict(example or {}), privileged_when, answer_within_s)
 
     def mark(handler: Handler) -> Handler:
         setattr(handler, _DECL_ATTR, decl)

@@ -17,6 +17,7 @@ from .fill import BinLevel, CompartmentFill, FillState
 from .gpio import GpioState
 from .health import HealthState, HealthStatus
 from .mqtt import MqttState
+from .selftest import PartResult, PartStatus, SelfTestState, SelfTestStatus
 from .simulation import SimulationState
 from .workflow import SortingState, WorkflowState
 
@@ -32,6 +33,7 @@ STATE_MODELS: dict[str, type[State]] = {
     "workflow": WorkflowState,
     "simulation": SimulationState,
     "alerts": AlertsState,
+    "selftest": SelfTestState,
 }
 """The model of each component's `<root>/<component>` state, by component name."""
 
@@ -45,5 +47,5 @@ def parse_state(component: str, data: object) -> State | None:
 __all__ = [
     "STATE_MODELS", "ActiveAlert", "AlertsState", "ArduinoState", "BinLevel", "CameraState", "CompartmentFill", "ConnectionStatus", "DaemonState",
     "DetectorState", "FillState", "GateState", "GpioState", "HealthState", "HealthStatus", "MqttState",
-    "SimulationState", "SortingState", "State", "WorkflowState", "parse_state",
+    "PartResult", "PartStatus", "SelfTestState", "SelfTestStatus", "SimulationState", "SortingState", "State", "WorkflowState", "parse_state",
 ]

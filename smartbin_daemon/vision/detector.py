@@ -23,7 +23,7 @@ from ..config import CameraConfig, DetectorConfig, EvidenceConfig
 from ..logs import ev
 from ..messages import Decision, DetectedBox, PresenceChanged
 from ..runtime.bus import Alert, BinaryPublish, Bus, Discovery, Entity, Request
-from ..runtime.commands import ANSWERED_LATER, RequestError, RequestSpec, command
+from ..runtime.commands import ANSWERED_LATER, NoArgs, RequestError, RequestSpec, command
 from ..runtime.worker import FatalWorkerError, Worker
 from ..states.detector import DetectorState, GateState, LastDecision, Percentiles, Thresholds
 from .decision import VotePolicy, decide, effective_policy
@@ -383,6 +383,26 @@ class DetectorWorker(Worker):
         if not self.evidence_writer.submit_frame_snapshot(image, done):
             raise RequestError("the evidence writer is busy (queue full); try again")
         return ANSWERED_LATER
+
+    @command("detector/test",
+             summary="Time one inference on the current camera frame (the self-test's detector check): no decision, "
+                     "no evidence, nothing routed.")
+    def _test(self, req: Request, args: NoArgs) -> dict[str, Any]:
+        if self.model is None:
+            raise RequestError("no model loaded")
+        latest = self.frames.latest()
+        frame = self.frames.wait_newer(latest.seq if latest is not None else 0, SNAPSHOT_WAIT_S)  # asks for a decode
+        if frame is None or not self._fresh(frame):
+            raise RequestError("no fresh camera frame (camera disconnected?)")
+        t0 = time.monotonic()
+        boxes, speed = self.model.predict(frame.image)
+        total_ms = (time.monotonic() - t0) * 1000.0
+        self.inferences += 1
+        top = max(boxes, key=lambda b: b.confidence, default=None)
+        return {"inference_ms": _r(speed.get("inference", total_ms)), "total_ms": _r(total_ms), "frame_seq": frame.seq,
+                "boxes": len(boxes), "top_class": top.class_name if top else None,
+                "top_category": top.category if top else None, "top_confidence": _r(top.confidence) if top else None,
+                "model": self.model.name}
 
     @command("detection", DetectionArgs, example={"enabled": True, "continuous": False},
              privileged_when=RequestSpec.arg_in("continuous", True),

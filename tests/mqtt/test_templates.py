@@ -33,6 +33,7 @@ from smartbin_daemon.states.fill import BinLevel, Calibration, CompartmentFill, 
 from smartbin_daemon.states.gpio import GpioState, StatusLed
 from smartbin_daemon.states.health import HealthState
 from smartbin_daemon.states.mqtt import MqttState, OutboxCounts
+from smartbin_daemon.states.selftest import PartResult, PartStatus, SelfTestState, SelfTestStatus
 from smartbin_daemon.states.simulation import SimulationState
 from smartbin_daemon.states.workflow import ItemInFlight, SortingCounts, WorkflowState
 from smartbin_daemon.store import Store
@@ -129,6 +130,15 @@ def example_states(compartments: list[str], distances: list[str]) -> dict[str, S
                                                   since="2024-05-01T10:00:00.000Z", message="compartment A is full")],
                               counts=AlertCounts(warning=1, critical=0, total=1),
                               webhook=WebhookCounters(enabled=True, sent=1, last_sent_at="2024-05-01T10:00:00.000Z")),
+        "selftest": SelfTestState(status=SelfTestStatus.FAIL, started_at="2024-05-01T10:00:00Z",
+                                  finished_at="2024-05-01T10:00:09Z", duration_s=9.1, move=True, authority="signed",
+                                  passed=1, failed=1, skipped=0,
+                                  parts=[PartResult(part="camera", name="camera", status=PartStatus.PASS, value=9.8,
+                                                    unit="fps", detail="12 new frames", duration_ms=220.0,
+                                                    at="2024-05-01T10:00:01Z"),
+                                         PartResult(part="routes", name="paper", status=PartStatus.FAIL,
+                                                    detail="no answer in 5 s", duration_ms=5000.0,
+                                                    at="2024-05-01T10:00:06Z")]),
     }
 
 

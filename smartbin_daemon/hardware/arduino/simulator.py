@@ -93,6 +93,7 @@ class SimulatedArduino:
         # Faults.
         self._ack_delay_s = 0.0
         self._drop_acks = 0
+        self._stuck_echo: dict[int, int | None] = {}
         # Observable history.
         self.routes: list[tuple[str, int]] = []
         self.errors: Counter[str] = Counter()
@@ -288,6 +289,11 @@ class SimulatedArduino:
         with self._lock:
             self._hung = hung
         self._wake()
+
+    def stick_echo(self, compartment: int, mm: int | None) -> None:
+        """Make compartment 1..n's ultrasonic sensor report `mm` (-1: no echo) whatever the fill; None: heal it."""
+        with self._lock:
+            self._stuck_echo[self._index(compartment)] = mm
 
     def jam(self, compartment: int, jammed: bool = True) -> None:
         """Jam (or free) the flap towards compartment 1..n: ROUTEs there end in FLT servo_stall, no drop."""
@@ -535,7 +541,10 @@ class SimulatedArduino:
     def _send_telemetry(self) -> None:
         distances = []
         for i in range(self.spec.compartments):
-            if "us" not in self.spec.sensors or self._rng.random() < self.spec.no_echo_rate:
+            stuck = self._stuck_echo.get(i)
+            if stuck is not None:
+                distances.append(stuck)
+            elif "us" not in self.spec.sensors or self._rng.random() < self.spec.no_echo_rate:
                 distances.append(-1)
             else:
                 distances.append(round(self.spec.empty_mm - self._fill[i] + self._rng.uniform(-2.0, 2.0)))
