@@ -441,6 +441,28 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
+def _add_operation_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """backup, restore, history and selftest."""
+    p = sub.add_parser("backup", parents=[common], help="print calibration, counters and maintenance mode as one JSON "
+                                                        "document (smartbinctl backup > bin.json)")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", parents=[common], help="restore a backup document (signed)")
+    p.add_argument("file", help="the JSON file `smartbinctl backup` wrote")
+    p.add_argument("--force", action="store_true", help="also a backup of another device or format version")
+    p.set_defaults(func=cmd_restore)
+
+    add_history_parser(sub, common).set_defaults(func=cmd_history)
+
+    p = sub.add_parser("selftest", parents=[common], help="exercise the hardware, one line per check (exit 1 on a fail)",
+                       description="Run the `selftest` request: distance sensors, drop sensor, scale, lid, flap routes, "
+                                   "LED, buzzer, camera, detector. Moving parts need a signature (the config's key) "
+                                   "and an idle bin; --no-move skips them.")
+    p.add_argument("--parts", nargs="+", choices=PARTS, metavar="PART", help=f"only these: {', '.join(PARTS)}")
+    p.add_argument("--no-move", action="store_true", help="skip the lid, flap routes, LED and buzzer (needs no signature)")
+    p.set_defaults(func=cmd_selftest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The smartbinctl command line."""
     parser = argparse.ArgumentParser(
@@ -480,24 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distance-mm", type=float, help="use this distance instead of the current sensor reading")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("backup", parents=[common], help="print calibration, counters and maintenance mode as one JSON "
-                                                        "document (smartbinctl backup > bin.json)")
-    p.set_defaults(func=cmd_backup)
-
-    p = sub.add_parser("restore", parents=[common], help="restore a backup document (signed)")
-    p.add_argument("file", help="the JSON file `smartbinctl backup` wrote")
-    p.add_argument("--force", action="store_true", help="also a backup of another device or format version")
-    p.set_defaults(func=cmd_restore)
-
-    add_history_parser(sub, common).set_defaults(func=cmd_history)
-
-    p = sub.add_parser("selftest", parents=[common], help="exercise the hardware, one line per check (exit 1 on a fail)",
-                       description="Run the `selftest` request: distance sensors, drop sensor, scale, lid, flap routes, "
-                                   "LED, buzzer, camera, detector. Moving parts need a signature (the config's key) "
-                                   "and an idle bin; --no-move skips them.")
-    p.add_argument("--parts", nargs="+", choices=PARTS, metavar="PART", help=f"only these: {', '.join(PARTS)}")
-    p.add_argument("--no-move", action="store_true", help="skip the lid, flap routes, LED and buzzer (needs no signature)")
-    p.set_defaults(func=cmd_selftest)
+    _add_operation_parsers(sub, common)
 
     p = sub.add_parser("logs", parents=[common], help="journalctl -u smartbin with SMARTBIN_* filters")
     p.add_argument("component", nargs="?", help=f"one component: {', '.join(COMPONENTS)}")
