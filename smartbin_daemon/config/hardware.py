@@ -12,6 +12,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..hardware.jetson_header import JETSON_HEADERS
 from .base import _Model
 
 # --------------------------------------------------------------------------- hardware: Arduino link
@@ -69,6 +70,10 @@ GPIO_BOARD_TO_BCM = {
 }
 """The 40-pin header (every 40-pin Pi): physical position -> BCM number, to spot one pin given two ways."""
 
+JETSON_PIN_NAMES = frozenset(name.upper() for rows in JETSON_HEADERS.values() for _b, cvm, soc, _p in rows
+                             for name in (cvm, soc))
+"""Every name NVIDIA's pinmux tables give a Jetson header pin ('SPI1_MOSI', 'GP122'); checked per module at load."""
+
 GpioPin = Annotated[int | str, Field(description="gpiozero pin spec: BCM number (17) or name ('GPIO17', 'BOARD11', 'J8:11')")]
 
 
@@ -84,10 +89,10 @@ def gpio_pin_spec(value: Any) -> Any:
         text = value.strip().upper()
         if text.isdigit():
             return gpio_pin_spec(int(text))
-        if GPIO_PIN_NAME_RE.match(text):
+        if GPIO_PIN_NAME_RE.match(text) or text in JETSON_PIN_NAMES:
             return text
         raise ValueError(f"{value!r} is not a pin spec: use a BCM number (17) or a name like 'GPIO17', 'BCM17', "
-                         "'BOARD11' or 'J8:11'")
+                         "'BOARD11' or 'J8:11' (on a Jetson: the header number or a pinmux name like 'GP122')")
     raise ValueError("must be a pin number or name such as 17, 'GPIO17' or 'BOARD11'")
 
 
@@ -259,9 +264,10 @@ class GpioConfig(_Model):
     """Devices wired straight to the Pi/Jetson header, driven through one gpiozero pin factory."""
 
     enabled: bool = False
-    pin_factory: Literal["auto", "lgpio", "rpigpio", "native", "mock"] = Field(
+    pin_factory: Literal["auto", "lgpio", "rpigpio", "native", "jetson", "mock"] = Field(
         default="auto",
-        description="auto: lgpio on a Raspberry Pi 5, gpiozero's default elsewhere; mock: simulation and tests",
+        description="auto: jetson (Jetson.GPIO) on an NVIDIA Jetson, lgpio on a Raspberry Pi 5, gpiozero's default "
+                    "elsewhere; mock: simulation and tests",
     )
     presence: GpioPresenceConfig | None = None
     distance: list[GpioDistanceConfig] = Field(default_factory=list)

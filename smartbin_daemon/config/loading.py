@@ -15,6 +15,7 @@ from pydantic import (
     ValidationError,
 )
 
+from ..hardware.boards import gpio_board_problems
 from .alerts import url_problem
 from .base import REDACTED, TOPIC_NAME_RE, ConfigError
 from .root import Config
@@ -199,6 +200,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
             if not secret:
                 errors.append(f"{where}: {str(key.secret_file)!r} is empty")
             key.secret = SecretStr(secret)
+    errors += gpio_board_problems(cfg.gpio)  # the pins of this board (a Jetson module's header, its PWM pins)
     if errors:
         raise ConfigError(source, errors)
     return cfg

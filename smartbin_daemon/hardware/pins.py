@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import statistics
 import time
 import warnings
@@ -22,10 +21,12 @@ from gpiozero.exc import (
 )
 from gpiozero.pins import Factory
 
+from .boards import board_model, detect_board, factory_kind
+
+__all__ = ["board_model", "build_pin_factory", "factory_kind", "factory_name"]  # board_model, factory_kind: boards.py
+
 logger = logging.getLogger(__name__)
 
-DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
-PI5_MODEL_RE = re.compile(r"Raspberry Pi (?:5|500|Compute Module 5)\b")
 DISTANCE_STALE_S = 1.0
 """A distance sensor without a successful echo for this long reads None (no echo)."""
 
@@ -38,24 +39,15 @@ def quiet_gpiozero_warnings() -> None:
     warnings.filterwarnings("ignore", category=DistanceSensorNoEcho)
 
 
-def board_model(path: Path = DEVICE_TREE_MODEL) -> str | None:
-    """The device-tree model string ('Raspberry Pi 5 Model B Rev 1.0'), or None off a device-tree board."""
-    try:
-        return path.read_bytes().rstrip(b"\x00").decode("utf-8", "replace").strip() or None
-    except OSError:
-        return None
-
-
-def factory_kind(setting: str, model: str | None) -> str:
-    """Which factory `setting` means on this board: 'auto' is lgpio on a Pi 5, gpiozero's default choice elsewhere."""
-    if setting != "auto":
-        return setting
-    return "lgpio" if model is not None and PI5_MODEL_RE.search(model) else "default"
-
-
-def build_pin_factory(setting: str, *, model_path: Path = DEVICE_TREE_MODEL) -> Factory:
+def build_pin_factory(setting: str, *, device_tree: Path | None = None) -> Factory:
     """One pin factory instance for `gpio.pin_factory` (the process-global Device.pin_factory is left alone)."""
-    kind = factory_kind(setting, board_model(model_path) if setting == "auto" else None)
+    board = detect_board(device_tree) if setting in ("auto", "jetson") else None
+    kind = factory_kind(setting, board.model if board else None, board)
+    if kind == "jetson":
+        from .jetson_pins import JetsonGPIOFactory
+
+        assert board is not None
+        return JetsonGPIOFactory(board)
     if kind == "mock":
         from gpiozero.pins.mock import MockFactory, MockPWMPin
 
@@ -79,7 +71,7 @@ def build_pin_factory(setting: str, *, model_path: Path = DEVICE_TREE_MODEL) -> 
 def factory_name(factory: Factory) -> str:
     """Short name of a factory instance for the state ('lgpio', 'mock', ...)."""
     names = {"LGPIOFactory": "lgpio", "RPiGPIOFactory": "rpigpio", "NativeFactory": "native",
-             "MockFactory": "mock", "PiGPIOFactory": "pigpio"}
+             "MockFactory": "mock", "PiGPIOFactory": "pigpio", "JetsonGPIOFactory": "jetson"}
     for cls in type(factory).__mro__:
         if cls.__name__ in names:
             return names[cls.__name__]

@@ -207,14 +207,14 @@ def test_debouncer_commits_exactly_the_levels_that_held_long_enough(
 # --------------------------------------------------------------------------- pin factory
 
 
-def test_auto_picks_lgpio_on_a_pi5_and_gpiozeros_default_elsewhere(tmp_path: Path) -> None:
+def test_auto_picks_lgpio_on_a_pi5_jetson_on_a_jetson_and_gpiozeros_default_elsewhere(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\x00")
     assert board_model(model) == "Raspberry Pi 5 Model B Rev 1.0"
     assert factory_kind("auto", board_model(model)) == "lgpio"
     assert factory_kind("auto", "Raspberry Pi Compute Module 5 Rev 1.0") == "lgpio"
     assert factory_kind("auto", "Raspberry Pi 4 Model B Rev 1.4") == "default"
-    assert factory_kind("auto", "NVIDIA Jetson Orin Nano Developer Kit") == "default"
+    assert factory_kind("auto", "NVIDIA Jetson Orin Nano Developer Kit") == "jetson"
     assert factory_kind("auto", None) == "default"
     assert factory_kind("rpigpio", "Raspberry Pi 5 Model B") == "rpigpio"
     assert board_model(tmp_path / "missing") is None
@@ -224,9 +224,8 @@ def test_mock_factory_has_pwm_pins_and_auto_uses_gpiozeros_default(monkeypatch: 
     f = build_pin_factory("mock")
     assert isinstance(f, MockFactory) and f.pin_class is MockPWMPin
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # gpiozero's default choice honours this
-    model = tmp_path / "model"
-    model.write_text("Raspberry Pi 4 Model B Rev 1.4")
-    assert isinstance(build_pin_factory("auto", model_path=model), MockFactory)
+    (tmp_path / "model").write_text("Raspberry Pi 4 Model B Rev 1.4")
+    assert isinstance(build_pin_factory("auto", device_tree=tmp_path), MockFactory)
 
 
 def test_an_unloadable_pin_factory_is_fatal_and_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
