@@ -12,8 +12,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..hardware.jetson_header import JETSON_HEADERS
 from .base import _Model
+from .jetson_header import JETSON_HEADERS
 
 # --------------------------------------------------------------------------- hardware: Arduino link
 

@@ -15,9 +15,9 @@ from pydantic import (
     ValidationError,
 )
 
-from ..hardware.boards import gpio_board_problems
 from .alerts import url_problem
 from .base import REDACTED, TOPIC_NAME_RE, ConfigError
+from .boards import gpio_board_problems
 from .root import Config
 
 # --------------------------------------------------------------------------- loading

@@ -27,8 +27,8 @@ from gpiozero.pins import BoardInfo, HeaderInfo, PinInfo
 from gpiozero.pins.local import LocalPiPin
 from gpiozero.pins.pi import PiFactory
 
-from .boards import JETSON_INSTALL_HINT, PINMUX_HINT, Board, jetson_pin_names, jetson_pwm_pins
-from .jetson_header import JETSON_HEADERS
+from ..config.boards import JETSON_INSTALL_HINT, PINMUX_HINT, Board, jetson_pin_names, jetson_pwm_pins
+from ..config.jetson_header import JETSON_HEADERS
 
 logger = logging.getLogger(__name__)
 

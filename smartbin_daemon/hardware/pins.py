@@ -21,9 +21,9 @@ from gpiozero.exc import (
 )
 from gpiozero.pins import Factory
 
-from .boards import board_model, detect_board, factory_kind
+from ..config.boards import board_model, detect_board, factory_kind
 
-__all__ = ["board_model", "build_pin_factory", "factory_kind", "factory_name"]  # board_model, factory_kind: boards.py
+__all__ = ["board_model", "build_pin_factory", "factory_kind", "factory_name"]  # board_model, factory_kind: config/boards.py
 
 logger = logging.getLogger(__name__)
 

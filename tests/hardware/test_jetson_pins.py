@@ -16,9 +16,8 @@ import yaml
 from gpiozero import DistanceSensor
 
 from smartbin_daemon.__main__ import main
-from smartbin_daemon.config import EX_CONFIG, GpioConfig
-from smartbin_daemon.hardware import boards
-from smartbin_daemon.hardware.boards import Board, detect_board, factory_kind, gpio_board_problems
+from smartbin_daemon.config import EX_CONFIG, GpioConfig, boards
+from smartbin_daemon.config.boards import Board, detect_board, factory_kind, gpio_board_problems
 from smartbin_daemon.hardware.gpio import GpioWorker
 from smartbin_daemon.hardware.jetson_pins import JetsonGPIOFactory
 from smartbin_daemon.hardware.pins import build_pin_factory, factory_name

@@ -1,6 +1,6 @@
 """Which board this is (device tree), which pin factory `gpio.pin_factory` means on it, and the config checks
-only the board can answer (a Jetson header's pins, its PWM pins, Jetson.GPIO installed). No gpiozero here:
-`check-config` runs these without touching a pin."""
+only the board can answer (a Jetson header's pins, its PWM pins, Jetson.GPIO installed). Part of config, not
+of the gpio component: `check-config` runs these without gpiozero and without touching a pin."""
 
 from __future__ import annotations
 
@@ -9,12 +9,9 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .hardware import GPIO_PIN_NAME_RE, GpioConfig
 from .jetson_header import JETSON_COMPATIBLES, JETSON_HEADERS
-
-if TYPE_CHECKING:
-    from ..config import GpioConfig
 
 DEVICE_TREE = Path("/proc/device-tree")
 """Where `model` and `compatible` are read (tests point this at a fake tree)."""
@@ -160,8 +157,6 @@ def gpio_board_problems(cfg: GpioConfig, board: Board | None = None) -> list[str
     kind = factory_kind(cfg.pin_factory, board.model, board)
     if kind == "jetson":
         return _jetson_problems(cfg, board)
-    from ..config.hardware import GPIO_PIN_NAME_RE
-
     return [f"gpio.{path}: {pin!r} is a Jetson pinmux name, but the {kind} pin factory drives a Raspberry Pi header: "
             "use a BCM number (17) or a name like 'GPIO17' or 'BOARD11'"
             for path, pin in cfg.pins() if isinstance(pin, str) and not GPIO_PIN_NAME_RE.match(pin)]
