@@ -285,6 +285,7 @@ set_paths() {
     UNIT_FILE=$UNIT_DIR/$UNIT_NAME
     DROPIN_DIR=$UNIT_DIR/$UNIT_NAME.d
     UDEV_RULE=$PREFIX/etc/udev/rules.d/99-smartbin-arduino.rules
+    JETSON_GPIO_RULE=$PREFIX/etc/udev/rules.d/99-smartbin-jetson-gpio.rules
     DEV_VENV=$REPO_DIR/.venv
 }
 
@@ -312,8 +313,10 @@ detect_platform() {
     PLATFORM=${SMARTBIN_PLATFORM:-}
     if [[ -z $PLATFORM ]]; then
         local model=""
+        local compatible=""
         if [[ -r /proc/device-tree/model ]]; then model=$(tr -d '\0' </proc/device-tree/model); fi
-        if [[ -e /etc/nv_tegra_release || $model == *"NVIDIA Jetson"* ]]; then
+        if [[ -r /proc/device-tree/compatible ]]; then compatible=$(tr '\0' ' ' </proc/device-tree/compatible); fi
+        if [[ -e /etc/nv_tegra_release || $model == *"NVIDIA Jetson"* || $compatible == *"nvidia,tegra"* ]]; then
             PLATFORM=jetson
         elif [[ $model == *"Raspberry Pi"* ]]; then
             PLATFORM=pi
@@ -863,6 +866,39 @@ RULE
     fi
 }
 
+# Jetson GPIO (gpio.pin_factory: auto/jetson): NVIDIA's Jetson.GPIO in the venv (JetPack's system copy
+# through --system-site-packages, else from PyPI) and its udev rule, which gives the `gpio` group the
+# GPIO character devices and the PWM sysfs files. A 99-gpio.rules already in /etc/udev/rules.d is kept.
+install_jetson_gpio() {
+    [[ $PLATFORM == jetson ]] || return 0
+    if ((!DRY_RUN)) && "$VENV_DIR/bin/python" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("Jetson.GPIO") is None)' 2>/dev/null; then
+        info "Jetson: Jetson.GPIO present"
+    else
+        info "Jetson: installing Jetson.GPIO into the venv (for the GPIO pin factory)"
+        pip_install "$VENV_DIR" Jetson.GPIO
+    fi
+    local rules=""
+    if ((!DRY_RUN)); then
+        rules=$("$VENV_DIR/bin/python" -c 'import importlib.util as u, pathlib; s = u.find_spec("Jetson.GPIO"); print(pathlib.Path(list(s.submodule_search_locations)[0], "99-gpio.rules"))' 2>/dev/null || true)
+    fi
+    if [[ -e /etc/udev/rules.d/99-gpio.rules ]]; then
+        info "Jetson: keeping /etc/udev/rules.d/99-gpio.rules (gpio group access to GPIO and PWM)"
+        remove_path "$JETSON_GPIO_RULE"
+    elif [[ -n $rules && -f $rules ]]; then
+        info "Jetson: installing Jetson.GPIO's udev rule as $JETSON_GPIO_RULE (gpio group access to GPIO and PWM)"
+        write_file "$rules" "$JETSON_GPIO_RULE" 0644
+    elif ((DRY_RUN)); then
+        note "[dry-run] write $JETSON_GPIO_RULE (from Jetson.GPIO's 99-gpio.rules)"
+    else
+        warn "Jetson: Jetson.GPIO's 99-gpio.rules not found: copy it to /etc/udev/rules.d/ for GPIO without root"
+        return 0
+    fi
+    if [[ -n $PREFIX ]] || command -v udevadm >/dev/null 2>&1; then
+        sys_run udevadm control --reload-rules
+        sys_run udevadm trigger --subsystem-match=gpio --subsystem-match=pwm --action=add
+    fi
+}
+
 # Returns 0 when the installed daemon accepts the config (so the service can be started).
 check_installed_daemon() {
     if ((DRY_RUN)); then
@@ -932,6 +968,7 @@ do_install() {
     install_docs
     install_unit
     install_udev_rule
+    install_jetson_gpio
     local config_ok=1
     check_installed_daemon || config_ok=0
     enable_service "$config_ok"
@@ -954,6 +991,7 @@ do_uninstall() {
     remove_path "$UNIT_FILE"
     remove_path "$UNIT_DIR/multi-user.target.wants/$UNIT_NAME"
     remove_path "$UDEV_RULE"
+    remove_path "$JETSON_GPIO_RULE"
     if ((PURGE)); then
         remove_path "$DROPIN_DIR"
     else

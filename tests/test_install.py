@@ -304,6 +304,17 @@ def test_jetson_dry_run_uses_system_site_packages_and_dropin(env: dict[str, str]
     assert f"write {tmp_path}/p/etc/systemd/system/smartbin.service.d/10-jetson.conf" in result.stdout
 
 
+def test_jetson_install_sets_up_jetson_gpio_and_its_udev_rule(env: dict[str, str], tmp_path: Path) -> None:
+    jetson = install_sh("--dry-run", "--prefix", str(tmp_path / "p"), env={**env, "SMARTBIN_PLATFORM": "jetson"}).stdout
+    assert "installing Jetson.GPIO into the venv" in jetson
+    assert re.search(r"\[dry-run\] \S+/p/opt/smartbin/venv/bin/python -m pip install .*Jetson\.GPIO", jetson)
+    rule = f"{tmp_path}/p/etc/udev/rules.d/99-smartbin-jetson-gpio.rules"
+    assert f"write {rule}" in jetson or "keeping /etc/udev/rules.d/99-gpio.rules" in jetson
+    assert "udevadm trigger --subsystem-match=gpio --subsystem-match=pwm --action=add" in jetson
+    pi = install_sh("--dry-run", "--prefix", str(tmp_path / "q"), env={**env, "SMARTBIN_PLATFORM": "pi"}).stdout
+    assert "Jetson.GPIO" not in pi and "99-smartbin-jetson-gpio.rules" not in pi
+
+
 def _checkout(tmp_path: Path) -> Path:
     """A copy of what install.sh reads, so a test can change its configs (and its .venv is a new one)."""
     repo = tmp_path / "repo"
