@@ -211,9 +211,9 @@ def test_device_access_is_not_cut_off(unit: dict[str, list[tuple[str, str]]]) ->
     assert "DeviceAllow" not in keys
 
 
-def test_jetson_dropin_only_relaxes_private_tmp() -> None:
+def test_jetson_dropin_only_relaxes_private_tmp_and_the_sysfs_pwm_files() -> None:
     dropin = parse_unit(DROPINS["10-jetson.conf"].read_text())
-    assert dropin.get("Service") == [("PrivateTmp", "no")]
+    assert dropin.get("Service") == [("PrivateTmp", "no"), ("ReadWritePaths", "-/sys/devices")]
     assert values(dropin, "Unit", "After") == ["nvargus-daemon.service"]
 
 
