@@ -296,11 +296,13 @@ def test_check_config_names_the_pin_and_what_the_module_allows(tmp_path: Path, c
 
 
 @pytest.mark.usefixtures("on_orin_nano", "fake_gpio")
-def test_check_config_accepts_a_jetson_wiring(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = check_config(tmp_path, {"presence": {"pin": 7}, "door": {"pin": "BOARD11"}, "button": {"pin": "GP122"},
-                                        "leds": {"status": 32}, "buzzer": {"pin": 16}, "lid": {"kind": "servo", "pin": 15}},
-                             capsys)
-    assert (code, err) == (0, "")
+def test_the_readme_jetson_wiring_passes_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("#### GPIO on a Jetson"):]
+    example = yaml.safe_load(section[section.index("```yaml") + 7:section.index("```", section.index("```yaml") + 7)])
+    gpio = example["gpio"]
+    assert gpio.pop("enabled") is True and gpio["lid"]["kind"] == "servo"
+    assert check_config(tmp_path, gpio, capsys) == (0, "")
 
 
 @pytest.mark.usefixtures("on_orin_nano")
