@@ -304,7 +304,7 @@ class GpioConfig(_Model):
     def _consistent(self) -> GpioConfig:
         seen: dict[str, tuple[str, int | str]] = {}
         clashes: list[str] = []
-        for path, pin in self.pins():
+        for path, pin in self.pins() if self.pin_factory != "jetson" else ():  # a Jetson's: by header position, at load
             key = gpio_pin_key(pin)
             if key in seen:
                 first_path, first_pin = seen[key]

@@ -315,6 +315,13 @@ def test_check_config_without_jetson_gpio_says_how_to_install_it(tmp_path: Path,
     assert "pip install Jetson.GPIO" in err and "apt install python3-jetson-gpio" in err and "`gpio` group" in err
 
 
+@pytest.mark.usefixtures("fake_gpio")
+def test_pi_numbering_does_not_judge_jetson_pins() -> None:
+    cfg = GpioConfig.model_validate({"enabled": True, "pin_factory": "jetson", "presence": {"pin": "GPIO09"},
+                                     "door": {"pin": "BOARD21"}})  # header 7 and 21 (a Pi's GPIO9 is its BOARD21)
+    assert gpio_board_problems(cfg, ORIN_NANO) == []
+
+
 def test_jetson_names_off_a_jetson_and_jetson_on_a_pi_are_config_errors(tmp_path: Path) -> None:
     pi4 = Board("Raspberry Pi 4 Model B Rev 1.4")
     cfg = GpioConfig.model_validate({"enabled": True, "presence": {"pin": "GP122"}, "door": {"pin": 17}})
