@@ -59,15 +59,17 @@ static avr_cycle_count_t beam_tick(avr_t *avr, avr_cycle_count_t when, void *par
   return when + (avr_cycle_count_t)(beam_state ? 1500000 : 2000) * 16;
 }
 
-/* Sleeps while the simulated clock is ahead of the wall clock (simavr alone runs a busy loop flat out). */
-static void hold_to_wall_time(avr_t *avr, const struct timespec *t0) {
+/* Sleeps while the simulated clock is ahead of the wall clock (simavr alone runs a busy loop flat out).
+   t0 is the wall time of cycle 0; a reset that restarts the cycle count moves it. */
+static void hold_to_wall_time(avr_t *avr, struct timespec *t0, avr_cycle_count_t *last) {
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
+  if (avr->cycle < *last) *t0 = now;
+  *last = avr->cycle;
   double wall = (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
   double ahead = (double)avr->cycle / avr->frequency - wall;
   if (ahead > 0.001) {
-    struct timespec nap = {.tv_sec = 0, .tv_nsec = (long)(ahead * 1e9)};
-    if (ahead >= 1.0) { nap.tv_sec = (time_t)ahead; nap.tv_nsec = (long)((ahead - (double)nap.tv_sec) * 1e9); }
+    struct timespec nap = {.tv_sec = (time_t)ahead, .tv_nsec = (long)((ahead - (double)(time_t)ahead) * 1e9)};
     nanosleep(&nap, NULL);
   }
 }
@@ -93,15 +95,15 @@ int main(int argc, char **argv) {
   avr_cycle_timer_register_usec(avr, 1000, beam_tick, NULL);
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  avr_cycle_count_t next_sync = 0;
+  avr_cycle_count_t next_sync = 0, last_cycle = 0;
   for (unsigned long n = 0;; n++) {
     /* a watchdog reset (the RESET command) clears all cycle timers: put ours back */
     if ((n & 0xFFFF) == 0 && avr_cycle_timer_status(avr, beam_tick, NULL) == 0) {
       avr_cycle_timer_register_usec(avr, 1000, switch_tick, NULL);
       avr_cycle_timer_register_usec(avr, 1000, beam_tick, NULL);
     }
-    if (avr->cycle >= next_sync) {  /* every simulated millisecond */
-      hold_to_wall_time(avr, &t0);
+    if (avr->cycle >= next_sync || avr->cycle < last_cycle) {  /* every simulated millisecond */
+      hold_to_wall_time(avr, &t0, &last_cycle);
       next_sync = avr->cycle + 16000;
     }
     int state = avr_run(avr);

@@ -287,6 +287,7 @@ static void softwareReset() {
   Serial.flush();  // the ACK leaves before the reset
   g_resetMagic = MAGIC_COMMANDED;
   wdt_enable(WDTO_15MS);  // reset-only mode (WDIE cleared), so the ISR cannot overwrite the magic
+  wdt_reset();            // start the 15 ms from now (simavr keeps the old period until a reset)
   for (;;) {
   }
 }
