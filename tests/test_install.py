@@ -457,6 +457,8 @@ def test_test_mode_installs_both_stacks(env: dict[str, str], tmp_path: Path) -> 
     assert "--force-reinstall --no-deps opencv-python-headless" in out
     assert "vision: adding the ultralytics extra" in out and "--test" in out
     assert re.search(r"\[dry-run\] \.venv/bin/python -m pytest -k nothing$", out, re.M), out
+    # The firmware tests' toolchain (tests/hardware/firmware.py), checked and installed like the other apt packages.
+    assert re.search(r"apt packages.*\bgcc-avr avr-libc arduino-core-avr simavr libsimavr-dev\b", out), out
 
 
 def _fake_distribution(root: Path, name: str, version: str) -> Path:
