@@ -73,6 +73,14 @@ class Firmware:
             raise TooBig(f"static RAM {self.ram} bytes > {RAM_BUDGET:.0%} of {RAM_LIMIT} (stack margin)")
 
 
+def sketch_define(name: str, sketch: Path = SKETCH) -> str:
+    """The value of `#define NAME value` in the sketch (e.g. PROTO_VERSION)."""
+    match = re.search(rf"^#define {name} (\S+)", sketch.read_text(encoding="utf-8"), flags=re.M)
+    if match is None:
+        raise ValueError(f"{sketch} has no #define {name}")
+    return match.group(1)
+
+
 def missing_firmware_tools() -> list[str]:
     """Debian packages (of FIRMWARE_PACKAGES) whose files are absent."""
     missing = [pkg for pkg, tool in (("gcc-avr", "avr-g++"), ("gcc-avr", "avr-size")) if not shutil.which(tool)]
