@@ -15,7 +15,7 @@ from smartbin_daemon import ctl
 from smartbin_daemon.hardware.arduino.firmware_build import sketch_define
 from smartbin_daemon.hardware.arduino.protocol import PROTOCOL_VERSION
 
-from .hardware.firmware import build_or_skip
+from .hardware.firmware import require_toolchain
 
 
 def test_the_package_carries_the_sketch_of_its_protocol_version() -> None:
@@ -75,7 +75,7 @@ def test_without_a_port_in_the_config_the_udev_symlink_is_named(tmp_path: Path, 
 
 def test_firmware_build_makes_the_hex_and_names_it_in_the_avrdude_command(
         tmp_path: Path, fake_flashers: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    build_or_skip(tmp_path / "probe")  # skips (fails in CI) without the toolchain
+    require_toolchain()  # skips (fails in CI) without it
     out_dir = tmp_path / "fw"
     config = _config(tmp_path, {"enabled": True, "port": "/dev/ttyUSB3"})
     assert ctl.main(["firmware", "--config", str(config), "--build", str(out_dir)]) == 0

@@ -53,11 +53,16 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def build_or_skip(out: Path) -> Firmware:
-    """The sketch built for the Uno into `out`, or a skip (a failure in CI) naming the missing packages."""
+def require_toolchain() -> None:
+    """Skip (fail in CI) unless Debian's AVR toolchain and Arduino core are installed."""
     missing = missing_firmware_tools()
     if missing:
         unavailable(f"AVR toolchain missing (Debian: {' '.join(FIRMWARE_PACKAGES)}; absent: {' '.join(missing)})")
+
+
+def build_or_skip(out: Path) -> Firmware:
+    """The sketch built for the Uno into `out`, or a skip (a failure in CI) naming the missing packages."""
+    require_toolchain()
     fw = build(out)
     if not BUILT:
         BUILT.append(fw)
