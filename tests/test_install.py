@@ -204,6 +204,10 @@ def test_prefix_install_creates_a_working_layout(installed: tuple[Layout, subpro
     for shipped in ("PROTOCOL.md", "firmware/README.md", "firmware/smartbin_fw/smartbin_fw.ino",
                     "firmware/simavr/smartbin_simavr.c"):
         assert (arduino / shipped).is_file(), shipped
+    shown = subprocess.run([str(lay.venv / "bin/smartbinctl"), "firmware", "--config", str(lay.config)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"sketch:   {arduino / 'firmware/smartbin_fw/smartbin_fw.ino'}\n" in shown.stdout, shown.stdout
     assert lay.config.read_text() == (REPO / "config/smartbin.yaml").read_text().replace("/etc/smartbin", f"{lay.prefix}/etc/smartbin").replace(
         "/var/lib/smartbin", f"{lay.prefix}/var/lib/smartbin")
     assert stat.S_IMODE(lay.config.stat().st_mode) == 0o640
