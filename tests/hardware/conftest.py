@@ -35,4 +35,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("firmware (Arduino Uno, simavr)")
     if BUILT:
         terminalreporter.write_line(BUILT[0].report())
-    terminalreporter.write_line(f"{int(STATS['tests'])} tests against the firmware in {STATS['seconds']:.1f} s")
+    if STATS["tests"]:
+        terminalreporter.write_line(f"{int(STATS['tests'])} tests against the firmware in {STATS['seconds']:.1f} s")

@@ -10,7 +10,7 @@ import os
 import select
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,11 +60,11 @@ def require_toolchain() -> None:
         unavailable(f"AVR toolchain missing (Debian: {' '.join(FIRMWARE_PACKAGES)}; absent: {' '.join(missing)})")
 
 
-def build_or_skip(out: Path) -> Firmware:
+def build_or_skip(out: Path, defines: Sequence[str] = ()) -> Firmware:
     """The sketch built for the Uno into `out`, or a skip (a failure in CI) naming the missing packages."""
     require_toolchain()
-    fw = build(out)
-    if not BUILT:
+    fw = build(out, defines)
+    if not BUILT and not defines:
         BUILT.append(fw)
     return fw
 

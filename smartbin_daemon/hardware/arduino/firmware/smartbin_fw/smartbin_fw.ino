@@ -22,15 +22,11 @@
 #include <string.h>
 
 // ---- optional hardware ---------------------------------------------------------------------------
-// #define HAVE_HX711        // load cell via the "HX711 Arduino Library" by bogde (Library Manager: HX711)
+// #define HAVE_HX711        // load cell on an HX711 board (read directly, no library: see hx711Read)
 #define HAVE_LID_SWITCH      // reed switch that closes when the lid is shut
 #define HAVE_LOCK            // lock relay / solenoid bolt
 #define HAVE_TEMP            // TMP36 analog temperature sensor
 #define HAVE_DROP_SENSOR     // IR break-beam below the flap
-
-#ifdef HAVE_HX711
-#include <HX711.h>
-#endif
 
 // ---- protocol constants: keep in sync with PROTOCOL.md and protocol.py ------------------------------
 #define PROTO_VERSION 1
@@ -244,8 +240,6 @@ static PatternRun g_ledRun;
 static PatternRun g_buzRun;
 
 #ifdef HAVE_HX711
-static HX711 g_scale;
-static bool g_hxBegun = false;       // begin() reads once and blocks while the chip is not ready
 static int32_t g_raw = 0;            // smoothed raw reading
 static bool g_rawValid = false;
 static int32_t g_tareOffset = 0;
@@ -501,16 +495,33 @@ static bool hxReadyPin() {
   return digitalRead(HX711_DOUT_PIN) == LOW;  // DOUT low = conversion ready
 }
 
+// One conversion, called while DOUT is low (ready): 24 bits MSB first, then a 25th clock that keeps channel A
+// at gain 128. Interrupts are off meanwhile (< 0.1 ms): SCK held high for over 60 us powers the chip down.
+static int32_t hx711Read() {
+  uint32_t value = 0;
+  uint8_t oldSreg = SREG;
+  cli();
+  for (uint8_t i = 0; i < 25; i++) {
+    digitalWrite(HX711_SCK_PIN, HIGH);
+    delayMicroseconds(1);
+    if (i < 24) {
+      value = (value << 1) | (digitalRead(HX711_DOUT_PIN) == HIGH ? 1U : 0U);
+    }
+    digitalWrite(HX711_SCK_PIN, LOW);
+    delayMicroseconds(1);
+  }
+  SREG = oldSreg;
+  if (value & 0x800000UL) {
+    value |= 0xFF000000UL;  // two's complement, 24 -> 32 bits
+  }
+  return (int32_t)value;
+}
+
 static void serviceScale(uint32_t now) {
   if (hxReadyPin()) {
-    if (!g_hxBegun) {
-      g_scale.begin(HX711_DOUT_PIN, HX711_SCK_PIN);  // ready now, so its internal read() returns at once
-      g_hxBegun = true;
-    } else {
-      int32_t raw = g_scale.read();  // ready, so this is one 24-bit shift (< 0.3 ms)
-      g_raw = g_rawValid ? (g_raw * 3 + raw) / 4 : raw;
-      g_rawValid = true;
-    }
+    int32_t raw = hx711Read();
+    g_raw = g_rawValid ? (g_raw * 3 + raw) / 4 : raw;
+    g_rawValid = true;
     g_lastHxReady = now;
     g_hxFault = false;
   } else if (!g_hxFault && now - g_lastHxReady > HX711_TIMEOUT_MS) {
