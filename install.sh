@@ -78,7 +78,8 @@ Modes:
                       daemon in the foreground with config/simulation.yaml (lean "vision" stack
                       unless that config needs ultralytics). ARGS after -- are passed to
                       `smartbin-daemon run`.
-  --test            Developer/CI test run (README, .ci/run): apt deps (mosquitto, openssl, ...),
+  --test            Developer/CI test run (README, .ci/run): apt deps (mosquitto, openssl, the AVR
+                      toolchain and simavr for the firmware tests, ...),
                       ./.venv with the "test", "vision" and "ultralytics" extras (torch first),
                       then `python -m pytest ARGS`; exits with pytest's status.
                       Example: ./install.sh --test -- -k mqtt -x
@@ -1109,6 +1110,9 @@ do_test() {
     command -v systemd-analyze >/dev/null || pkgs+=(systemd)
     # node runs the example Node-RED flow's request-signing code in tests/test_nodered.py.
     command -v node >/dev/null || pkgs+=(nodejs)
+    # The reference firmware is built for the Uno and run under simavr (tests/hardware/firmware.py):
+    # the AVR compiler and C library, Debian's Arduino core, simavr and its headers for the harness.
+    pkgs+=(gcc-avr avr-libc arduino-core-avr simavr libsimavr-dev)
     # The tests compare the ONNX Runtime backend with ultralytics and train tiny models.
     WITH_ULTRALYTICS=1
     ULTRA_WHY="--test (the tests run both detector backends and the training pipeline)"

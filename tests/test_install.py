@@ -204,6 +204,10 @@ def test_prefix_install_creates_a_working_layout(installed: tuple[Layout, subpro
     for shipped in ("PROTOCOL.md", "firmware/README.md", "firmware/smartbin_fw/smartbin_fw.ino",
                     "firmware/simavr/smartbin_simavr.c"):
         assert (arduino / shipped).is_file(), shipped
+    shown = subprocess.run([str(lay.venv / "bin/smartbinctl"), "firmware", "--config", str(lay.config)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"sketch:   {arduino / 'firmware/smartbin_fw/smartbin_fw.ino'}\n" in shown.stdout, shown.stdout
     assert lay.config.read_text() == (REPO / "config/smartbin.yaml").read_text().replace("/etc/smartbin", f"{lay.prefix}/etc/smartbin").replace(
         "/var/lib/smartbin", f"{lay.prefix}/var/lib/smartbin")
     assert stat.S_IMODE(lay.config.stat().st_mode) == 0o640
@@ -468,6 +472,8 @@ def test_test_mode_installs_both_stacks(env: dict[str, str], tmp_path: Path) -> 
     assert "--force-reinstall --no-deps opencv-python-headless" in out
     assert "vision: adding the ultralytics extra" in out and "--test" in out
     assert re.search(r"\[dry-run\] \.venv/bin/python -m pytest -k nothing$", out, re.M), out
+    # The firmware tests' toolchain (tests/hardware/firmware.py), checked and installed like the other apt packages.
+    assert re.search(r"apt packages.*\bgcc-avr avr-libc arduino-core-avr simavr libsimavr-dev\b", out), out
 
 
 def _fake_distribution(root: Path, name: str, version: str) -> Path:

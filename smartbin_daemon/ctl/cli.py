@@ -26,6 +26,7 @@ from ..runtime.commands import COMMAND_RE
 from ..states import AlertsState
 from ..states.selftest import MAX_RUN_S, MOVING, PARTS
 from .doctor import doctor_checks
+from .firmware import add_firmware_parser, cmd_firmware
 from .history import (
     KINDS,
     add_history_parser,
@@ -442,7 +443,7 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
 
 
 def _add_operation_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """backup, restore, history and selftest."""
+    """backup, restore, history, firmware and selftest."""
     p = sub.add_parser("backup", parents=[common], help="print calibration, counters and maintenance mode as one JSON "
                                                         "document (smartbinctl backup > bin.json)")
     p.set_defaults(func=cmd_backup)
@@ -453,6 +454,7 @@ def _add_operation_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_restore)
 
     add_history_parser(sub, common).set_defaults(func=cmd_history)
+    add_firmware_parser(sub, common).set_defaults(func=cmd_firmware)
 
     p = sub.add_parser("selftest", parents=[common], help="exercise the hardware, one line per check (exit 1 on a fail)",
                        description="Run the `selftest` request: distance sensors, drop sensor, scale, lid, flap routes, "

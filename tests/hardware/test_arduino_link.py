@@ -1,4 +1,5 @@
-"""The link manager against the pty simulator: real pyserial, real protocol, scripted faults."""
+"""The link manager against the pty simulator (real pyserial, real protocol, scripted faults) and, for the
+handshake, telemetry, ROUTE idempotency and the lid state machine, against the firmware under simavr too."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from smartbin_daemon.config import ArduinoConfig
 from smartbin_daemon.hardware.arduino import link as link_module
 from smartbin_daemon.hardware.arduino.link import ArduinoLink
 from smartbin_daemon.hardware.arduino.protocol import encode
-from smartbin_daemon.hardware.arduino.simulator import SimulatedArduino
+from smartbin_daemon.hardware.arduino.simulator import LID_OPS, LID_STATES, SimulatedArduino, lid_transition
 from smartbin_daemon.messages import DistanceReading, ItemDropped
 from smartbin_daemon.runtime.bus import Bus, Event, Request, Response
 
@@ -24,17 +25,18 @@ from ..conftest import SteppedClock, wait_until
 
 
 class Rig:
-    """A simulator on a pty and the link manager in its own thread, as the supervisor runs it."""
+    """The link manager on a port in its own thread, as the supervisor runs it."""
 
-    def __init__(self, tmp_path: Path, clock: Any = time.monotonic, **cfg: Any) -> None:
-        self.link_path = tmp_path / "arduino.tty"
-        self.sim = SimulatedArduino(self.link_path, compartments=3, telemetry_interval_s=0.1, boot_delay_s=0.05)
-        self.sim.start()
+    settle_s = 0.0
+    """How long the lid takes to come to rest after a LID command (the firmware: LID_MOVE_MS)."""
+
+    def __init__(self, tmp_path: Path, port: str | Path, clock: Any = time.monotonic, **cfg: Any) -> None:
+        self.link_path = Path(port)
         self.bus = Bus()
         self.seen = self.bus.subscribe("test", [Response, Event, DistanceReading, ItemDropped], maxsize=100_000)
-        options = {"enabled": True, "backend": "simulator", "boot_wait_s": 0.5, "ack_timeout_s": 0.3,
-                   "stale_after_s": 1.0, "reconnect_after_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
-                   "incompatible_retry_s": 60, "simulator": {"link": str(self.link_path)}}
+        options = {"enabled": True, "backend": "serial", "port": str(port), "boot_wait_s": 0.5,
+                   "ack_timeout_s": 0.3, "stale_after_s": 1.0, "reconnect_after_s": 2.0, "reconnect_min_s": 0.1,
+                   "reconnect_max_s": 0.5, "incompatible_retry_s": 60}
         options.update(cfg)
         self.link = ArduinoLink(self.bus, ArduinoConfig.model_validate(options), tmp_path, clock=clock)
         self.thread = threading.Thread(target=self.link.run, daemon=True)
@@ -64,33 +66,117 @@ class Rig:
         self.link.request_stop()
         self.thread.join(5)
         assert not self.thread.is_alive(), "link thread did not stop"
+
+
+class SimRig(Rig):
+    """The link on the Python simulator's pty, whose faults the tests can script."""
+
+    def __init__(self, tmp_path: Path, clock: Any = time.monotonic, **cfg: Any) -> None:
+        link_path = tmp_path / "arduino.tty"
+        self.sim = SimulatedArduino(link_path, compartments=3, telemetry_interval_s=0.1, boot_delay_s=0.05)
+        self.sim.start()
+        super().__init__(tmp_path, link_path, clock, **{"backend": "simulator", "simulator": {"link": str(link_path)},
+                                                        **cfg})
+
+    def close(self) -> None:
+        super().close()
         self.sim.stop()
 
 
+class FirmwareRig(Rig):
+    """The link on the reference firmware (simavr, or the board of SMARTBIN_FW_PORT)."""
+
+    settle_s = 0.8
+
+
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path)
+def rig(tmp_path: Path) -> Iterator[SimRig]:
+    r = SimRig(tmp_path)
     yield r
     r.close()
 
 
-def test_handshake_reports_firmware_and_capabilities(rig: Rig) -> None:
-    rig.connected()
-    state = rig.link.own_state().to_json()
+@pytest.fixture(params=["python-sim", "firmware"])
+def any_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    """The link on each backend: the Python simulator and the firmware (freshly reset)."""
+    if request.param == "python-sim":
+        r: Rig = SimRig(tmp_path)
+    else:
+        r = FirmwareRig(tmp_path, request.getfixturevalue("firmware_port"))
+    yield r
+    r.close()
+
+
+def test_handshake_reports_firmware_and_capabilities(any_rig: Rig) -> None:
+    any_rig.connected()
+    state = any_rig.link.own_state().to_json()
     assert state["firmware"] == "smartbin-fw" and state["protocol"] == 1
     assert state["compartments"] == 3
     assert "us" in state["sensors"]
-    assert state["port"] == str(rig.link_path)
+    assert state["port"] == str(any_rig.link_path)
 
 
-def test_telemetry_becomes_distance_readings_per_compartment(rig: Rig) -> None:
-    rig.connected()
-    wait_until(lambda: {m.compartment for m in rig.drain() if isinstance(m, DistanceReading)} == {1, 2, 3},
+def test_telemetry_becomes_distance_readings_per_compartment(any_rig: Rig) -> None:
+    any_rig.connected()
+    wait_until(lambda: {m.compartment for m in any_rig.drain() if isinstance(m, DistanceReading)} == {1, 2, 3},
                what="distance readings of all three compartments")
-    assert rig.link.own_state().to_json()["lid"] in ("closed", "open", "locked")
+    assert any_rig.link.own_state().to_json()["lid"] in ("closed", "open", "locked")
 
 
-def test_route_is_acknowledged_and_moves_the_simulated_flap(rig: Rig) -> None:
+def drops(rig: Rig, compartment: int) -> int:
+    return sum(1 for m in rig.drain() if isinstance(m, ItemDropped) and m.compartment == compartment)
+
+
+def test_a_repeated_route_id_is_acknowledged_as_a_duplicate_and_not_run_again(any_rig: Rig) -> None:
+    any_rig.connected()
+    first = any_rig.request("route", {"compartment": 2, "command_id": "c0ffee1"})
+    assert first.ok and first.data["duplicate"] is False, first
+    wait_until(lambda: drops(any_rig, 2) == 1, 5, what="the drop of the routed item")
+    again = any_rig.request("route", {"compartment": 2, "command_id": "0c0ffee1"})  # ids compare as numbers
+    assert again.ok and again.data["duplicate"] is True, again
+    assert again.data["id"] == "0c0ffee1", "the ACK echoes the id as sent"
+    time.sleep(2.5)  # longer than the firmware's drop timeout and the simulator's drop delay
+    assert drops(any_rig, 2) == 1, "the duplicate moved nothing"
+    if isinstance(any_rig, SimRig):
+        assert any_rig.sim.routes == [("c0ffee1", 2)]
+
+
+def lid(rig: Rig, op: str) -> Response:
+    """One LID request; the firmware NAKs `lock` busy while the lid is still closing, so that one is retried."""
+    deadline = time.monotonic() + 3.0
+    while True:
+        resp = rig.request("lid", {"op": op})
+        if resp.ok or "err=busy" not in (resp.error or "") or op != "lock" or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.1)
+
+
+def bring_lid_to(rig: Rig, state: str) -> None:
+    """Drive the lid into `state` (any start) with commands only, and let it come to rest."""
+    assert lid(rig, "unlock").ok
+    assert lid(rig, "open" if state == "open" else "close").ok
+    if state == "locked":
+        assert lid(rig, "lock").ok
+    wait_until(lambda: rig.link.own_state().to_json()["lid"] == state, 3, what=f"lid {state}")
+    time.sleep(rig.settle_s)
+
+
+def test_the_lid_follows_the_documented_state_machine(any_rig: Rig) -> None:
+    any_rig.connected()
+    for state in LID_STATES:
+        for op in LID_OPS:
+            bring_lid_to(any_rig, state)
+            expected, err = lid_transition(state, op)
+            resp = any_rig.request("lid", {"op": op})
+            if err:
+                assert not resp.ok and f"err={err}" in (resp.error or ""), (state, op, resp)
+                continue
+            assert resp.ok and resp.data["lid"] == expected, (state, op, resp)
+            wait_until(lambda e=expected: any_rig.link.own_state().to_json()["lid"] == e, 3,
+                       what=f"{state} --{op}--> {expected} in the link's state")
+
+
+def test_route_is_acknowledged_and_moves_the_simulated_flap(rig: SimRig) -> None:
     rig.connected()
     before = rig.sim.fill_mm(2)
     resp = rig.request("route", {"compartment": 2, "command_id": None})
@@ -101,7 +187,7 @@ def test_route_is_acknowledged_and_moves_the_simulated_flap(rig: Rig) -> None:
     assert rig.sim.fill_mm(2) > before  # fill height rose by one item
 
 
-def test_a_lost_ack_is_retried_and_the_route_runs_once(rig: Rig) -> None:
+def test_a_lost_ack_is_retried_and_the_route_runs_once(rig: SimRig) -> None:
     rig.connected()
     rig.sim.drop_acks(1)
     resp = rig.request("route", {"compartment": 1, "command_id": None})
@@ -111,7 +197,7 @@ def test_a_lost_ack_is_retried_and_the_route_runs_once(rig: Rig) -> None:
     assert rig.link.counters.retries == 1 and rig.link.counters.timeouts == 1
 
 
-def test_a_command_without_any_ack_fails_after_the_retries(rig: Rig) -> None:
+def test_a_command_without_any_ack_fails_after_the_retries(rig: SimRig) -> None:
     rig.connected()
     rig.sim.drop_acks(10)
     t0 = time.monotonic()
@@ -120,14 +206,14 @@ def test_a_command_without_any_ack_fails_after_the_retries(rig: Rig) -> None:
     assert time.monotonic() - t0 >= 0.3 * 3 * 0.9  # 1 try + 2 retries of 0.3 s
 
 
-def test_nak_is_reported_with_the_mcu_reason(rig: Rig) -> None:
-    rig.connected()
-    assert rig.request("lid", {"op": "lock"}).ok
-    resp = rig.request("lid", {"op": "open"})
+def test_nak_is_reported_with_the_mcu_reason(any_rig: Rig) -> None:
+    any_rig.connected()
+    assert any_rig.request("lid", {"op": "lock"}).ok
+    resp = any_rig.request("lid", {"op": "open"})
     assert not resp.ok and "err=locked" in (resp.error or "")
 
 
-def test_unplug_turns_the_link_disconnected_and_replug_recovers_it(rig: Rig) -> None:
+def test_unplug_turns_the_link_disconnected_and_replug_recovers_it(rig: SimRig) -> None:
     rig.connected()
     rig.sim.unplug()
     wait_until(lambda: rig.link.status == "disconnected", 3, what="disconnected after unplug")
@@ -147,7 +233,7 @@ def alerts(rig: Rig, code: str) -> list[dict[str, Any]]:
 
 def test_a_link_down_longer_than_alert_after_s_raises_a_critical_alert_cleared_on_reconnect(tmp_path: Path) -> None:
     clock = SteppedClock()
-    rig = Rig(tmp_path, clock=clock, alert_after_s=120)
+    rig = SimRig(tmp_path, clock=clock, alert_after_s=120)
     try:
         rig.connected()
         rig.sim.unplug()
@@ -171,7 +257,7 @@ def test_a_link_down_longer_than_alert_after_s_raises_a_critical_alert_cleared_o
         rig.close()
 
 
-def test_repeated_unplugs_leak_no_threads(rig: Rig) -> None:
+def test_repeated_unplugs_leak_no_threads(rig: SimRig) -> None:
     rig.connected()
     threads_before = threading.active_count()
     for _ in range(5):
@@ -182,7 +268,7 @@ def test_repeated_unplugs_leak_no_threads(rig: Rig) -> None:
     assert threading.active_count() <= threads_before
 
 
-def test_a_garbage_flood_is_counted_and_skipped(rig: Rig) -> None:
+def test_a_garbage_flood_is_counted_and_skipped(rig: SimRig) -> None:
     rig.connected()
     rng = random.Random(7)
     for _ in range(40):  # ~330 KB of noise, paced like a serial line so the pty buffer never overflows
@@ -208,7 +294,7 @@ def test_a_garbage_flood_is_counted_and_skipped(rig: Rig) -> None:
 
 
 def test_a_protocol_version_mismatch_sends_no_commands(tmp_path: Path) -> None:
-    r = Rig(tmp_path)
+    r = SimRig(tmp_path)
     try:
         r.sim.set_protocol_version(2)
         r.sim.reboot()
@@ -226,7 +312,7 @@ def test_a_protocol_version_mismatch_sends_no_commands(tmp_path: Path) -> None:
         r.close()
 
 
-def test_an_mcu_reboot_mid_session_is_handshaken_again(rig: Rig) -> None:
+def test_an_mcu_reboot_mid_session_is_handshaken_again(rig: SimRig) -> None:
     rig.connected()
     rig.sim.reboot()
     time.sleep(0.3)
@@ -234,7 +320,7 @@ def test_an_mcu_reboot_mid_session_is_handshaken_again(rig: Rig) -> None:
     assert rig.request("route", {"compartment": 1, "command_id": None}).ok
 
 
-def test_a_silent_mcu_turns_the_link_stale_then_reconnects(rig: Rig) -> None:
+def test_a_silent_mcu_turns_the_link_stale_then_reconnects(rig: SimRig) -> None:
     rig.connected()
     reconnects = rig.link.counters.reconnects
     rig.sim.hang()
@@ -245,7 +331,7 @@ def test_a_silent_mcu_turns_the_link_stale_then_reconnects(rig: Rig) -> None:
     assert rig.request("route", {"compartment": 1, "command_id": None}).ok
 
 
-def test_a_busy_flap_is_retried_with_the_same_id(rig: Rig) -> None:
+def test_a_busy_flap_is_retried_with_the_same_id(rig: SimRig) -> None:
     rig.connected()
     first = rig.request("route", {"compartment": 1, "command_id": "a1"})
     second = rig.request("route", {"compartment": 2, "command_id": "b2"})  # arrives while the flap still moves
@@ -300,7 +386,7 @@ def test_weight_and_mcu_temperature_have_sensors(tmp_path: Path) -> None:
 
 def test_a_request_is_served_at_once_while_the_port_is_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(link_module, "READ_TIMEOUT_S", 3.0)  # a read that only the port could end would wait this
-    rig = Rig(tmp_path, stale_after_s=60, reconnect_after_s=120)
+    rig = SimRig(tmp_path, stale_after_s=60, reconnect_after_s=120)
     try:
         rig.connected(10)
         rig.sim.spec.telemetry_interval_s = rig.sim.spec.heartbeat_interval_s = 60.0

@@ -1,13 +1,13 @@
 """PROTOCOL.md is the contract: its example frames, tables and constants against the parser, the simulator
 and the reference firmware source.
 
-The command examples also run against the real firmware when SMARTBIN_FW_PORT names a serial port that
-speaks it (a board, or the simavr harness described in firmware/README.md); otherwise that case skips.
+The command and unsolicited examples run against both backends: the Python simulator ("python-sim") and the
+reference firmware ("firmware": built with Debian's AVR toolchain and run under simavr, see firmware.py, or the
+board named by SMARTBIN_FW_PORT).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -178,18 +178,12 @@ def test_firmware_constants_match() -> None:
 # -- the examples against a live board -------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["simulator", "firmware"])
+@pytest.fixture(params=["python-sim", "firmware"])
 def board(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Host, SimulatedArduino | None]]:
-    """A host connected to the simulator (configured like the doc's HELLO) or to real firmware."""
+    """A host connected to the simulator (configured like the doc's HELLO) or to the firmware, freshly reset."""
     if request.param == "firmware":
-        port = os.environ.get("SMARTBIN_FW_PORT")
-        if not port:
-            pytest.skip("set SMARTBIN_FW_PORT to run the examples against the firmware")
-        host = Host(port)
+        host = Host(request.getfixturevalue("firmware_port"))
         try:
-            start = host.mark()
-            host.command("RESET", timeout=2.0)  # a known state: empty id memory, lid from the switch
-            host.wait_boot(timeout=5.0, start=start)
             yield "firmware", host, None
         finally:
             host.close()
@@ -199,7 +193,7 @@ def board(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
     host = Host(sim.link)
     try:
         host.wait_boot()
-        yield "simulator", host, sim
+        yield "python-sim", host, sim
     finally:
         host.close()
         sim.stop()

@@ -15,7 +15,6 @@
 
 #include <Arduino.h>
 #include <EEPROM.h>
-#include <Servo.h>
 #include <avr/interrupt.h>
 #include <avr/pgmspace.h>
 #include <avr/wdt.h>
@@ -23,15 +22,11 @@
 #include <string.h>
 
 // ---- optional hardware ---------------------------------------------------------------------------
-// #define HAVE_HX711        // load cell via the "HX711 Arduino Library" by bogde (Library Manager: HX711)
+// #define HAVE_HX711        // load cell on an HX711 board (read directly, no library: see hx711Read)
 #define HAVE_LID_SWITCH      // reed switch that closes when the lid is shut
 #define HAVE_LOCK            // lock relay / solenoid bolt
 #define HAVE_TEMP            // TMP36 analog temperature sensor
 #define HAVE_DROP_SENSOR     // IR break-beam below the flap
-
-#ifdef HAVE_HX711
-#include <HX711.h>
-#endif
 
 // ---- protocol constants: keep in sync with PROTOCOL.md and protocol.py ------------------------------
 #define PROTO_VERSION 1
@@ -55,6 +50,9 @@ static const uint8_t US_ECHO_PIN[NUM_BINS] = {5, 7, 12};
 #define LID_SWITCH_PIN 3             // to GND when the lid is shut (INPUT_PULLUP)
 #define FLAP_SERVO_PIN 9
 #define LID_SERVO_PIN 10
+#if FLAP_SERVO_PIN != 9 || LID_SERVO_PIN != 10
+#error "the servos need Timer1's outputs OC1A (D9) and OC1B (D10)"
+#endif
 #define LOCK_PIN 11                  // HIGH energises the lock relay (bolt out = locked)
 #define LED_PIN 13
 #define BUZZER_PIN A0                // active buzzer, HIGH = sound
@@ -86,6 +84,47 @@ static const uint8_t FLAP_ANGLE[NUM_BINS] = {60, 120, 180};  // chute angle per 
 
 // Error kinds, counted like the host does (protocol.ERROR_KINDS); not reported, kept for debugging.
 enum ErrorKind : uint8_t { E_GARBAGE, E_OVERSIZE, E_BAD_ENCODING, E_MALFORMED, E_BAD_CHECKSUM, E_UNKNOWN_TYPE, E_COUNT };
+// Two hobby servos on Timer1's hardware PWM (D9 = OC1A flap, D10 = OC1B lid): 50 Hz frames in 0.5 us
+// steps, no interrupt. Stands in for the Arduino Servo library (not packaged in Debian), with its angle
+// mapping: 0..180 deg -> 544..2400 us.
+#define SERVO_MIN_US 544UL
+#define SERVO_MAX_US 2400UL
+#define SERVO_FRAME_TICKS 40000U     // 20 ms at 16 MHz / 8
+
+class TimerServo {
+ public:
+  explicit TimerServo(uint8_t pin) : pin_(pin), ticks_(0) {}
+
+  void write(uint8_t deg) {
+    if (deg > 180) deg = 180;
+    ticks_ = (uint16_t)((SERVO_MIN_US + (SERVO_MAX_US - SERVO_MIN_US) * deg / 180UL) * 2UL);
+    if (TCCR1A & comBit()) setCompare();
+  }
+
+  // Starts the pulses at the angle written before (so the servo does not jump at power-up).
+  void attach() {
+    if (!(TCCR1B & _BV(WGM13))) {  // first servo: Timer1 to fast PWM, TOP = ICR1 (mode 14), clk/8
+      TCCR1B = 0;
+      TCCR1A = _BV(WGM11);
+      ICR1 = SERVO_FRAME_TICKS - 1;
+      TCNT1 = 0;
+      TCCR1B = _BV(WGM13) | _BV(WGM12) | _BV(CS11);
+    }
+    setCompare();
+    pinMode(pin_, OUTPUT);
+    TCCR1A |= comBit();
+  }
+
+ private:
+  uint8_t comBit() const { return pin_ == 9 ? _BV(COM1A1) : _BV(COM1B1); }
+  void setCompare() {
+    if (pin_ == 9) OCR1A = ticks_;
+    else OCR1B = ticks_;
+  }
+  uint8_t pin_;
+  uint16_t ticks_;
+};
+
 enum LidState : uint8_t { LID_OPEN = 0, LID_CLOSED = 1, LID_LOCKED = 2 };
 enum RouteState : uint8_t { ROUTE_IDLE, ROUTE_WAIT_DROP, ROUTE_RETURN };
 
@@ -178,15 +217,15 @@ static uint32_t g_dedupe[DEDUPE_DEPTH];
 static uint8_t g_dedupeCount = 0;
 static uint8_t g_dedupeNext = 0;
 
-static Servo g_flap;
+static TimerServo g_flap(FLAP_SERVO_PIN);
 static RouteState g_routeState = ROUTE_IDLE;
 static uint8_t g_routeBin = 0;
 static uint32_t g_routeT0 = 0;
 static volatile uint8_t g_dropEdges = 0;
 
-static Servo g_lidServo;
+static TimerServo g_lidServo(LID_SERVO_PIN);
 static LidState g_lid = LID_CLOSED;
-static uint8_t g_lidAngle = LID_CLOSED_DEG;  // last commanded (Servo::read() rounds)
+static uint8_t g_lidAngle = LID_CLOSED_DEG;  // last commanded
 static bool g_lidMoving = false;
 static uint32_t g_lidMoveStart = 0;
 static uint32_t g_lidMismatchSince = 0;
@@ -201,8 +240,6 @@ static PatternRun g_ledRun;
 static PatternRun g_buzRun;
 
 #ifdef HAVE_HX711
-static HX711 g_scale;
-static bool g_hxBegun = false;       // begin() reads once and blocks while the chip is not ready
 static int32_t g_raw = 0;            // smoothed raw reading
 static bool g_rawValid = false;
 static int32_t g_tareOffset = 0;
@@ -244,6 +281,7 @@ static void softwareReset() {
   Serial.flush();  // the ACK leaves before the reset
   g_resetMagic = MAGIC_COMMANDED;
   wdt_enable(WDTO_15MS);  // reset-only mode (WDIE cleared), so the ISR cannot overwrite the magic
+  wdt_reset();            // start the 15 ms from now (simavr keeps the old period until a reset)
   for (;;) {
   }
 }
@@ -457,16 +495,33 @@ static bool hxReadyPin() {
   return digitalRead(HX711_DOUT_PIN) == LOW;  // DOUT low = conversion ready
 }
 
+// One conversion, called while DOUT is low (ready): 24 bits MSB first, then a 25th clock that keeps channel A
+// at gain 128. Interrupts are off meanwhile (< 0.1 ms): SCK held high for over 60 us powers the chip down.
+static int32_t hx711Read() {
+  uint32_t value = 0;
+  uint8_t oldSreg = SREG;
+  cli();
+  for (uint8_t i = 0; i < 25; i++) {
+    digitalWrite(HX711_SCK_PIN, HIGH);
+    delayMicroseconds(1);
+    if (i < 24) {
+      value = (value << 1) | (digitalRead(HX711_DOUT_PIN) == HIGH ? 1U : 0U);
+    }
+    digitalWrite(HX711_SCK_PIN, LOW);
+    delayMicroseconds(1);
+  }
+  SREG = oldSreg;
+  if (value & 0x800000UL) {
+    value |= 0xFF000000UL;  // two's complement, 24 -> 32 bits
+  }
+  return (int32_t)value;
+}
+
 static void serviceScale(uint32_t now) {
   if (hxReadyPin()) {
-    if (!g_hxBegun) {
-      g_scale.begin(HX711_DOUT_PIN, HX711_SCK_PIN);  // ready now, so its internal read() returns at once
-      g_hxBegun = true;
-    } else {
-      int32_t raw = g_scale.read();  // ready, so this is one 24-bit shift (< 0.3 ms)
-      g_raw = g_rawValid ? (g_raw * 3 + raw) / 4 : raw;
-      g_rawValid = true;
-    }
+    int32_t raw = hx711Read();
+    g_raw = g_rawValid ? (g_raw * 3 + raw) / 4 : raw;
+    g_rawValid = true;
     g_lastHxReady = now;
     g_hxFault = false;
   } else if (!g_hxFault && now - g_lastHxReady > HX711_TIMEOUT_MS) {
@@ -1062,12 +1117,12 @@ void setup() {
   patternStart(g_buzRun, &BUZ_PATTERNS[0], now);
 
   g_flap.write(FLAP_HOME_DEG);  // write before attach: no jump at power-up
-  g_flap.attach(FLAP_SERVO_PIN);
+  g_flap.attach();
   // The lid is where it physically is (the servo is not driven until a LID command or a mismatch).
   g_lid = lidSwitchClosed() ? LID_CLOSED : LID_OPEN;
   g_lidAngle = (g_lid == LID_OPEN) ? LID_OPEN_DEG : LID_CLOSED_DEG;
   g_lidServo.write(g_lidAngle);
-  g_lidServo.attach(LID_SERVO_PIN);
+  g_lidServo.attach();
 
 #ifdef HAVE_HX711
   pinMode(HX711_SCK_PIN, OUTPUT);
