@@ -134,6 +134,8 @@ class SortingWorkflow(Worker):
         self.feed(sm.Restore(meta, self._interrupted_rows(), self.bus.states()))
         if isinstance(meta.get("selftest"), dict):
             self.bus.set_state("selftest", SelfTestState.from_json(meta["selftest"]))  # the last result, again
+        else:
+            self.bus.set_state("selftest", SelfTestState())  # never run: status null (HA: unknown, not unavailable)
         self.bus.publish(Discovery(self.name, self.entities()))
         self.feed(sm.Start())
 

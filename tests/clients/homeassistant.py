@@ -1,0 +1,232 @@
+"""A real Home Assistant core for the client tests: a pinned version in its own cached venv, a config dir whose MQTT
+integration is a pre-written config entry, a user and an access token for the REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CACHE = Path(os.environ.get("SMARTBIN_TEST_CACHE", str(Path.home() / ".cache" / "smartbin-tests")))
+PY313 = Path.home() / ".pyenv" / "versions" / "3.13.0" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One Home Assistant release and what it runs on."""
+
+    version: str
+    python: Path
+    frontend: str | None  # home-assistant-frontend of that release (None: no browser check on it)
+    paho: str = "2.1.0"   # the MQTT integration's requirement (hass runs with --skip-pip)
+
+
+PINS = (
+    Pin("2025.4.4", PY313, "20250411.0"),
+    Pin("2024.1.6", Path("/usr/bin/python3.11"), None),  # where no Python 3.13 is installed
+)
+
+
+class Unavailable(RuntimeError):
+    """Home Assistant could not be installed or started here."""
+
+
+def pick_pin() -> Pin:
+    """The newest pin whose Python exists on this machine."""
+    for pin in PINS:
+        if pin.python.exists():
+            return pin
+    raise Unavailable(f"none of the Pythons for the pinned Home Assistant versions exists: {[str(p.python) for p in PINS]}")
+
+
+def install(pin: Pin) -> Path:
+    """The venv's python of `pin`, created under CACHE on first use (a marker makes reruns instant)."""
+    venv = CACHE / f"ha-{pin.version}"
+    spec = [f"homeassistant=={pin.version}", f"paho-mqtt=={pin.paho}"]
+    if pin.frontend:
+        spec.append(f"home-assistant-frontend=={pin.frontend}")
+    marker = venv / ".smartbin-installed"
+    if marker.exists() and marker.read_text() == " ".join(spec):
+        return venv / "bin" / "python"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not (venv / "bin" / "python").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        _run([str(pin.python), "-m", "venv", str(venv)], 120)
+    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", *spec], 1200)
+    marker.write_text(" ".join(spec))
+    return venv / "bin" / "python"
+
+
+def _run(cmd: list[str], timeout: float) -> None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Unavailable(f"{' '.join(cmd[:4])}: {exc}") from exc
+    if done.returncode != 0:
+        raise Unavailable(f"{' '.join(cmd[:4])} exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
+
+
+def config_entries(broker_port: int) -> dict[str, Any]:
+    """`.storage/core.config_entries` with one MQTT entry (oldest schema: HA migrates it forward at start)."""
+    entry = {"entry_id": uuid.uuid4().hex, "version": 1, "minor_version": 1, "domain": "mqtt", "title": "test broker",
+             "data": {"broker": "127.0.0.1", "port": broker_port, "discovery": True,
+                      "discovery_prefix": "homeassistant"},
+             "options": {}, "pref_disable_new_entities": False, "pref_disable_polling": False, "source": "user",
+             "unique_id": None, "disabled_by": None}
+    return {"version": 1, "minor_version": 1, "key": "core.config_entries", "data": {"entries": [entry]}}
+
+
+CONFIGURATION = """\
+homeassistant:
+  name: SmartBin test
+  latitude: 52.37
+  longitude: 4.89
+  elevation: 0
+  unit_system: metric
+  time_zone: UTC
+  currency: EUR
+  country: NL
+http:
+  server_host: 127.0.0.1
+  server_port: {port}
+api:
+logger:
+  default: warning
+  logs:
+    homeassistant.components.mqtt: info
+"""
+
+FRONTEND = """\
+frontend:
+lovelace:
+  mode: storage
+  dashboards:
+    smartbin-yaml:
+      mode: yaml
+      filename: smartbin-dashboard.yaml
+      title: SmartBin
+      icon: mdi:delete-variant
+      show_in_sidebar: true
+"""
+
+
+class HomeAssistant:
+    """`python -m homeassistant -c DIR --skip-pip` with the MQTT entry, a user and a token."""
+
+    USER, PASSWORD = "smartbin", "smartbin-test-password"
+
+    def __init__(self, python: Path, config_dir: Path, broker_port: int, http_port: int,
+                 dashboard: Path | None = None) -> None:
+        self.python = python
+        self.dir = config_dir
+        self.port = http_port
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
+        storage = config_dir / ".storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        text = CONFIGURATION.format(port=http_port)
+        if dashboard is not None:
+            text += FRONTEND
+            shutil.copy(dashboard, config_dir / "smartbin-dashboard.yaml")
+            (storage / "onboarding").write_text(json.dumps(
+                {"version": 4, "minor_version": 1, "key": "onboarding",
+                 "data": {"done": ["user", "core_config", "analytics", "integration"]}}))
+        (config_dir / "configuration.yaml").write_text(text)
+        (storage / "core.config_entries").write_text(json.dumps(config_entries(broker_port)))
+        self._hass("--script", "auth", "-c", str(config_dir), "add", self.USER, self.PASSWORD)
+
+    def _hass(self, *args: str) -> None:
+        _run([str(self.python), "-m", "homeassistant", *args], 180)
+
+    @property
+    def log_path(self) -> Path:
+        """HA's own log file."""
+        return self.dir / "home-assistant.log"
+
+    def start(self, timeout: float = 180.0) -> None:
+        """Start and wait until the REST API answers with a token."""
+        out = open(self.dir / "stdout.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen([str(self.python), "-m", "homeassistant", "-c", str(self.dir), "--skip-pip"],
+                                     stdout=out, stderr=subprocess.STDOUT, cwd=str(self.dir))
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Unavailable(f"hass exited {self.proc.returncode}: {self.log_tail()}")
+            try:
+                self.token = self._login()
+                if self.get("/api/")["message"] == "API running.":
+                    return
+            except (OSError, urllib.error.URLError, KeyError, ValueError):
+                time.sleep(1.0)
+        raise Unavailable(f"hass did not answer in {timeout:.0f} s: {self.log_tail()}")
+
+    def _login(self) -> str:
+        """An access token through the login flow (the way the frontend logs in)."""
+        client = self.url + "/"
+        flow = self._post_json("/auth/login_flow", {"client_id": client, "handler": ["homeassistant", None],
+                                                    "redirect_uri": client}, auth=False)
+        done = self._post_json(f"/auth/login_flow/{flow['flow_id']}",
+                               {"client_id": client, "username": self.USER, "password": self.PASSWORD}, auth=False)
+        body = urllib.parse.urlencode({"grant_type": "authorization_code", "code": done["result"],
+                                       "client_id": client}).encode()
+        with urllib.request.urlopen(urllib.request.Request(self.url + "/auth/token", data=body), timeout=10) as r:
+            return str(json.loads(r.read())["access_token"])
+
+    def _post_json(self, path: str, body: Any, auth: bool = True) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return json.loads(r.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        """GET a REST API path with the token."""
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return json.loads(r.read())
+
+    def states(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """entity_id → state object, for the entity ids starting with `prefix` (e.g. `sensor.smartbin_sim_bin`)."""
+        return {s["entity_id"]: s for s in self.get("/api/states") if s["entity_id"].split(".", 1)[1].startswith(prefix)}
+
+    def service(self, domain: str, service: str, entity_id: str) -> Any:
+        """Call a service on one entity."""
+        return self._post_json(f"/api/services/{domain}/{service}", {"entity_id": entity_id})
+
+    def log_tail(self, n: int = 4000) -> str:
+        """The end of HA's log (or its stdout when the log was not written yet)."""
+        for path in (self.log_path, self.dir / "stdout.log"):
+            if path.exists():
+                return path.read_text(errors="replace")[-n:]
+        return ""
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+def ci() -> bool:
+    """Whether this run is CI (where a client that cannot be installed is a failure, not a skip)."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+__all__ = ["HomeAssistant", "Pin", "PINS", "Unavailable", "ci", "install", "pick_pin"]
