@@ -3,6 +3,7 @@ integration is a pre-written config entry, a user and an access token for the RE
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -171,14 +172,25 @@ class HomeAssistant:
                 time.sleep(1.0)
         raise Unavailable(f"hass did not answer in {timeout:.0f} s: {self.log_tail()}")
 
-    def _login(self) -> str:
-        """An access token through the login flow (the way the frontend logs in)."""
+    def _auth_code(self) -> str:
+        """A one-time authorization code through the login flow (the way the frontend logs in)."""
         client = self.url + "/"
         flow = self._post_json("/auth/login_flow", {"client_id": client, "handler": ["homeassistant", None],
                                                     "redirect_uri": client}, auth=False)
         done = self._post_json(f"/auth/login_flow/{flow['flow_id']}",
                                {"client_id": client, "username": self.USER, "password": self.PASSWORD}, auth=False)
-        body = urllib.parse.urlencode({"grant_type": "authorization_code", "code": done["result"],
+        return str(done["result"])
+
+    def logged_in_url(self, path: str) -> str:
+        """A frontend URL that logs the browser in (the OAuth callback the frontend itself handles)."""
+        state = base64.b64encode(json.dumps({"hassUrl": self.url, "clientId": self.url + "/"}).encode()).decode()
+        query = urllib.parse.urlencode({"auth_callback": "1", "code": self._auth_code(), "state": state})
+        return f"{self.url}{path}?{query}"
+
+    def _login(self) -> str:
+        """An access token for the REST API."""
+        client = self.url + "/"
+        body = urllib.parse.urlencode({"grant_type": "authorization_code", "code": self._auth_code(),
                                        "client_id": client}).encode()
         with urllib.request.urlopen(urllib.request.Request(self.url + "/auth/token", data=body), timeout=10) as r:
             return str(json.loads(r.read())["access_token"])

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.clients import browser
 from tests.clients import homeassistant as hass
 from tests.conftest import REPO, Broker, DaemonProcess, Probe, free_port, simulation_doc, wait_until
 
@@ -54,6 +56,8 @@ class World:
     ha: hass.HomeAssistant
     probe: Probe
     config: Path
+    python: Path
+    frontend: bool
     daemon: DaemonProcess | None = None
 
     def start_daemon(self, **overrides: Any) -> DaemonProcess:
@@ -107,7 +111,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     probe.subscribe("homeassistant/#")
     probe.subscribe(f"{ROOT}/availability")
     probe.subscribe(f"{ROOT}/response/#")
-    w = World(tmp, broker, ha, probe, tmp / "daemon.yaml")
+    w = World(tmp, broker, ha, probe, tmp / "daemon.yaml", python, bool(pin.frontend and DASHBOARD.exists()))
     try:
         ha.start()
         print(f"Home Assistant {pin.version}: install/check {install_s:.1f} s")
@@ -152,11 +156,67 @@ def test_every_discovered_entity_is_in_home_assistant_with_a_real_state(world: W
     assert not bad(), bad()
     assert not set(states) - set(ids.values()), "HA has entities of this bin the daemon did not discover"
     summary = Counter(states[e] if states[e] in ("unknown", "on", "off") else "a value" for e in ids.values())
-    print(f"{len(ids)} entities in HA: {summary}")
+    print(f"{len(ids)} entities in HA: {dict(summary)}; unknown: "
+          f"{sorted(e.removeprefix(PREFIX) for e in ids.values() if states[e] == 'unknown')}")
 
 
 REFUSED_AS_EXPECTED = {"workflow/clear_error": "nothing to clear"}
 """Commands the simulation answers with an error by design here (the answer still proves HA reached the owner)."""
+
+
+def _dashboard_entities() -> set[str]:
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "entity" and isinstance(value, str):
+                    found.add(value)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                if isinstance(value, str) and "." in value:
+                    found.add(value)
+                walk(value)
+
+    walk(yaml.safe_load(DASHBOARD.read_text()))
+    return found
+
+
+def test_the_example_dashboard_names_only_entities_home_assistant_has(world: World) -> None:
+    named = _dashboard_entities()
+    assert len(named) > 40, named
+    assert not named - set(world.entity_ids().values()), sorted(named - set(world.entity_ids().values()))
+
+
+def test_the_dashboard_renders_live_values_in_a_browser(world: World) -> None:
+    """Headless Chromium logs in, loads the YAML dashboard, and its text holds the bin's card names and values."""
+    if not world.frontend:
+        pytest.skip("this Home Assistant pin is installed without its frontend")
+    if browser.chromium() is None and hass.ci():
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            subprocess.run(cmd, check=False, capture_output=True, timeout=600)
+    if browser.chromium() is None:
+        (pytest.fail if hass.ci() else pytest.skip)("chromium is not installed (apt-get install -y chromium)")
+    png = world.tmp / "ha-dashboard.png"
+    script = [str(world.python), str(Path(browser.__file__)), world.ha.logged_in_url("/smartbin-yaml/overview"),
+              str(png), "Recycling", "Paper", "Residual", "Sorting", "Maintenance mode", "Open lid"]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = json.loads(done.stdout)
+    text = str(page["text"])
+    (world.tmp / "ha-dashboard.txt").write_text(text)
+    artifacts = os.environ.get("SMARTBIN_TEST_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, Path(artifacts) / png.name)
+        shutil.copy(world.tmp / "ha-dashboard.txt", Path(artifacts) / "ha-dashboard.txt")
+    assert png.stat().st_size > 10_000, "an empty screenshot"
+    assert len(page["found"]) == 6, (page["found"], text[:2000])
+    assert re.search(r"Confidence\s+\d+(\.\d+)?\s?%", text), text[:3000]  # the last item's live value
+    assert re.search(r"\d+\s?%\s+Recycling", text), text[:3000]  # a fill gauge's live value
+    assert re.search(r"Sorting\n[a-z_]+\nHealth\n(ok|warn|critical)\n", text), text[:3000]  # enum values, not None
+    print(f"dashboard screenshot {png} ({png.stat().st_size} B); page text {len(text)} chars")
 
 
 def _answered_ok(world: World, command: str, since: int, timeout: float = 30.0) -> dict[str, Any]:
