@@ -8,13 +8,13 @@ disabled across a restart takes its entities out of HA. The tests of this module
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +263,7 @@ def test_every_switch_toggled_through_home_assistant_reaches_the_daemon(world: W
             world.ha.service("switch", service, eid)
             _answered_ok(world, command, since)
             want = "on" if service == "turn_on" else "off"
-            wait_until(lambda: _states(world)[eid] == want, 20, what=f"{eid} {want} in HA")
+            wait_until(lambda e=eid, w=want: _states(world)[e] == w, 20, what=f"{eid} {want} in HA")
 
 
 def _all_unavailable(world: World) -> bool:
