@@ -33,7 +33,7 @@ class Pin:
 
 PINS = (
     Pin("2025.4.4", PY313, "20250411.0"),
-    Pin("2024.1.6", Path("/usr/bin/python3.11"), None),  # where no Python 3.13 is installed
+    Pin("2024.1.6", Path("/usr/bin/python3.11"), None, paho="1.6.1"),  # where no Python 3.13 is installed
 )
 
 
@@ -42,9 +42,10 @@ class Unavailable(RuntimeError):
 
 
 def pick_pin() -> Pin:
-    """The newest pin whose Python exists on this machine."""
+    """The newest pin whose Python exists on this machine (`SMARTBIN_HA_VERSION` picks one of the pins)."""
+    wanted = os.environ.get("SMARTBIN_HA_VERSION")
     for pin in PINS:
-        if pin.python.exists():
+        if pin.python.exists() and wanted in (None, pin.version):
             return pin
     raise Unavailable(f"none of the Pythons for the pinned Home Assistant versions exists: {[str(p.python) for p in PINS]}")
 
