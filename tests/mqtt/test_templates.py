@@ -336,3 +336,18 @@ def test_field_names_that_are_dict_methods_read_the_field(bin_with_everything: t
     for entity in entities:
         for _, template, _ in _templates(app, entity):
             assert not re.search(r"value_json\.\w", template), (entity.object_id, template)
+
+
+def test_every_topic_is_a_full_topic_commands_go_at_qos_1_and_expiry_is_as_documented(
+        bin_with_everything: tuple[App, list[Entity]]) -> None:
+    app, entities = bin_with_everything
+    topics = Topics.from_config(app.cfg)
+    for entity in entities:
+        payload = entity_config(app.cfg, topics, entity)
+        for key, value in payload.items():
+            if key == "topic" or key.endswith("_topic"):
+                assert str(value).startswith(topics.root + "/"), (entity.object_id, key, value)
+        if "command_topic" in payload:
+            assert payload["qos"] == 1, entity.object_id
+        if entity.platform in ("sensor", "binary_sensor") and entity.component in ("fill", "workflow", "camera"):
+            assert payload["expire_after"] == 30, (entity.object_id, payload["expire_after"])  # README: 30 s for these
