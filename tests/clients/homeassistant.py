@@ -27,14 +27,31 @@ class Pin:
 
     version: str
     python: Path
-    frontend: str | None  # home-assistant-frontend of that release (None: no browser check on it)
-    paho: str = "2.1.0"   # the MQTT integration's requirement (hass runs with --skip-pip)
+    browser: bool  # the frontend too, for the browser check
+    none_is_unknown: bool = True  # a sensor template rendering `None` reads unknown (HA 2024.2+; before: the text)
 
 
 PINS = (
-    Pin("2025.4.4", PY313, "20250411.0"),
-    Pin("2024.1.6", Path("/usr/bin/python3.11"), None, paho="1.6.1"),  # where no Python 3.13 is installed
+    Pin("2025.4.4", PY313, True),
+    Pin("2024.1.6", Path("/usr/bin/python3.11"), False, none_is_unknown=False),  # where no Python 3.13 is installed
 )
+
+DOMAINS = ("mqtt", "http", "api", "auth", "sensor", "binary_sensor", "button", "switch", "camera", "image", "event")
+"""The integrations the test uses; their requirements and their dependencies' are installed (hass runs --skip-pip)."""
+
+_REQUIREMENTS = """\
+import json, pathlib, sys
+import homeassistant.components as c
+root, todo, seen, reqs = pathlib.Path(c.__path__[0]), sys.argv[1:], set(), set()
+while todo:
+    d = todo.pop()
+    if d not in seen and (root / d / "manifest.json").exists():
+        seen.add(d)
+        m = json.loads((root / d / "manifest.json").read_text())
+        reqs.update(m.get("requirements", []))
+        todo += m.get("dependencies", [])
+print("\\n".join(sorted(reqs)))
+"""
 
 
 class Unavailable(RuntimeError):
@@ -51,30 +68,38 @@ def pick_pin() -> Pin:
 
 
 def install(pin: Pin) -> Path:
-    """The venv's python of `pin`, created under CACHE on first use (a marker makes reruns instant)."""
+    """The venv's python of `pin`, created under CACHE on first use (a marker makes reruns instant).
+
+    Home Assistant's own package first, then the pinned requirements its manifests give for DOMAINS (and the
+    frontend's for a browser pin), as `hass` would pip-install them at its first start.
+    """
     venv = CACHE / f"ha-{pin.version}"
-    spec = [f"homeassistant=={pin.version}", f"paho-mqtt=={pin.paho}"]
-    if pin.frontend:
-        spec.append(f"home-assistant-frontend=={pin.frontend}")
+    python = venv / "bin" / "python"
+    domains = [*DOMAINS, "frontend", "lovelace"] if pin.browser else list(DOMAINS)
     marker = venv / ".smartbin-installed"
-    if marker.exists() and marker.read_text() == " ".join(spec):
-        return venv / "bin" / "python"
+    if marker.exists() and marker.read_text() == " ".join(domains):
+        return python
     CACHE.mkdir(parents=True, exist_ok=True)
-    if not (venv / "bin" / "python").exists():
+    if not python.exists():
         shutil.rmtree(venv, ignore_errors=True)
         _run([str(pin.python), "-m", "venv", str(venv)], 120)
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", *spec], 1200)
-    marker.write_text(" ".join(spec))
-    return venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    _run([*pip, f"homeassistant=={pin.version}"], 1200)
+    reqs = _run([str(python), "-c", _REQUIREMENTS, *domains], 60).split()
+    if reqs:
+        _run([*pip, *reqs], 1200)
+    marker.write_text(" ".join(domains))
+    return python
 
 
-def _run(cmd: list[str], timeout: float) -> None:
+def _run(cmd: list[str], timeout: float) -> str:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise Unavailable(f"{' '.join(cmd[:4])}: {exc}") from exc
     if done.returncode != 0:
         raise Unavailable(f"{' '.join(cmd[:4])} exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
+    return done.stdout
 
 
 def config_entries(broker_port: int) -> dict[str, Any]:
@@ -101,6 +126,7 @@ http:
   server_host: 127.0.0.1
   server_port: {port}
 api:
+auth:
 logger:
   default: warning
   logs:
