@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .conftest import Broker, DaemonProcess, Probe, wait_until, write_config
+from smartbin_daemon.mqtt.client import DISCOVERY_SETTLE_S
+
+from .conftest import DB_NAME, Broker, DaemonProcess, Probe, live_query, wait_until, write_config
 
 ROOT = "smartbin/testbin"
 
@@ -177,3 +180,29 @@ def test_auth_failure_is_reported_and_retried_slowly(tmp_path: Path, probe_facto
         assert "wrong-password" not in log
     finally:
         secured.stop()
+
+
+def test_discovery_configs_an_earlier_run_left_are_cleared_and_the_new_ones_remembered(
+        tmp_path: Path, broker: Broker, probe_factory: Callable[..., Probe],
+        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    """A config left by an earlier run (an entity of a component disabled since) is emptied after the settle time."""
+    stale = "homeassistant/sensor/testbin/gpio_distance_9/config"
+    probe = probe_factory(broker.port)
+    probe.publish(stale, json.dumps({"name": "left over"}), retain=True)
+    storage = tmp_path / "state"
+    storage.mkdir()
+    db = sqlite3.connect(storage / DB_NAME)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('discovery_topics', ?)", (json.dumps([stale]),))
+    db.commit()
+    db.close()
+    probe.subscribe("homeassistant/#")
+    daemon = daemon_factory(write_config(tmp_path / "config.yaml", broker.port, storage))
+    wait_until(lambda: any(m.payload == b"" for m in probe.on(stale)), timeout=DISCOVERY_SETTLE_S + 15,
+               what="the stale discovery config emptied")
+    live = {m.topic for m in probe.under("homeassistant/sensor/testbin/") if m.payload}
+    assert "homeassistant/sensor/testbin/daemon_version/config" in live
+    assert not any(m.payload == b"" for m in probe.under("homeassistant/") if m.topic != stale), "live ones kept"
+    remembered = set(json.loads(live_query(storage, "SELECT value FROM meta WHERE key = 'discovery_topics'")[0][0]))
+    assert stale not in remembered and "homeassistant/sensor/testbin/daemon_version/config" in remembered
+    assert "cleared 1 discovery config(s)" in daemon.log()

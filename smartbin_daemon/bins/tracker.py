@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -183,7 +183,7 @@ class FillTracker(Worker):
                 Entity("sensor", f"bin_{c.id}_items", f"{c.name} items", self.name, f"{{{{ {base}.items }}}}",
                        {"state_class": "total_increasing", "icon": "mdi:counter", "unit_of_measurement": "items", **expire}),
                 Entity("sensor", f"bin_{c.id}_predicted_full", f"{c.name} predicted full", self.name,
-                       f"{{{{ {base}.predicted_full_at }}}}", {"device_class": "timestamp", "icon": "mdi:calendar-clock", **expire}),
+                       f"{{{{ {base}.predicted_full_at or none }}}}", {"device_class": "timestamp", "icon": "mdi:calendar-clock", **expire}),
                 Entity("sensor", f"bin_{c.id}_free", f"{c.name} free volume", self.name, f"{{{{ {base}.free_l }}}}",
                        {"device_class": "volume_storage", "unit_of_measurement": "L", "state_class": "measurement",
                         "icon": "mdi:delete-empty-outline", "suggested_display_precision": 1, **expire}),
@@ -195,8 +195,10 @@ class FillTracker(Worker):
                        f"{{{{ 'ON' if {base}.level == 'full' else 'OFF' }}}}", {"device_class": "problem", **expire}),
                 Entity("button", f"bin_{c.id}_emptied", f"{c.name} emptied", self.name, None,
                        {"command_topic": "bin/emptied", "payload_press": f'{{"args": {{"compartment": "{c.id}"}}}}',
-                        "icon": "mdi:delete-empty", "entity_category": "config"}),
+                        "icon": "mdi:delete-empty"}),
             ]
+        out.append(Entity("binary_sensor", "bin_lid", "Lid", self.name, "{{ 'ON' if value_json.lid_open else 'OFF' }}",
+                          {"device_class": "opening", "icon": "mdi:delete-circle-outline", **expire}))
         return tuple(out)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -411,8 +413,12 @@ class FillTracker(Worker):
         points = c.history
         if len(points) > FORECAST_MAX_POINTS:
             points = downsample(points, max(1.0, (points[-1][0] - points[0][0]) / FORECAST_MAX_POINTS))
-        c.forecast = forecast(points, c.fill_pct, time.time(), self.cfg.fill.full_pct,
-                              min_samples=self.cfg.fill.forecast_min_points, min_span_s=self.cfg.fill.forecast_min_span_s)
+        new = forecast(points, c.fill_pct, time.time(), self.cfg.fill.full_pct,
+                       min_samples=self.cfg.fill.forecast_min_points, min_span_s=self.cfg.fill.forecast_min_span_s)
+        old = c.forecast
+        if new.seconds_to_full == 0 and old is not None and old.seconds_to_full == 0 and old.full_at is not None:
+            new = replace(new, full_at=old.full_at)  # full since then: the moment it became full, not "now" every tick
+        c.forecast = new
 
     def _prune(self) -> None:
         cutoff = time.time() - self.cfg.fill.history_retention_days * 86400.0

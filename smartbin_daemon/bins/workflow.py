@@ -105,8 +105,8 @@ class SortingWorkflow(Worker):
             Entity("sensor", "workflow_state", "Sorting state", self.name, "{{ value_json.state }}",
                    {"device_class": "enum", "options": list(sm.STATES), "icon": "mdi:state-machine", "expire_after": EXPIRE_AFTER_S}),
             Entity("sensor", "workflow_last_item", "Last item", self.name,
-                   "{{ value_json.last_item.category if value_json.last_item else 'None' }}",
-                   {"icon": "mdi:recycle", "json_attributes_topic": "workflow",
+                   "{{ value_json.last_item.category if value_json.last_item else none }}",
+                   {"icon": "mdi:recycle", "json_attributes_topic": "workflow", "expire_after": EXPIRE_AFTER_S,
                     "json_attributes_template": "{{ (value_json.last_item or {}) | tojson }}"}),
             Entity("sensor", "workflow_items_sorted", "Items sorted", self.name, "{{ value_json.counts.sorted }}",
                    {"state_class": "total_increasing", "icon": "mdi:counter", "unit_of_measurement": "items",
@@ -134,6 +134,8 @@ class SortingWorkflow(Worker):
         self.feed(sm.Restore(meta, self._interrupted_rows(), self.bus.states()))
         if isinstance(meta.get("selftest"), dict):
             self.bus.set_state("selftest", SelfTestState.from_json(meta["selftest"]))  # the last result, again
+        else:
+            self.bus.set_state("selftest", SelfTestState())  # never run: status null (HA: unknown, not unavailable)
         self.bus.publish(Discovery(self.name, self.entities()))
         self.feed(sm.Start())
 
@@ -395,7 +397,7 @@ class SortingWorkflow(Worker):
 def selftest_entities() -> tuple[Entity, ...]:
     """The self-test's entities: its result, a problem sensor when it failed, and a button for the unsigned run."""
     return (
-        Entity("sensor", "selftest_result", "Self-test", "selftest", "{{ value_json.status or 'None' }}",
+        Entity("sensor", "selftest_result", "Self-test", "selftest", "{{ value_json.status or none }}",
                {"icon": "mdi:clipboard-check-outline", "entity_category": "diagnostic", "json_attributes_topic": "selftest",
                 "json_attributes_template": "{{ {'finished_at': value_json.finished_at, 'passed': value_json.passed, "
                                             "'failed': value_json.failed, 'skipped': value_json.skipped, "

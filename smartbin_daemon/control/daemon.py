@@ -370,8 +370,8 @@ class DaemonControl(Worker):
         return (
             Entity("sensor", "daemon_version", "Daemon version", self.name, "{{ value_json.version }}",
                    {**diag, "icon": "mdi:information-outline"}),
-            Entity("sensor", "daemon_uptime", "Daemon uptime", self.name, "{{ value_json.uptime_s }}",
-                   {**diag, "device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement"}),
+            Entity("sensor", "daemon_started_at", "Daemon started", self.name, "{{ value_json.started_at }}",
+                   {**diag, "device_class": "timestamp", "icon": "mdi:clock-start"}),
             Entity("sensor", "daemon_failed_workers", "Failed workers", self.name,
                    "{{ value_json.failed_workers | length }}", {**diag, "icon": "mdi:alert-circle-outline"}),
         )

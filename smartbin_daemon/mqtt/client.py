@@ -52,6 +52,9 @@ from .paho_client import build_client, set_nodelay
 logger = logging.getLogger(__name__)
 
 LOOP_TIMEOUT_S = 0.05
+DISCOVERY_SETTLE_S = 15.0
+"""After the first connection, how long every worker has to announce its entities before the discovery configs a
+previous run left and this run has not published are cleared (a disabled component, a renamed entity)."""
 
 # CONNACK reason codes that mean "your credentials/identity are wrong": retry slowly.
 _AUTH_REASONS = {"Bad user name or password", "Not authorized", "Client identifier not valid", "Banned"}
@@ -145,6 +148,8 @@ class MqttWorker(Worker):
         self._last_sent_seq = 0
         self._pending: dict[str, _Pending] = {}
         self._published_discovery: dict[str, dict[str, bytes]] = {}
+        self._remembered_discovery: set[str] | None = None  # topics with a config from earlier runs, until cleared
+        self._discovery_settle_at: float | None = None
         self._binary: dict[str, BinaryPublish] = {}  # latest retained binary payloads, republished on reconnect
         self._last_state_publish = 0.0
         self._last_own_state: dict[str, Any] | None = None
@@ -406,6 +411,9 @@ class MqttWorker(Worker):
         if self.cfg.mqtt.discovery:
             client.subscribe(self.topics.ha_status, qos=1)
         client.publish(self.topics.availability, "online", qos=1, retain=True)
+        if self._discovery_settle_at is None and self.cfg.mqtt.discovery:
+            self._remembered_discovery = self.outbox.discovery_topics()
+            self._discovery_settle_at = self.clock() + DISCOVERY_SETTLE_S
         self._republish_everything()
         self._flush_outbox()
 
@@ -456,6 +464,27 @@ class MqttWorker(Worker):
             if before[stale]:
                 self._publish(stale, b"", qos=1, retain=True)  # empty retained config removes the entity
         self._published_discovery[component] = now
+        if now != before:
+            self._remember_discovery()
+
+    def _live_discovery(self) -> set[str]:
+        return {topic for configs in self._published_discovery.values() for topic, body in configs.items() if body}
+
+    def _remember_discovery(self) -> None:
+        """Store the topics holding a config (plus, until the settle time, those of earlier runs not yet cleared)."""
+        live = self._live_discovery()
+        self.outbox.set_discovery_topics(live | (self._remembered_discovery or set()))
+
+    def _clear_stale_discovery(self) -> None:
+        """Empty the retained configs an earlier run published that this run has not: HA removes those entities."""
+        stale = (self._remembered_discovery or set()) - self._live_discovery()
+        for topic in sorted(stale):
+            self._publish(topic, b"", qos=1, retain=True)
+        if stale:
+            logger.info("cleared %d discovery config(s) of entities this configuration no longer has", len(stale),
+                        extra=ev("mqtt_discovery_cleared"))
+        self._remembered_discovery = None
+        self._remember_discovery()
 
     def _flush_outbox(self) -> None:
         if self.status != CONNECTED or self._client is None:
@@ -635,6 +664,9 @@ class MqttWorker(Worker):
                 if component != self.name:
                     self._publish_state(component, state)
             self._publish_own_state(force=True)
+        if self.status == CONNECTED and self._remembered_discovery is not None \
+                and self._discovery_settle_at is not None and self.clock() >= self._discovery_settle_at:
+            self._clear_stale_discovery()
         if now - self._last_prune >= 300:
             self._last_prune = now
             self.outbox.prune_expired()

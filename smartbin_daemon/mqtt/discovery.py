@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,14 @@ def unique_id(device_id: str, entity: Entity) -> str:
 
 
 _STATE_PLATFORMS = {"sensor", "binary_sensor"}
+_PATH = re.compile(r"\bvalue_json((?:\.[A-Za-z_]\w*|\[[^\]]*\])+)")
+_STEP = re.compile(r"\.([A-Za-z_]\w*)")
+
+
+def bracket_paths(template: str) -> str:
+    """`value_json.a.b` → `value_json['a']['b']`: a field named `items`/`values`/`keys` is the field, not a dict method."""
+    return _PATH.sub(lambda m: "value_json" + _STEP.sub(r"['\1']", m.group(1)), template)
+
 _COMMAND_PLATFORMS = {"button", "switch", "select", "number", "text", "lock"}
 
 
@@ -129,13 +138,18 @@ def entity_config(cfg: Config, topics: Topics, entity: Entity) -> dict[str, Any]
     if entity.platform in _STATE_PLATFORMS and "expire_after" not in payload:
         # Every retained state is republished at least every mqtt.state_interval_s: three missed ones = gone.
         payload["expire_after"] = int(3 * cfg.mqtt.state_interval_s)
-    for key in ("image_topic", "topic", "state_topic", "json_attributes_topic"):
-        if key in entity.options and not str(payload[key]).startswith(topics.root + "/"):
-            payload[key] = topics.state(payload[key])  # relative to <root>
+    for key, value in list(payload.items()):
+        if (key == "topic" or key.endswith("_topic")) and key != "command_topic" and isinstance(value, str) \
+                and not value.startswith(topics.root + "/"):
+            payload[key] = topics.state(value)  # relative to <root>
     if entity.platform in _COMMAND_PLATFORMS and "command_topic" in payload:
         cmd = payload["command_topic"]
         if not cmd.startswith(topics.root + "/"):
             payload["command_topic"] = topics.command(cmd)
+        payload.setdefault("qos", 1)  # a press is a request: at least once, like every other client's
+    for key, value in payload.items():
+        if key.endswith("_template") and isinstance(value, str):
+            payload[key] = bracket_paths(value)
     return payload
 
 

@@ -272,6 +272,20 @@ class Outbox:
         rows = self.store.query("SELECT key, value FROM meta WHERE key LIKE 'dropped%'")
         return {str(k): int(str(v)) for k, v in rows}
 
+    def discovery_topics(self) -> set[str]:
+        """The HA discovery topics this bin last left a retained config on (kept across restarts)."""
+        rows = self.store.query("SELECT value FROM meta WHERE key = 'discovery_topics'")
+        try:
+            topics = json.loads(str(rows[0][0])) if rows else []
+        except ValueError:
+            topics = []
+        return {t for t in topics if isinstance(t, str)}
+
+    def set_discovery_topics(self, topics: set[str]) -> None:
+        """Remember the discovery topics holding a config now (the next start clears those it no longer has)."""
+        self.store.execute("INSERT INTO meta (key, value) VALUES ('discovery_topics', ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (json.dumps(sorted(topics)),))
+
     def oldest_age_s(self) -> float | None:
         """Age in seconds of the oldest undelivered event with a trustworthy stamp, or None (none, or no clock)."""
         self.correct_timestamps()

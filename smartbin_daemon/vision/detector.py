@@ -134,9 +134,9 @@ class DetectorWorker(Worker):
         return (
             Entity("image", "detector_snapshot", "Last snapshot", self.name, None,
                    {"image_topic": f"{self.name}/snapshot", "content_type": "image/jpeg"}),
-            Entity("sensor", "detector_last_class", "Last class", self.name, "{{ value_json.last.class_name }}",
+            Entity("sensor", "detector_last_class", "Last class", self.name, "{{ value_json.last.class_name if value_json.last else none }}",
                    {"icon": "mdi:tag-outline"}),
-            Entity("sensor", "detector_last_category", "Last category", self.name, "{{ value_json.last.category }}",
+            Entity("sensor", "detector_last_category", "Last category", self.name, "{{ value_json.last.category if value_json.last else none }}",
                    {"icon": "mdi:recycle"}),
             Entity("sensor", "detector_last_confidence", "Last confidence", self.name,
                    "{{ (value_json.last.confidence * 100) | round(1) if value_json.last else none }}",

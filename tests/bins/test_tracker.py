@@ -534,7 +534,7 @@ def test_a_rising_history_gives_a_fill_rate_and_a_predicted_full_time(rig: Rig) 
 # --------------------------------------------------------------------------- Home Assistant
 
 
-def test_discovery_declares_fill_level_items_predicted_full_free_rate_full_and_emptied_per_compartment(rig: Rig) -> None:
+def test_discovery_declares_fill_level_items_predicted_full_free_rate_full_and_emptied_per_compartment_and_the_lid(rig: Rig) -> None:
     discovery = [m for m in rig.drain() if isinstance(m, Discovery) and m.component == "fill"]
     assert discovery, "published at start"
     entities = {e.object_id: e for e in discovery[-1].entities}
@@ -559,7 +559,10 @@ def test_discovery_declares_fill_level_items_predicted_full_free_rate_full_and_e
         assert button.platform == "button" and button.options["command_topic"] == "bin/emptied"
         assert f'"compartment": "{c}"' in button.options["payload_press"]
         assert all(e.component == "fill" for e in (fill, level, predicted, full, button))
-    assert len(entities) == 8 * 3
+    lid = entities["bin_lid"]
+    assert lid.platform == "binary_sensor" and lid.options["device_class"] == "opening" and "lid_open" in (
+        lid.value_template or "")
+    assert len(entities) == 8 * 3 + 1
     assert rig.bus.entities()["fill"] == discovery[-1].entities
 
 
@@ -581,3 +584,15 @@ def test_history_fill_answers_the_recorded_points_and_names_a_bad_compartment_or
     assert not inverted.ok and "args.since" in str(inverted.error)
     too_many = rig.request("history/fill", {"compartment": "paper", "limit": 501})
     assert not too_many.ok and "args.limit" in str(too_many.error)
+
+
+def test_a_full_compartment_keeps_the_moment_it_became_full_as_its_predicted_full_time(rig: Rig) -> None:
+    """Once full, `predicted_full_at` is when it became full, not "now" again at every evaluation."""
+    st = rig.settle("paper", 97.0)
+    assert st["seconds_to_full"] == 0 and st["predicted_full_at"] is not None
+    first = st["predicted_full_at"]
+    time.sleep(2.2)  # later evaluations of the same full compartment (timestamps have 1 s resolution or better)
+    st = rig.settle("paper", 98.0)
+    assert st["seconds_to_full"] == 0 and st["predicted_full_at"] == first
+    rig.settle("paper", 5.0)
+    assert rig.comp("paper")["predicted_full_at"] != first, "emptied: a new forecast, not the old full time"

@@ -8,7 +8,14 @@ example of each state model serialised as the daemon publishes it. A template na
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import re
+import types
+import typing
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +249,105 @@ def test_a_renamed_field_breaks_its_template(bin_with_everything: tuple[App, lis
     del state["fps"]
     with pytest.raises(jinja2.UndefinedError):
         ENV.from_string(camera.value_template or "").render(value_json=state)
+
+
+def _nullable_paths(hint: Any, value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every path into a published state whose field the model lets be null (inside `Any`: every leaf)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and path:
+            yield path
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            yield from _nullable_paths(inner[0], value, path)
+        return
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        hints = typing.get_type_hints(hint)
+        for f in dataclasses.fields(hint):
+            if f.name in value:
+                yield from _nullable_paths(hints[f.name], value[f.name], (*path, f.name))
+    elif hint is Any:  # an untyped dict's shape is fixed by its producer; any reading in it may be missing
+        if path and not isinstance(value, (dict, list)):
+            yield path
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from _nullable_paths(Any, v, (*path, k))
+        elif isinstance(value, list) and value:
+            yield from _nullable_paths(Any, value[0], (*path, 0))
+    elif origin is dict and isinstance(value, dict):
+        for k, v in value.items():
+            yield from _nullable_paths(args[1], v, (*path, k))
+    elif origin is list and isinstance(value, list) and value:
+        yield from _nullable_paths(args[0], value[0], (*path, 0))
+
+
+def _with_null(state: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+    out = copy.deepcopy(state)
+    node = out
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = None
+    return out
+
+
+def test_templates_survive_every_null_the_state_models_allow(bin_with_everything: tuple[App, list[Entity]]) -> None:
+    """A null anywhere the model allows one renders without error, to HA's `None` (unknown) or a real value, never ''.
+
+    (HA renders with a lenient Undefined: a template that stumbles on a null logs a warning and gives an empty
+    state, an invalid timestamp or an invalid enum option; StrictUndefined makes that stumble an error here.)
+    """
+    app, entities = bin_with_everything
+    examples = example_states([c.id for c in app.cfg.bins.compartments], ["1"])
+    checked = 0
+    failures: list[str] = []
+    for entity in entities:
+        for key, template, component in _templates(app, entity):
+            if component.startswith("event/"):
+                continue
+            base = _published(examples[component])
+            for path in _nullable_paths(STATE_MODELS[component], base):
+                state = _with_null(base, path)
+                try:
+                    out = ENV.from_string(template).render(value_json=state)
+                except (jinja2.UndefinedError, TypeError) as exc:
+                    failures.append(f"{entity.object_id}.{key} when {component}.{'.'.join(map(str, path))} is null: {exc}")
+                    continue
+                assert out.strip() != "", (entity.object_id, key, path)
+                if key == "json_attributes_template":
+                    assert isinstance(json.loads(out), dict), (entity.object_id, out)
+                elif entity.options.get("device_class") == "timestamp" and out != "None":
+                    datetime.fromisoformat(out.replace("Z", "+00:00"))
+                elif entity.options.get("device_class") == "enum":
+                    assert out in [*entity.options["options"], "None"], (entity.object_id, path, out)
+                checked += 1
+    assert not failures, "\n".join(failures)
+    assert checked > 200, checked
+
+
+def test_field_names_that_are_dict_methods_read_the_field(bin_with_everything: tuple[App, list[Entity]]) -> None:
+    """`items`, `values`, `keys` are fields of the fill state; a published template reads them, not dict methods."""
+    app, entities = bin_with_everything
+    examples = example_states([c.id for c in app.cfg.bins.compartments], ["1"])
+    cid = app.cfg.bins.compartments[0].id
+    entity = next(e for e in entities if e.object_id == f"bin_{cid}_items")
+    (_, template, _), = _templates(app, entity)
+    lenient = jinja2.Environment()  # as HA: an attribute lookup that finds a method is not an error
+    assert lenient.from_string(template).render(value_json=_published(examples["fill"])) == "3"
+    for entity in entities:
+        for _, template, _ in _templates(app, entity):
+            assert not re.search(r"value_json\.\w", template), (entity.object_id, template)
+
+
+def test_every_topic_is_a_full_topic_commands_go_at_qos_1_and_expiry_is_as_documented(
+        bin_with_everything: tuple[App, list[Entity]]) -> None:
+    app, entities = bin_with_everything
+    topics = Topics.from_config(app.cfg)
+    for entity in entities:
+        payload = entity_config(app.cfg, topics, entity)
+        for key, value in payload.items():
+            if key == "topic" or key.endswith("_topic"):
+                assert str(value).startswith(topics.root + "/"), (entity.object_id, key, value)
+        if "command_topic" in payload:
+            assert payload["qos"] == 1, entity.object_id
+        if entity.platform in ("sensor", "binary_sensor") and entity.component in ("fill", "workflow", "camera"):
+            assert payload["expire_after"] == 30, (entity.object_id, payload["expire_after"])  # README: 30 s for these
