@@ -46,6 +46,7 @@ from ..runtime.worker import Worker
 from ..states.mqtt import MqttState, OutboxCounts
 from . import discovery as disco
 from .discovery import Topics
+from .discovery_ledger import DiscoveryLedger
 from .outbox import Backlog, Outbox
 from .paho_client import build_client, set_nodelay
 
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 LOOP_TIMEOUT_S = 0.05
 DISCOVERY_SETTLE_S = 15.0
 """After the first connection, how long every worker has to announce its entities before the discovery configs a
-previous run left and this run has not published are cleared (a disabled component, a renamed entity)."""
+previous run left and this run has not published are cleared (see discovery_ledger.py)."""
 
 # CONNACK reason codes that mean "your credentials/identity are wrong": retry slowly.
 _AUTH_REASONS = {"Bad user name or password", "Not authorized", "Client identifier not valid", "Banned"}
@@ -147,9 +148,7 @@ class MqttWorker(Worker):
         self._acked: list[int] = []  # seqs PUBACKed during this inbox drain, forgotten together at its end
         self._last_sent_seq = 0
         self._pending: dict[str, _Pending] = {}
-        self._published_discovery: dict[str, dict[str, bytes]] = {}
-        self._remembered_discovery: set[str] | None = None  # topics with a config from earlier runs, until cleared
-        self._discovery_settle_at: float | None = None
+        self._discovery = DiscoveryLedger(self.outbox, DISCOVERY_SETTLE_S, self.clock)
         self._binary: dict[str, BinaryPublish] = {}  # latest retained binary payloads, republished on reconnect
         self._last_state_publish = 0.0
         self._last_own_state: dict[str, Any] | None = None
@@ -411,9 +410,8 @@ class MqttWorker(Worker):
         if self.cfg.mqtt.discovery:
             client.subscribe(self.topics.ha_status, qos=1)
         client.publish(self.topics.availability, "online", qos=1, retain=True)
-        if self._discovery_settle_at is None and self.cfg.mqtt.discovery:
-            self._remembered_discovery = self.outbox.discovery_topics()
-            self._discovery_settle_at = self.clock() + DISCOVERY_SETTLE_S
+        if self.cfg.mqtt.discovery:
+            self._discovery.connected()
         self._republish_everything()
         self._flush_outbox()
 
@@ -448,7 +446,7 @@ class MqttWorker(Worker):
     def _publish_discovery(self, component: str, entities: tuple[Entity, ...], force: bool = False) -> None:
         if not self.cfg.mqtt.discovery or self.status != CONNECTED:
             return
-        before = self._published_discovery.get(component, {})
+        before = self._discovery.published.get(component, {})
         now: dict[str, bytes] = {}
         hide_privileged = self.cfg.security.privileged == "hmac"
         for entity in entities:
@@ -463,28 +461,16 @@ class MqttWorker(Worker):
         for stale in set(before) - set(now):
             if before[stale]:
                 self._publish(stale, b"", qos=1, retain=True)  # empty retained config removes the entity
-        self._published_discovery[component] = now
-        if now != before:
-            self._remember_discovery()
-
-    def _live_discovery(self) -> set[str]:
-        return {topic for configs in self._published_discovery.values() for topic, body in configs.items() if body}
-
-    def _remember_discovery(self) -> None:
-        """Store the topics holding a config (plus, until the settle time, those of earlier runs not yet cleared)."""
-        live = self._live_discovery()
-        self.outbox.set_discovery_topics(live | (self._remembered_discovery or set()))
+        self._discovery.replace(component, now)
 
     def _clear_stale_discovery(self) -> None:
         """Empty the retained configs an earlier run published that this run has not: HA removes those entities."""
-        stale = (self._remembered_discovery or set()) - self._live_discovery()
-        for topic in sorted(stale):
+        stale = self._discovery.stale_due()
+        for topic in stale:
             self._publish(topic, b"", qos=1, retain=True)
         if stale:
             logger.info("cleared %d discovery config(s) of entities this configuration no longer has", len(stale),
                         extra=ev("mqtt_discovery_cleared"))
-        self._remembered_discovery = None
-        self._remember_discovery()
 
     def _flush_outbox(self) -> None:
         if self.status != CONNECTED or self._client is None:
@@ -530,7 +516,7 @@ class MqttWorker(Worker):
             return
         command = msg.topic[len(self.topics.request_prefix):]
         self.counters.requests += 1
-        rt_problem = self._response_topic_problem(msg.response_topic)
+        rt_problem = self.topics.response_topic_problem(msg.response_topic)
         response_topic = msg.response_topic if rt_problem is None else None
         if not valid_command(command):
             # The name would go back into <root>/response/<command>: answer only a (valid) MQTT 5 response topic.
@@ -561,21 +547,6 @@ class MqttWorker(Worker):
         wait_s = max(self.cfg.mqtt.request_timeout_s, parsed.spec.answer_within_s or 0.0)
         self._pending[request_id] = _Pending(command, parsed.transaction, time.monotonic() + wait_s,
                                              response_topic, msg.correlation)
-
-    def _response_topic_problem(self, topic: str | None) -> str | None:
-        """Why a requester's MQTT 5 response topic must not be published to (None: absent or fine)."""
-        if topic is None:
-            return None
-        problem = disco.publish_topic_problem(topic)
-        if problem is not None:
-            return problem
-        if topic.startswith("$"):
-            return "must not start with '$' (broker-reserved topics)"
-        own = (self.topics.root + "/", self.topics.discovery_prefix + "/")
-        if (topic.startswith(own) or topic in (self.topics.root, self.topics.discovery_prefix)) \
-                and not topic.startswith(self.topics.root + "/response/"):
-            return "must not point at this bin's own topics or at the discovery prefix (only <root>/response/... there)"
-        return None
 
     def _admit(self, parsed: ParsedRequest) -> tuple[str | None, str, str | None]:
         """Authorisation, then the per-command rate limit: (the refusal or None, the authority, the signing key id).
@@ -664,8 +635,7 @@ class MqttWorker(Worker):
                 if component != self.name:
                     self._publish_state(component, state)
             self._publish_own_state(force=True)
-        if self.status == CONNECTED and self._remembered_discovery is not None \
-                and self._discovery_settle_at is not None and self.clock() >= self._discovery_settle_at:
+        if self.status == CONNECTED:
             self._clear_stale_discovery()
         if now - self._last_prune >= 300:
             self._last_prune = now

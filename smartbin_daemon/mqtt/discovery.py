@@ -90,6 +90,21 @@ class Topics:
         """`<prefix>/<platform>/<device_id>/<object_id>/config`."""
         return f"{self.discovery_prefix}/{entity.platform}/{self.device_id}/{entity.object_id}/config"
 
+    def response_topic_problem(self, topic: str | None) -> str | None:
+        """Why a requester's MQTT 5 response topic must not be published to (None: absent or fine)."""
+        if topic is None:
+            return None
+        problem = publish_topic_problem(topic)
+        if problem is not None:
+            return problem
+        if topic.startswith("$"):
+            return "must not start with '$' (broker-reserved topics)"
+        own = (self.root + "/", self.discovery_prefix + "/")
+        if (topic.startswith(own) or topic in (self.root, self.discovery_prefix)) \
+                and not topic.startswith(self.root + "/response/"):
+            return "must not point at this bin's own topics or at the discovery prefix (only <root>/response/... there)"
+        return None
+
 
 def device_block(cfg: Config) -> dict[str, Any]:
     """The HA device every entity of this bin belongs to."""
