@@ -26,7 +26,7 @@ PAGES = [  # id, name, path, icon
 ]
 GROUPS = [  # id, page, name, width
     ("status", "overview", "Status", 6), ("alerts", "overview", "Active alerts", 6),
-    ("snapshot", "overview", "Last snapshot", 6),
+    ("snapshot", "overview", "Last snapshot", 6), ("events", "overview", "Recent events", 6),
     ("fill", "bins", "Compartments", 12), ("fill_history", "bins", "Fill history", 8),
     ("bin_actions", "bins", "Actions", 4),
     ("items", "detections", "Recent items", 8), ("counts", "detections", "Items per category (24 h)", 4),
@@ -64,6 +64,7 @@ TABLES = {
     "processes_table": ("processes", [col("PID", "pid", "70px"), col("Process", "name"), col("User", "user"),
                                       col("CPU %", "cpu_percent"), col("Memory (MB)", "rss_mb")]),
     "storage_table": ("storage", [col("Folder", "name"), col("Files", "files"), col("Size (MB)", "mb")]),
+    "events_table": ("events", [col("Time", "at", "160px"), col("Event", "type", "120px"), col("What", "summary")]),
     "actions_table": ("actions", [col("Time", "at", "160px"), col("Action", "title"), col("Result", "result")]),
 }
 IMAGE_TEMPLATE = ('<template><div><img v-if="msg && msg.payload" :src="msg.payload" alt="{alt}" '
@@ -79,7 +80,7 @@ CHARTS = {
     "fill_chart": ("fill_history", "line", "compartment", "at", "fill_pct", "Fill %", "time"),
     "counts_chart": ("counts", "bar", "category", "category", "items", "Items", "category"),
 }
-OUTPUTS = [*TEXTS, *TABLES, *TEMPLATES, *CHARTS, "maintenance_switch", "compartment_choice", "worker_choice", "requests"]
+OUTPUTS = [*TEXTS, *TABLES, *TEMPLATES, *CHARTS, "maintenance_switch", "compartment_choice", "worker_choice", "event_notice", "requests"]
 
 
 def req(command: str, title: str, args: dict[str, Any] | None = None, sign: str = "never", timeout_s: float = 10,
@@ -183,7 +184,7 @@ def display_widgets() -> list[dict[str, Any]]:
                           categoryType="property", xAxisLabel="", xAxisProperty=x, xAxisPropertyType="property",
                           xAxisType=xtype, xAxisFormat="", xAxisFormatType="auto", yAxisLabel=ylabel,
                           yAxisProperty=value, yAxisPropertyType="property", ymin="0", ymax="", action="replace",
-                          stackSeries=False, pointShape="circle", pointRadius=2, showLegend=True, removeOlder=7,
+                          stackSeries=False, pointShape="circle", pointRadius=2, showLegend=True, removeOlder=1,
                           removeOlderUnit="86400", removeOlderPoints="", colors=PALETTE, textColor=["#666666"],
                           textColorDefault=True, gridColor=["#e5e5e5"], gridColorDefault=True, height=8,
                           interpolation="linear", width=0))
@@ -211,7 +212,7 @@ PALETTE = ["#1F77B4", "#AEC7E8", "#FF7F0E", "#2CA02C", "#98DF8A", "#D62728", "#F
 
 def logic_nodes() -> list[dict[str, Any]]:
     """The subscription, the dispatcher, the request node and their helpers."""
-    dispatch_wires = [[f"ui_{name}"] for name in OUTPUTS[:-1]] + [["fn_request"]]
+    dispatch_wires = [[f"ui_{name}"] for name in OUTPUTS[:-2]] + [["ui_feedback"], ["fn_request"]]
     return [
         {"id": TAB, "type": "tab", "label": "SmartBin console", "disabled": False,
          "info": "SmartBin console (FlowFuse Dashboard 2.0, /dashboard). Environment of the Node-RED process: "

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -267,6 +268,8 @@ def test_a_wrong_secret_is_refused_and_an_unset_secret_sends_nothing_privileged(
         body = wait_until(lambda: requests_seen(console.probe, "lid")[before:], 15, what="the lid request")[0]
         answer = answer_to(console.probe, "lid", body["transaction"])
         assert answer["status"] == "error" and "signature does not match" in answer["error"]
+        dom = wait_for_dom(wrong, "maintenance", "signature does not match", console.workdir / "wrong-secret.png")
+        assert "Open lid" in dom
     finally:
         wrong.stop()
     unset = start_node_red(console.modules, console.workdir / "nr-unset", console.broker.port, None)
@@ -279,6 +282,7 @@ def test_a_wrong_secret_is_refused_and_an_unset_secret_sends_nothing_privileged(
         wait_until(lambda: requests_seen(console.probe, "lid")[before:], 15, what="the close request")
         time.sleep(1)
         assert [r["args"]["op"] for r in requests_seen(console.probe, "lid")[before:]] == ["close"]
+        wait_for_dom(unset, "maintenance", "SMARTBIN_HMAC_SECRET is not set", console.workdir / "unset-secret.png")
         assert error_lines(unset.log()) == []
     finally:
         unset.stop()
@@ -286,8 +290,8 @@ def test_a_wrong_secret_is_refused_and_an_unset_secret_sends_nothing_privileged(
 
 
 def artefact_dirs(tmp: Path) -> list[Path]:
-    """Where screenshots go: the test's tmp dir and $SMARTBIN_TEST_ARTIFACTS when set."""
-    dirs = [tmp / "screenshots"]
+    """Where screenshots go: `tmp` and $SMARTBIN_TEST_ARTIFACTS/node-red when set."""
+    dirs = [tmp]
     if os.environ.get("SMARTBIN_TEST_ARTIFACTS"):
         dirs.append(Path(os.environ["SMARTBIN_TEST_ARTIFACTS"]) / "node-red")
     for d in dirs:
@@ -295,19 +299,47 @@ def artefact_dirs(tmp: Path) -> list[Path]:
     return dirs
 
 
+def run_chromium(args: list[str], timeout: float = 45) -> str:
+    """Run headless Chromium once; its whole process group is killed when it overruns (it hangs now and then)."""
+    proc = subprocess.Popen([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                             "--window-size=1280,1000", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return ""
+
+
 def browse(url: str, screenshot: Path, budget_ms: int = 12000) -> str:
     """Load a page in headless Chromium: its screenshot, and the DOM after the Vue app rendered."""
-    browser = chromium()
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1000",
-              f"--virtual-time-budget={budget_ms}"]  # (a --user-data-dir makes this Chromium write no screenshot)
-    for _ in range(3):  # Chromium now and then exits without writing the file ("Failed to send ... to zygote")
-        shot = subprocess.run([*common, f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=90)
+    budget = f"--virtual-time-budget={budget_ms}"  # (a --user-data-dir makes this Chromium write no screenshot)
+    screenshot.unlink(missing_ok=True)
+    for _ in range(3):  # now and then Chromium exits without writing the file, or hangs
+        run_chromium([budget, f"--screenshot={screenshot}", url])
         if screenshot.exists():
             break
-    assert screenshot.exists(), f"no screenshot of {url}: {shot.stderr[-2000:]}"
-    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=90, check=True).stdout
+    assert screenshot.exists(), f"no screenshot of {url}"
+    dom = ""
+    for _ in range(3):
+        if dom := run_chromium([budget, "--dump-dom", url]):
+            break
     screenshot.with_suffix(".html").write_text(dom)
     return dom
+
+
+def wait_for_dom(nr: NodeRed, page: str, text: str, screenshot: Path) -> str:
+    """The page's DOM once it shows `text` (a few loads at most)."""
+    dom = ""
+    for _ in range(3):
+        dom = browse(nr.url(f"/dashboard/{page}"), screenshot, budget_ms=8000)
+        if text in dom:
+            for extra in artefact_dirs(screenshot.parent)[1:]:
+                shutil.copy(screenshot, extra / screenshot.name)
+            return dom
+    raise AssertionError(f"{page} does not show {text!r}: {dom[-3000:]}")
 
 
 PAGES = ["overview", "bins", "detections", "system", "configuration", "maintenance"]
@@ -316,7 +348,7 @@ PAGES = ["overview", "bins", "detections", "system", "configuration", "maintenan
 def test_the_dashboard_pages_render_the_bins_live_values_in_a_browser(console: Console, tmp_path: Path) -> None:
     health = console.probe.wait_for(f"{ROOT}/health", timeout=20).json()
     fill = console.probe.wait_for(f"{ROOT}/fill", timeout=20).json()
-    dirs = artefact_dirs(tmp_path)
+    dirs = artefact_dirs(tmp_path / "screenshots")
     doms: dict[str, str] = {}
     for page in PAGES:
         shot = dirs[0] / f"{page}.png"
@@ -334,4 +366,20 @@ def test_the_dashboard_pages_render_the_bins_live_values_in_a_browser(console: C
     assert "Fill %" in doms["bins"] and "Full at (forecast)" in doms["bins"]
     assert "Hostname" in doms["system"] and health["system"]["hostname"] in doms["system"]
     assert "Maintenance mode" in doms["maintenance"] and "Open lid" in doms["maintenance"]
+    assert error_lines(console.node_red.log()) == []
+
+
+def test_events_sent_while_node_red_restarts_arrive_and_an_offline_bin_is_marked_stale(console: Console) -> None:
+    console.node_red.stop()
+    event = {"id": "e" * 32, "seq": 10**9, "type": "alert", "ts": "2026-01-01T00:00:00+00:00", "ts_source": "clock",
+             "device": DEVICE, "component": "test",
+             "data": {"source": "test", "code": "restart_probe", "severity": "warning",
+                      "message": "raised while Node-RED was down", "active": True}}
+    console.probe.publish(f"{ROOT}/event/alert", json.dumps(event))
+    console.node_red = start_node_red(console.modules, console.workdir / "nr-after-pause", console.broker.port, SECRET)
+    wait_for_dom(console.node_red, "overview", "raised while Node-RED was down", console.workdir / "events.png")
+    console.daemon.stop()
+    console.probe.wait_for(f"{ROOT}/availability", lambda m: m.payload == b"offline", timeout=20)
+    dom = wait_for_dom(console.node_red, "overview", "OFFLINE since", console.workdir / "offline.png")
+    assert "stale: bin offline since" in dom
     assert error_lines(console.node_red.log()) == []

@@ -15,6 +15,7 @@ function when(ts) {  // ISO or unix seconds -> "2026-12-03 07:10:00" (Node-RED's
     return isNaN(d) ? String(ts) : d.toLocaleString("sv-SE");
 }
 const pct = (v) => (v === null || v === undefined) ? "-" : Math.round(v * 10) / 10 + " %";
+const kbps = (b) => (b === null || b === undefined) ? "-" : Math.round(b / 102.4) / 10 + " KiB/s";
 const mb = (b) => (b === null || b === undefined) ? "-" : Math.round(b / 1048576 * 10) / 10;
 function staleNote() {
     const a = flow.get("availability") || {};
@@ -27,12 +28,14 @@ const render = {
             " — " + h.conditions.map(c => c.message || c.code || c).join("; ") : "") + note);
         const cpu = h.cpu || {}, mem = h.memory || {}, disk = h.disk || {}, gpu = h.gpu || {};
         const temps = h.temperatures || {};
+        const du = (disk.storage || disk.root || {});
+        const temp = (c) => (c === null || c === undefined) ? "-" : Math.round(c) + " °C";
         const rows = [
             {name: "CPU", value: pct(cpu.percent) + (cpu.load_1 !== undefined ? ", load " + cpu.load_1 : "")},
             {name: "Memory", value: pct(mem.percent)},
-            {name: "Disk", value: pct(disk.percent) + (disk.free_bytes !== undefined ? ", " + mb(disk.free_bytes) + " MB free" : "")},
-            {name: "Temperature", value: Object.entries(temps).map(([k, v]) => k + " " + (v && v.current !== undefined ? v.current : v) + " °C").join(", ") || "-"},
-            {name: "GPU", value: gpu.present ? pct(gpu.load_pct) + " load" + (gpu.temp_c !== undefined ? ", " + gpu.temp_c + " °C" : "") : "none"},
+            {name: "Disk (storage)", value: pct(du.percent) + (du.free_bytes !== undefined ? ", " + mb(du.free_bytes) + " MB free" : "")},
+            {name: "Temperature", value: "CPU " + temp(temps.cpu_c) + ", GPU " + temp(temps.gpu_c)},
+            {name: "GPU", value: gpu.present ? (gpu.name || gpu.source) + ": " + pct(gpu.load_pct) + " load, " + temp(gpu.temp_c) : "none"},
             {name: "Updated", value: when(h.ts) + note},
         ];
         put("resources_table", rows);
@@ -42,7 +45,7 @@ const render = {
             {name: "Kernel", value: s.kernel || "-"}, {name: "CPU", value: (s.cpu_model || "-") + (s.cpu_cores ? " (" + s.cpu_cores + " cores)" : "")},
             {name: "IP", value: s.ip || "-"}, {name: "Booted", value: when(s.boot_time)},
             {name: "Wi-Fi", value: (s.wifi || []).map(w => w.ssid + " " + w.signal_dbm + " dBm").join(", ") || "-"},
-            {name: "Network", value: net.sent_bps !== undefined ? "↑ " + net.sent_bps + " B/s, ↓ " + net.recv_bps + " B/s" : JSON.stringify(net).slice(0, 80)},
+            {name: "Network", value: "sent " + kbps(net.sent_bytes_per_s) + ", received " + kbps(net.recv_bytes_per_s)},
             {name: "Clock", value: h.clock ? (h.clock.valid ? "set" : "not set") + (h.clock.ntp_synchronized ? ", NTP synchronized" : "") : "-"},
         ]);
         const st = h.storage || {};
@@ -128,7 +131,33 @@ if (sub.startsWith("response/")) {
     }
     return outs;
 }
-if (sub.startsWith("event/") || sub.startsWith("request/")) return null;
+if (sub.startsWith("event/")) {  // at least once: deduplicated by id; kept across Node-RED restarts by the session
+    const seen = flow.get("event_ids") || [];
+    if (!data.id || seen.includes(data.id)) return null;
+    seen.push(data.id); seen.splice(0, Math.max(0, seen.length - 2000)); flow.set("event_ids", seen);
+    const d = data.data || {};
+    const text = {
+        alert: () => d.severity + (d.active === false ? " cleared: " : ": ") + d.message,
+        bin_level: () => (d.name || d.compartment) + " is " + d.level + " (" + d.fill_pct + " %)",
+        bin_emptied: () => (d.name || d.compartment) + " emptied (" + d.items + " items)",
+        item_sorted: () => d.category + " → " + (d.compartment_name || d.compartment),
+        item_refused: () => "item refused: " + (d.error || d.code),
+        item_failed: () => "item failed: " + d.error,
+        maintenance: () => "maintenance " + (d.on ? "on" : "off"),
+        config_changed: () => "configuration changed: " + (d.applied || []).join(", "),
+    }[data.type];
+    const summary = text ? text() : data.type;
+    const events = flow.get("events") || [];
+    events.unshift({at: when(data.ts), type: data.type.replace(/_/g, " "), summary: summary});
+    events.splice(20);
+    flow.set("events", events);
+    put("events_table", events);
+    if (["alert", "bin_level", "bin_emptied", "item_refused", "item_failed"].includes(data.type)) {
+        put("event_notice", (data.type === "alert" ? "Alert" : "Bin") + ": " + summary);
+    }
+    return outs;
+}
+if (sub.startsWith("request/")) return null;
 if (render[sub]) {
     states[sub] = data;
     flow.set("states", states);

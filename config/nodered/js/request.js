@@ -25,10 +25,11 @@ function sign(command, args) {
     return keyId ? {key: keyId, ts: ts, nonce: nonce, sig: sig} : {ts: ts, nonce: nonce, sig: sig};
 }
 function report(title, result, ok, quiet) {
+    if (quiet && ok) return;  // the periodic history refreshes: only their failures are worth a word
     log.unshift({at: new Date().toLocaleString("sv-SE"), title: title, result: result});
     log.splice(30);
     context.set("log", log);
-    const note = (quiet && ok) ? null : {payload: title + (ok ? ": " : " FAILED: ") + result,
+    const note = {payload: title + (ok ? ": " : " FAILED: ") + result,
         ui_update: {color: ok ? "#2f6b3a" : "#b00020"}};
     node.send([null, note, {payload: log}]);
 }
