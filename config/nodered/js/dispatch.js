@@ -67,7 +67,8 @@ const render = {
         put("sorting", w.state + (w.maintenance ? " (maintenance)" : "") + (why ? ": " + why : "") + note);
         put("workflow_error", (w.error ? w.error.message || w.error.code : w.blocked ? "blocked: " + (w.blocked.message || w.blocked.code) : "none") + note);
         const li = w.last_item;
-        put("last_item", li ? (li.category + " → " + (li.compartment_name || li.compartment) + " (" + li.outcome + ", " +
+        const target = li && (li.compartment_name || li.compartment);
+    put("last_item", li ? (li.category + (target ? " → " + target : ", not sorted") + " (" + li.outcome + ", " +
             when(li.at || li.finished_at || li.started_at) + ")") + note : "none yet");
         put("maintenance_switch", !!w.maintenance);
     },
@@ -140,6 +141,11 @@ if (sub.startsWith("event/")) {  // at least once: deduplicated by id; kept acro
         alert: () => d.severity + (d.active === false ? " cleared: " : ": ") + d.message,
         bin_level: () => (d.name || d.compartment) + " is " + d.level + " (" + d.fill_pct + " %)",
         bin_emptied: () => (d.name || d.compartment) + " emptied (" + d.items + " items)",
+        detection: () => d.category + " (" + d.class_name + ", " + Math.round((d.confidence || 0) * 100) + " %" +
+            (d.uncertain ? ", uncertain" : "") + ")",
+        item_present: () => "an item arrived",
+        door_opened: () => "lid opened",
+        door_closed: () => "lid closed",
         item_sorted: () => d.category + " → " + (d.compartment_name || d.compartment),
         item_refused: () => "item refused: " + (d.error || d.code),
         item_failed: () => "item failed: " + d.error,
