@@ -88,6 +88,7 @@ class NodeRed:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    modules: Path
 
     def log(self) -> str:
         """Everything it printed."""
@@ -127,7 +128,7 @@ def start_node_red(modules: Path, workdir: Path, broker_port: int, secret: str |
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([str(modules / ".bin" / "node-red"), "-u", str(workdir), "-p", str(port),
                                  "-s", str(workdir / "settings.js")], stdout=log, stderr=subprocess.STDOUT, env=env)
-    nr = NodeRed(proc, port, log_path)
+    nr = NodeRed(proc, port, log_path, modules)
     wait_until(lambda: "Started flows" in nr.log() or proc.poll() is not None, 60, what="Node-RED started its flows")
     assert proc.poll() is None, nr.log()
     return nr
@@ -299,47 +300,78 @@ def artefact_dirs(tmp: Path) -> list[Path]:
     return dirs
 
 
-def run_chromium(args: list[str], timeout: float = 45) -> str:
-    """Run headless Chromium once; its whole process group is killed when it overruns (it hangs now and then)."""
+CDP_SCRIPT = r"""
+// Drives one Chromium page over the DevTools protocol (ws from Node-RED's own dependencies): waits until the
+// page's text contains every wanted string (or the time is up), then writes a screenshot and prints the DOM.
+const WebSocket = require("ws");
+const fs = require("fs");
+const [wsUrl, shot, wantJson, timeoutMs] = process.argv.slice(1);
+const want = JSON.parse(wantJson);
+const ws = new WebSocket(wsUrl, {perMessageDeflate: false});
+let id = 0; const waiting = {};
+const call = (method, params) => new Promise((resolve) => { waiting[++id] = resolve;
+    ws.send(JSON.stringify({id: id, method: method, params: params || {}})); });
+ws.on("message", (data) => { const m = JSON.parse(data); if (m.id && waiting[m.id]) waiting[m.id](m.result || {}); });
+const text = async () => ((await call("Runtime.evaluate", {expression: "document.body ? document.body.innerText : ''",
+    returnByValue: true})).result || {}).value || "";
+ws.on("open", async () => {
+    const until = Date.now() + Number(timeoutMs);
+    let body = await text();
+    while (Date.now() < until && !want.every((w) => body.includes(w))) {
+        await new Promise((r) => setTimeout(r, 300));
+        body = await text();
+    }
+    await new Promise((r) => setTimeout(r, 500));  // let the last messages paint
+    const png = await call("Page.captureScreenshot", {format: "png"});
+    fs.writeFileSync(shot, Buffer.from(png.data || "", "base64"));
+    const dom = await call("Runtime.evaluate", {expression: "document.documentElement.outerHTML", returnByValue: true});
+    process.stdout.write(dom.result.value);
+    process.exit(0);
+});
+"""
+
+
+def browse(nr: NodeRed, page: str, screenshot: Path, want: tuple[str, ...] = (), timeout: float = 20) -> str:
+    """Open a dashboard page in headless Chromium, wait until its text shows `want`; save a screenshot, return the DOM."""
+    port = free_port()
     proc = subprocess.Popen([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                             "--window-size=1280,1000", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                             "--window-size=1280,1000", f"--remote-debugging-port={port}",
+                             f"--user-data-dir={screenshot.parent / f'chromium-{port}'}", nr.url(f"/dashboard/{page}")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=timeout)
-        return out
-    except subprocess.TimeoutExpired:
+        def page_target() -> str | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
+                pages = [t for t in json.loads(r.read()) if t["type"] == "page"]
+            return pages[0]["webSocketDebuggerUrl"] if pages else None
+        ws_url = wait_until(lambda: _quiet(page_target), 20, what="Chromium's DevTools endpoint")
+        env = {**os.environ, "NODE_PATH": str(nr.modules)}
+        result = subprocess.run(["node", "-e", CDP_SCRIPT, ws_url, str(screenshot), json.dumps(list(want)),
+                                 str(int(timeout * 1000))], capture_output=True, text=True, timeout=timeout + 30,
+                                env=env, check=True)
+    finally:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return ""
+        proc.wait(10)
+        shutil.rmtree(screenshot.parent / f"chromium-{port}", ignore_errors=True)
+    screenshot.with_suffix(".html").write_text(result.stdout)
+    for extra in artefact_dirs(screenshot.parent)[1:]:
+        shutil.copy(screenshot, extra / screenshot.name)
+        shutil.copy(screenshot.with_suffix(".html"), extra / screenshot.with_suffix(".html").name)
+    return result.stdout
 
 
-def browse(url: str, screenshot: Path, budget_ms: int = 12000) -> str:
-    """Load a page in headless Chromium: its screenshot, and the DOM after the Vue app rendered."""
-    budget = f"--virtual-time-budget={budget_ms}"  # (a --user-data-dir makes this Chromium write no screenshot)
-    screenshot.unlink(missing_ok=True)
-    for _ in range(3):  # now and then Chromium exits without writing the file, or hangs
-        run_chromium([budget, f"--screenshot={screenshot}", url])
-        if screenshot.exists():
-            break
-    assert screenshot.exists(), f"no screenshot of {url}"
-    dom = ""
-    for _ in range(3):
-        if dom := run_chromium([budget, "--dump-dom", url]):
-            break
-    screenshot.with_suffix(".html").write_text(dom)
-    return dom
+def _quiet(probe: Any) -> Any:
+    """probe(), or None while it raises OSError (Chromium still starting)."""
+    try:
+        return probe()
+    except OSError:
+        return None
 
 
 def wait_for_dom(nr: NodeRed, page: str, text: str, screenshot: Path) -> str:
-    """The page's DOM once it shows `text` (a few loads at most)."""
-    dom = ""
-    for _ in range(3):
-        dom = browse(nr.url(f"/dashboard/{page}"), screenshot, budget_ms=8000)
-        if text in dom:
-            for extra in artefact_dirs(screenshot.parent)[1:]:
-                shutil.copy(screenshot, extra / screenshot.name)
-            return dom
-    raise AssertionError(f"{page} does not show {text!r}: {dom[-3000:]}")
+    """The page's DOM once it shows `text`."""
+    dom = browse(nr, page, screenshot, (text,))
+    assert text in dom, f"{page} does not show {text!r}: {dom[-3000:]}"
+    return dom
 
 
 PAGES = ["overview", "bins", "detections", "system", "configuration", "maintenance"]
@@ -349,19 +381,16 @@ def test_the_dashboard_pages_render_the_bins_live_values_in_a_browser(console: C
     health = console.probe.wait_for(f"{ROOT}/health", timeout=20).json()
     fill = console.probe.wait_for(f"{ROOT}/fill", timeout=20).json()
     dirs = artefact_dirs(tmp_path / "screenshots")
-    doms: dict[str, str] = {}
+    names = [c["name"] for c in fill["compartments"].values()]
+    want = {"overview": ("online since", "/ 100"), "bins": tuple(names), "system": ("Hostname",),
+            "maintenance": ("Open lid",)}
+    doms = {page: browse(console.node_red, page, dirs[0] / f"{page}.png", want.get(page, ())) for page in PAGES}
     for page in PAGES:
-        shot = dirs[0] / f"{page}.png"
-        doms[page] = browse(console.node_red.url(f"/dashboard/{page}"), shot)
-        for extra in dirs[1:]:
-            shutil.copy(shot, extra / shot.name)
-            shutil.copy(shot.with_suffix(".html"), extra / f"{page}.html")
-        assert shot.stat().st_size > 5000, f"{page}: empty screenshot"
+        assert (dirs[0] / f"{page}.png").stat().st_size > 5000, f"{page}: empty screenshot"
     overview = doms["overview"]
     assert "online since" in overview and "/ 100" in overview, overview[-3000:]
     scores = [int(s) for s in re.findall(r"(\d+) / 100", overview)]
     assert scores and abs(scores[0] - health["score"]) <= 20
-    names = [c["name"] for c in fill["compartments"].values()]
     assert all(name in doms["bins"] for name in names), doms["bins"][-3000:]
     assert "Fill %" in doms["bins"] and "Full at (forecast)" in doms["bins"]
     assert "Hostname" in doms["system"] and health["system"]["hostname"] in doms["system"]
