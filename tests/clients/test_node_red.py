@@ -382,9 +382,13 @@ def test_the_dashboard_pages_render_the_bins_live_values_in_a_browser(console: C
     fill = console.probe.wait_for(f"{ROOT}/fill", timeout=20).json()
     dirs = artefact_dirs(tmp_path / "screenshots")
     names = [c["name"] for c in fill["compartments"].values()]
-    want = {"overview": ("online since", "/ 100"), "bins": tuple(names), "system": ("Hostname",),
-            "maintenance": ("Open lid",)}
-    doms = {page: browse(console.node_red, page, dirs[0] / f"{page}.png", want.get(page, ())) for page in PAGES}
+    want = {"overview": ("online since", "/ 100", "Active alerts", "Last item"), "bins": (*names, "Refresh history"),
+            "detections": ("Recent items", "Confidence", "Items per category"),
+            "system": ("Hostname", health["system"]["hostname"], "Restart worker"),
+            "configuration": ("Press Load", "Apply change", "Roll back"), "maintenance": ("Open lid", "Recent actions")}
+    doms = {page: browse(console.node_red, page, dirs[0] / f"{page}.png", want[page]) for page in PAGES}
+    for page, texts in want.items():
+        assert all(text in doms[page] for text in texts), (page, texts, doms[page][-3000:])
     for page in PAGES:
         assert (dirs[0] / f"{page}.png").stat().st_size > 5000, f"{page}: empty screenshot"
     overview = doms["overview"]
