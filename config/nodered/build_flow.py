@@ -25,8 +25,8 @@ PAGES = [  # id, name, path, icon
     ("maintenance", "Maintenance", "/maintenance", "wrench"),
 ]
 GROUPS = [  # id, page, name, width
-    ("status", "overview", "Status", 6), ("alerts", "overview", "Active alerts", 6),
-    ("snapshot", "overview", "Last snapshot", 6), ("events", "overview", "Recent events", 6),
+    ("status", "overview", "Status", 6), ("alerts", "overview", "Active alerts and recent events", 6),
+    ("snapshot", "overview", "Last snapshot", 6),
     ("fill", "bins", "Compartments", 12), ("fill_history", "bins", "Fill history", 8),
     ("bin_actions", "bins", "Actions", 4),
     ("items", "detections", "Recent items", 8), ("counts", "detections", "Items per category (24 h)", 4),
@@ -64,7 +64,7 @@ TABLES = {
     "processes_table": ("processes", [col("PID", "pid", "70px"), col("Process", "name"), col("User", "user"),
                                       col("CPU %", "cpu_percent"), col("Memory (MB)", "rss_mb")]),
     "storage_table": ("storage", [col("Folder", "name"), col("Files", "files"), col("Size (MB)", "mb")]),
-    "events_table": ("events", [col("Time", "at", "160px"), col("Event", "type", "120px"), col("What", "summary")]),
+    "events_table": ("alerts", [col("Time", "at", "160px"), col("Event", "type", "120px"), col("What", "summary")]),
     "actions_table": ("actions", [col("Time", "at", "160px"), col("Action", "title"), col("Result", "result")]),
 }
 IMAGE_TEMPLATE = ('<template><div><img v-if="msg && msg.payload" :src="msg.payload" alt="{alt}" '

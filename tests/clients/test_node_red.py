@@ -116,9 +116,9 @@ def start_node_red(modules: Path, workdir: Path, broker_port: int, secret: str |
     flow = workdir / "flows.json"
     shutil.copy(FLOW, flow)
     port = free_port()
-    (workdir / "settings.js").write_text(
-        "module.exports = {flowFile: %s, credentialSecret: false, uiHost: '127.0.0.1',\n"
-        "  logging: {console: {level: 'info', metrics: false, audit: false}}};\n" % json.dumps(str(flow)))
+    settings = {"flowFile": str(flow), "credentialSecret": False, "uiHost": "127.0.0.1",
+                "logging": {"console": {"level": "info", "metrics": False, "audit": False}}}
+    (workdir / "settings.js").write_text(f"module.exports = {json.dumps(settings)};\n")
     env = {**os.environ, "SMARTBIN_DEVICE_ID": DEVICE, "SMARTBIN_MQTT_HOST": "127.0.0.1",
            "SMARTBIN_MQTT_PORT": str(broker_port)}
     env.pop("SMARTBIN_HMAC_SECRET", None)
@@ -382,7 +382,7 @@ def test_the_dashboard_pages_render_the_bins_live_values_in_a_browser(console: C
     fill = console.probe.wait_for(f"{ROOT}/fill", timeout=20).json()
     dirs = artefact_dirs(tmp_path / "screenshots")
     names = [c["name"] for c in fill["compartments"].values()]
-    want = {"overview": ("online since", "/ 100", "Active alerts", "Last item"), "bins": (*names, "Refresh history"),
+    want = {"overview": ("online since", "/ 100", "Active alerts and recent events", "Last item"), "bins": (*names, "Refresh history"),
             "detections": ("Recent items", "Confidence", "Items per category"),
             "system": ("Hostname", health["system"]["hostname"], "Restart worker"),
             "configuration": ("Press Load", "Apply change", "Roll back"), "maintenance": ("Open lid", "Recent actions")}
