@@ -1071,6 +1071,9 @@ do_test() {
     command -v systemd-analyze >/dev/null || pkgs+=(systemd)
     # node runs the example Node-RED flow's request-signing code in tests/test_nodered.py.
     command -v node >/dev/null || pkgs+=(nodejs)
+    # npm installs the pinned Node-RED and Dashboard 2.0, Chromium renders the dashboard (tests/clients/).
+    command -v npm >/dev/null || pkgs+=(npm)
+    command -v chromium >/dev/null || pkgs+=(chromium)
     # The tests compare the ONNX Runtime backend with ultralytics and train tiny models.
     WITH_ULTRALYTICS=1
     ULTRA_WHY="--test (the tests run both detector backends and the training pipeline)"
