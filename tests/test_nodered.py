@@ -49,7 +49,7 @@ def test_every_request_of_the_console_is_in_the_contract_and_privileged_ones_are
     assert all(s["title"] and not s["title"].startswith("smartbin/") for s in specs)
 
 
-def run_request_node(spec: dict[str, Any], secret: str | None, key_id: str | None = None) -> list[Any]:
+def run_request_node(spec: dict[str, Any], secret: str | None, key_id: str | None = None, wait_ms: int = 0) -> list[Any]:
     """Run the flow's request function once under node with a minimal Node-RED sandbox; what it sent."""
     func = next(n for n in FLOW if n["id"] == "fn_request")["func"]
     env = {"SMARTBIN_DEVICE_ID": DEVICE, "SMARTBIN_HMAC_SECRET": secret, "SMARTBIN_HMAC_KEY_ID": key_id}
@@ -62,7 +62,7 @@ def run_request_node(spec: dict[str, Any], secret: str | None, key_id: str | Non
         "const node = {send: (m) => sent.push(m)};\n"
         f"const msg = {{payload: {json.dumps(spec)}}};\n"
         "(function(msg) {\n" + func + "\n})(msg);\n"
-        "process.stdout.write(JSON.stringify(sent)); process.exit(0);\n"
+        f"setTimeout(() => {{ process.stdout.write(JSON.stringify(sent)); process.exit(0); }}, {wait_ms});\n"
     )
     result = subprocess.run(["node", "-e", harness], capture_output=True, text=True, timeout=30, check=True)
     return json.loads(result.stdout)  # type: ignore[no-any-return]
@@ -95,3 +95,12 @@ def test_without_a_secret_a_privileged_request_is_not_sent_and_the_reason_is_sho
     assert "Open lid FAILED: not sent" in sent[0][1]["payload"] and "SMARTBIN_HMAC_SECRET" in sent[0][1]["payload"]
     unprivileged = run_request_node({**spec, "title": "Close lid", "args": {"op": "close"}, "sign": "never"}, None)
     assert "auth" not in json.loads(unprivileged[0][0]["payload"])
+
+
+@needs_node
+def test_a_request_without_an_answer_is_reported_as_a_timeout_in_words() -> None:
+    spec = {"command": "lid", "title": "Close lid", "args": {"op": "close"}, "sign": "never", "timeout_s": 0.2}
+    sent = run_request_node(spec, None, wait_ms=600)
+    assert sent[0][0]["topic"] == f"smartbin/{DEVICE}/request/lid"
+    assert sent[1][1]["payload"] == "Close lid FAILED: no answer within 0.2 s (is the bin online?)"
+    assert sent[1][2]["payload"][0]["title"] == "Close lid"
