@@ -402,6 +402,12 @@ def test_the_dashboard_pages_render_the_bins_live_values_in_a_browser(console: C
     assert error_lines(console.node_red.log()) == []
 
 
+def test_the_configuration_page_shows_the_redacted_configuration_on_load(console: Console) -> None:
+    DashboardSocket(console.node_red).click("btn_config_get")
+    dom = wait_for_dom(console.node_red, "configuration", "**********", console.workdir / "configuration-loaded.png")
+    assert f'"id": "{DEVICE}"' in dom and SECRET not in dom
+
+
 def test_events_sent_while_node_red_restarts_arrive_and_an_offline_bin_is_marked_stale(console: Console) -> None:
     console.node_red.stop()
     event = {"id": "e" * 32, "seq": 10**9, "type": "alert", "ts": "2026-01-01T00:00:00+00:00", "ts_source": "clock",
@@ -416,3 +422,4 @@ def test_events_sent_while_node_red_restarts_arrive_and_an_offline_bin_is_marked
     dom = wait_for_dom(console.node_red, "overview", "OFFLINE since", console.workdir / "offline.png")
     assert "stale: bin offline since" in dom
     assert error_lines(console.node_red.log()) == []
+
