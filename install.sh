@@ -1113,6 +1113,9 @@ do_test() {
     # The reference firmware is built for the Uno and run under simavr (tests/hardware/firmware.py):
     # the AVR compiler and C library, Debian's Arduino core, simavr and its headers for the harness.
     pkgs+=(gcc-avr avr-libc arduino-core-avr simavr libsimavr-dev)
+    # npm installs the pinned Node-RED and Dashboard 2.0, Chromium renders the dashboard (tests/clients/).
+    command -v npm >/dev/null || pkgs+=(npm)
+    command -v chromium >/dev/null || pkgs+=(chromium)
     # The tests compare the ONNX Runtime backend with ultralytics and train tiny models.
     WITH_ULTRALYTICS=1
     ULTRA_WHY="--test (the tests run both detector backends and the training pipeline)"
