@@ -28,6 +28,11 @@ from paho.mqtt.properties import Properties
 from smartbin_daemon.store import DB_NAME
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real-client tests (tests/clients/) run last: their installs overlap the rest (see clients/installs.py)."""
+    items.sort(key=lambda item: Path(str(item.fspath)).is_relative_to(REPO / "tests" / "clients"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 

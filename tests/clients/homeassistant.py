@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CACHE = Path(os.environ.get("SMARTBIN_TEST_CACHE", str(Path.home() / ".cache" / "smartbin-tests")))
+from .installs import CACHE, locked
+
 PY313 = Path.home() / ".pyenv" / "versions" / "3.13.0" / "bin" / "python"
 
 
@@ -74,6 +75,11 @@ def install(pin: Pin) -> Path:
     frontend's for a browser pin), as `hass` would pip-install them at its first start.
     """
     venv = CACHE / f"ha-{pin.version}"
+    with locked(venv.name):
+        return _install(pin, venv)
+
+
+def _install(pin: Pin, venv: Path) -> Path:
     python = venv / "bin" / "python"
     domains = [*DOMAINS, "frontend", "lovelace"] if pin.browser else list(DOMAINS)
     marker = venv / ".smartbin-installed"

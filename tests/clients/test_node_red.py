@@ -26,16 +26,13 @@ import yaml
 from smartbin_daemon.runtime.auth import Verifier
 
 from ..conftest import REPO, Broker, DaemonProcess, Probe, free_port, simulation_doc, wait_until
+from .installs import IN_CI, InstallFailed, install_node_red
 
-NODE_RED = "4.1.8"
-DASHBOARD = "1.31.0"
-CACHE = Path(os.environ.get("SMARTBIN_TEST_CACHE", Path.home() / ".cache" / "smartbin-tests"))
 FLOW = REPO / "config" / "nodered" / "smartbin-flow.json"
 DEVICE = "console-bin"  # not the flow's default: proves the device id comes from the environment
 ROOT = f"smartbin/{DEVICE}"
 SECRET = "node-red-test-secret-0123456789abcdef"
 CLIENT_ID = "smartbin-nodered-console"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def unavailable(why: str) -> None:
@@ -48,24 +45,11 @@ def unavailable(why: str) -> None:
 @pytest.fixture(scope="session")
 def node_red_install() -> Path:
     """node_modules with the pinned node-red and @flowfuse/node-red-dashboard (installed once, then reused)."""
-    target = CACHE / f"node-red-{NODE_RED}-dashboard-{DASHBOARD}"
-    if (target / "node_modules" / ".bin" / "node-red").exists():
-        return target / "node_modules"
-    if shutil.which("npm") is None:
-        unavailable("npm is not installed (apt-get install nodejs npm; node >= 18)")
-    staging = target.with_name(target.name + f".partial-{os.getpid()}")
-    staging.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(staging),
-                             f"node-red@{NODE_RED}", f"@flowfuse/node-red-dashboard@{DASHBOARD}"],
-                            capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        unavailable(f"npm install failed: {result.stderr[-2000:]}")
-    if not target.exists():
-        staging.rename(target)
-    else:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target / "node_modules"
+    try:
+        return install_node_red()
+    except InstallFailed as exc:
+        unavailable(str(exc))
+        raise
 
 
 def chromium() -> str:
