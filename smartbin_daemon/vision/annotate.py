@@ -31,6 +31,10 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 # --------------------------------------------------------------------------- drawing
 
 
+TITLE_LINES = 3
+"""At most this many title lines on a snapshot (a long uncertainty reason wraps rather than running off the edge)."""
+
+
 def category_colour(category: str) -> tuple[int, int, int]:
     """The BGR colour of a category: fixed for the product categories, a stable hue for any other name."""
     known = CATEGORY_COLOURS_BGR.get(category)
@@ -62,6 +66,26 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     return img.copy()
 
 
+def _width(text: str, scale: float, thick: int) -> int:
+    return int(cv2.getTextSize(text, _FONT, scale, thick)[0][0])
+
+
+def _wrap(text: str, width: int, scale: float, thick: int, max_lines: int = TITLE_LINES) -> list[str]:
+    """The title broken at spaces into lines that fit `width` px; only a last line that still overflows is cut (~)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and _width(f"{lines[-1]} {word}", scale, thick) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = [*lines[:max_lines - 1], " ".join(lines[max_lines - 1:])]
+    last = lines[-1] if lines else ""
+    while last and _width(last, scale, thick) > width and len(last) > 4:
+        last = last[:-2] + "~"
+    return [*lines[:-1], last] if lines else []
+
+
 def annotate(image: np.ndarray, boxes: Sequence[DetectedBox], title: str | None = None) -> np.ndarray:
     """A copy of the image with each box, a `<category> <conf>` label in the category's colour, and a title line."""
     out = as_bgr(image)
@@ -71,17 +95,13 @@ def annotate(image: np.ndarray, boxes: Sequence[DetectedBox], title: str | None 
     line = max(2, round(min(h, w) / 240))
     title_h = 0
     if title:
-        text = title
-        (tw, th), base = cv2.getTextSize(text, _FONT, scale, text_thick)
-        if tw > w - 6:  # cut to fit: estimate from the average glyph width, then trim
-            text = text[: max(3, len(text) * (w - 6) // tw - 1)] + "~"
-            (tw, th), base = cv2.getTextSize(text, _FONT, scale, text_thick)
-            while tw > w - 6 and len(text) > 4:
-                text = text[:-2] + "~"
-                (tw, th), base = cv2.getTextSize(text, _FONT, scale, text_thick)
-        title_h = min(h, th + base + 6)
+        lines = _wrap(title, w - 6, scale, text_thick)
+        (_, th), base = cv2.getTextSize("Ag", _FONT, scale, text_thick)
+        step = th + base + 3
+        title_h = min(h, step * len(lines) + 3)
         out[:title_h] = (out[:title_h].astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken the band
-        cv2.putText(out, text, (3, th + 3), _FONT, scale, (255, 255, 255), text_thick, cv2.LINE_AA)
+        for i, text in enumerate(lines):
+            cv2.putText(out, text, (3, th + 3 + i * step), _FONT, scale, (255, 255, 255), text_thick, cv2.LINE_AA)
     for box in boxes:
         colour = category_colour(box.category)
         x1, y1, x2, y2 = (float(v) for v in box.xyxy)

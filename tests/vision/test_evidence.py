@@ -469,3 +469,21 @@ def test_an_encoded_training_image_is_what_was_captured(store: EvidenceStore) ->
     path = store.save_for_training(image, (), "uncertain")
     assert path is not None
     assert path.read_bytes() == encode_jpeg(image, 95), "unannotated, quality 95"
+
+
+def test_a_long_title_wraps_onto_lines_that_fit_instead_of_running_off_the_edge() -> None:
+    from smartbin_daemon.vision.annotate import TITLE_LINES, _width, _wrap
+
+    title = "paper_cardboard 0.41 (cardboard) UNCERTAIN: margin 0.08 below 0.20 over glass 0.33"
+    lines = _wrap(title, 314, 0.4, 1)
+    assert 1 < len(lines) <= TITLE_LINES
+    assert all(_width(line, 0.4, 1) <= 314 for line in lines), lines
+    assert " ".join(lines) == title, "every word is shown when it fits in the lines"
+    cut = _wrap(title * 4, 314, 0.4, 1)
+    assert len(cut) == TITLE_LINES and cut[-1].endswith("~") and _width(cut[-1], 0.4, 1) <= 314
+
+    image = np.zeros((240, 320, 3), np.uint8)
+    one = annotate(image, [], title="glass 0.87")
+    three = annotate(image, [], title=title)
+    band = lambda out: int(np.flatnonzero(out[:, :, :].any(axis=(1, 2)))[-1])  # noqa: E731 - last row with ink
+    assert band(three) > band(one) + 10, "the wrapped title takes more lines of the band"
