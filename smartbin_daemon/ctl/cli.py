@@ -50,6 +50,7 @@ from .session import (
     BrokerError,
     BrokerSession,
     CtlConfig,
+    Snapshot,
     apply_overrides,
     collect_snapshot,
     load_ctl_config,
@@ -121,16 +122,21 @@ def _connect_timeout(args: argparse.Namespace) -> float:
     return float(args.timeout) if args.timeout else DEFAULT_CONNECT_TIMEOUT_S
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print the status screen (or the raw states with --json)."""
-    ctl = _load(args)
-    if ctl is None:
-        return EXIT_NO_ANSWER
+def _snapshot(args: argparse.Namespace, ctl: CtlConfig) -> Snapshot | None:
+    """The retained states (or the state file), or None after saying why neither could be read."""
     try:
-        snap = collect_snapshot(ctl.cfg, _connect_timeout(args), args.wait)
+        return collect_snapshot(ctl.cfg, _connect_timeout(args), args.wait)
     except (OSError, ValueError) as exc:
         _err(f"smartbinctl: the broker gave no state and the local state file is unusable: {exc}")
         _err(f"(the daemon writes {Path(ctl.cfg.storage.path) / STATE_FILE} every 30 s; reading it may need sudo)")
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the status screen (or the raw states with --json)."""
+    ctl = _load(args)
+    snap = _snapshot(args, ctl) if ctl is not None else None
+    if ctl is None or snap is None:
         return EXIT_NO_ANSWER
     if args.json:
         print(json.dumps(snap.as_json(), indent=2, default=str))
@@ -142,12 +148,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     """Print the alerts active now (the retained `alerts` state), or that state as JSON."""
     ctl = _load(args)
-    if ctl is None:
-        return EXIT_NO_ANSWER
-    try:
-        snap = collect_snapshot(ctl.cfg, _connect_timeout(args), args.wait)
-    except (OSError, ValueError) as exc:
-        _err(f"smartbinctl: the broker gave no state and the local state file is unusable: {exc}")
+    snap = _snapshot(args, ctl) if ctl is not None else None
+    if ctl is None or snap is None:
         return EXIT_NO_ANSWER
     state = snap.components.get("alerts")
     if not isinstance(state, dict):
