@@ -5,6 +5,7 @@ The value sets and the lid transitions are the firmware's (PROTOCOL.md, firmware
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from .protocol import PROTOCOL_VERSION
@@ -73,3 +74,15 @@ class BoardSpec:
                                                                                  self.drop_delay_s) < 0:
             raise ValueError("intervals must be positive and delays non-negative")
         self.sensors = tuple(self.sensors)
+
+    def echoes(self, fill_mm: list[float], stuck: dict[int, int | None], rng: random.Random) -> list[int]:
+        """The distances a TEL frame reports: -1 for no echo (no sensor, or a random miss), a stuck reading as set."""
+        distances = []
+        for i, fill in enumerate(fill_mm):
+            if (reading := stuck.get(i)) is not None:
+                distances.append(reading)
+            elif "us" not in self.sensors or rng.random() < self.no_echo_rate:
+                distances.append(-1)
+            else:
+                distances.append(round(self.empty_mm - fill + rng.uniform(-2.0, 2.0)))
+        return distances

@@ -166,8 +166,7 @@ class SimulatedArduino:
     @property
     def running(self) -> bool:
         """Whether the serving thread is alive."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        return (thread := self._thread) is not None and thread.is_alive()
 
     @property
     def plugged(self) -> bool:
@@ -539,16 +538,8 @@ class SimulatedArduino:
         heapq.heappush(self._out, (due, self._out_order, action))
 
     def _send_telemetry(self) -> None:
-        distances = []
-        for i in range(self.spec.compartments):
-            stuck = self._stuck_echo.get(i)
-            if stuck is not None:
-                distances.append(stuck)
-            elif "us" not in self.spec.sensors or self._rng.random() < self.spec.no_echo_rate:
-                distances.append(-1)
-            else:
-                distances.append(round(self.spec.empty_mm - self._fill[i] + self._rng.uniform(-2.0, 2.0)))
-        args: dict[str, object] = {"d": ",".join(str(d) for d in distances), "lid": self._lid}
+        distances = self.spec.echoes(self._fill, self._stuck_echo, self._rng)
+        args: dict[str, object] = {"d": ",".join(map(str, distances)), "lid": self._lid}
         if "hx711" in self.spec.sensors:
             args["w"] = round(self.weight_g)
         if "temp" in self.spec.sensors:
