@@ -125,6 +125,8 @@ def test_alerts_lists_the_active_alerts_and_the_status_screen_counts_them(sim: S
     assert re.search(r"^\(\d+ active \(\d+ critical, \d+ warning\)\)$", shown.stdout, re.M), shown.stdout
     status = run_ctl("status", config=sim.config)
     assert re.search(r"^alerts\s+\d+ active \(\d+ critical, \d+ warning\)", status.stdout, re.M), status.stdout
+    unknown = run_ctl("alerts", "--ack", "nosuchalert", config=sim.config)
+    assert unknown.returncode == 1 and "no active alert 'nosuchalert'" in unknown.stderr, unknown.stderr
 
 
 def test_request_ping_exits_0_and_prints_pong(sim: Sim) -> None:

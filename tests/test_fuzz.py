@@ -20,6 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smartbin_daemon.alerts.worker import AlertsWorker
 from smartbin_daemon.bins.tracker import FillTracker
 from smartbin_daemon.bins.workflow import SortingWorkflow
 from smartbin_daemon.config import ConfigError, parse_config
@@ -52,7 +53,8 @@ def full_registry(tmp: Path) -> RequestRegistry:
              *CameraWorker(bus, cfg.camera, LatestFrame(), base_dir=tmp).requests(),
              *FillTracker(bus, cfg.bins, store).requests(),
              *SortingWorkflow(bus, cfg.bins, store, owners={}, vision={}).requests(),
-             *HealthMonitor(bus, cfg.health, tmp, store=store).requests()]
+             *HealthMonitor(bus, cfg.health, tmp, store=store).requests(),
+             *AlertsWorker(bus, cfg).requests()]
     for spec in specs:
         registry.register(spec)
     return registry

@@ -89,6 +89,8 @@ def test_a_wrong_type_is_named_by_its_field(catalogue: tuple[dict[str, Any], Pro
         ("selftest", {"parts": ["everything"]}, "args.parts"),
         ("selftest", {"parts": []}, "args.parts"),
         ("selftest", {"move": "maybe"}, "args.move"),
+        ("alerts/ack", {"id": 12}, "args.id"),
+        ("alerts/ack", {"id": "not an id!"}, "args.id"),
     ]
     for command, args, field in cases:
         resp = probe.request(SIM_ROOT, command, {"args": args}, timeout=15)

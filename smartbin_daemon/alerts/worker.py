@@ -16,9 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ..clock import iso_utc
 from ..config import SEVERITY_RANK, WASTE_CATEGORIES, Config
-from ..runtime.bus import Bus, Discovery, Entity, Event
+from ..logs import ev
+from ..runtime.bus import Bus, Discovery, Entity, Event, Request
+from ..runtime.commands import RequestError, command
 from ..runtime.worker import STATE_EXPIRE_AFTER_S, Worker
 from ..states.alerts import ActiveAlert, AlertCounts, AlertsState, WebhookCounters
 from .webhook import WebhookSender
@@ -45,6 +49,14 @@ EVENT_TYPES: dict[str, tuple[str, list[str], str]] = {
               '"source": d.source, "code": d.code, "severity": d.severity, "message": d.message, "active": d.active'),
 }
 """The HA `event` entity of each bin event: what becomes HA's `event_type`, and the attributes it carries."""
+
+
+class AckArgs(BaseModel):
+    """Arguments of `alerts/ack`."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                    description="the active alert's id (`<root>/alerts` → active[].id)")
 
 
 def event_entity(event: str) -> Entity:
@@ -81,12 +93,13 @@ class AlertsWorker(Worker):
     critical = False
 
     def __init__(self, bus: Bus, cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(COMPONENT, bus, tick_s=1.0, inbox=(Event,), inbox_size=2000, clock=clock)
+        super().__init__(COMPONENT, bus, tick_s=1.0, inbox=(Event, Request), inbox_size=2000, clock=clock)
         self.label = f"{cfg.device.name} ({cfg.device.id})"
         hook = cfg.alerts.webhook
         self.min_rank = SEVERITY_RANK[hook.min_severity]
         self.sender = WebhookSender(hook, clock=clock) if hook.target() else None
         self._active: dict[tuple[str, str], ActiveAlert] = {}
+        self._acknowledged: set[str] = set()  # ids of raised alerts an operator acknowledged (hidden until raised anew)
         self._notified: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._disabled = WebhookCounters(enabled=False, min_severity=hook.min_severity)
 
@@ -110,18 +123,36 @@ class AlertsWorker(Worker):
     def handle(self, msg: Any) -> None:
         if isinstance(msg, Event) and msg.type == "alert":
             self._notify(msg)
+        elif isinstance(msg, Request):
+            self.answer(msg)
 
     def entities(self) -> tuple[Entity, ...]:
         return alerts_entities(self.sender is not None)
+
+    @command("alerts/ack", AckArgs, example={"id": "9f1c2e4b7a30"},
+             summary="Acknowledge an active alert: it leaves `<root>/alerts` until its source raises it again (for "
+                     "alerts nothing clears, e.g. an Arduino fault code or a recovered database).")
+    def _ack(self, req: Request, args: AckArgs) -> dict[str, Any]:
+        found = next((a for a in self._active.values() if a.id == args.id), None)
+        if found is None:
+            known = ", ".join(f"{a.id} ({a.source}/{a.code})" for a in self._active.values()) or "none"
+            raise RequestError(f"args.id: no active alert {args.id!r}; active: {known}")
+        self._acknowledged.add(args.id)
+        logger.info("alert %s/%s acknowledged by %s request", found.source, found.code, req.authority,
+                    extra=ev("alert_acknowledged"))
+        self.publish_state(self.own_state, force=self._sync())
+        return {"acknowledged": found.to_json()}
 
     # -- the active set -------------------------------------------------------------
 
     def _sync(self) -> bool:
         """Rebuild the active set from the bus's alert ledger; whether it changed."""
         active: dict[tuple[str, str], ActiveAlert] = {}
-        for event in self.bus.alerts():
+        ledger = self.bus.alerts()
+        self._acknowledged &= {event.id for event in ledger}  # a superseded alert needs no hiding any more
+        for event in ledger:
             d = event.data
-            if not d.get("active") or d.get("severity") not in LASTING:
+            if not d.get("active") or d.get("severity") not in LASTING or event.id in self._acknowledged:
                 continue
             key = (str(d.get("source")), str(d.get("code")))
             before = self._active.get(key)

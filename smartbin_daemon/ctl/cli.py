@@ -146,8 +146,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    """Print the alerts active now (the retained `alerts` state), or that state as JSON."""
+    """Print the alerts active now (the retained `alerts` state), or that state as JSON; `--ack ID` acknowledges one."""
     ctl = _load(args)
+    if ctl is not None and args.ack:
+        data = _answer_data(args, ctl, "alerts/ack", {"id": args.ack}, f"acknowledging {args.ack} failed")
+        if isinstance(data, int):
+            return data
+        alert = data.get("acknowledged") or {}
+        print(f"acknowledged {alert.get('source')}/{alert.get('code')}: {alert.get('message')}")
+        return EXIT_OK
     snap = _snapshot(args, ctl) if ctl is not None else None
     if ctl is None or snap is None:
         return EXIT_NO_ANSWER
@@ -485,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("alerts", parents=[common], help="the alerts active now, most severe first, and the webhook")
     p.add_argument("--json", action="store_true", help="print the alerts state as JSON")
+    p.add_argument("--ack", metavar="ID", help="acknowledge the active alert with this id (alerts/ack)")
     p.add_argument("--wait", type=float, default=STATUS_WAIT_S, help="seconds to wait for retained states (default 1.5)")
     p.set_defaults(func=cmd_alerts)
 

@@ -10,7 +10,7 @@ import pytest
 
 from smartbin_daemon.alerts.worker import AlertsWorker, alerts_entities
 from smartbin_daemon.config import parse_config
-from smartbin_daemon.runtime.bus import Alert, Bus, Discovery, StateUpdate
+from smartbin_daemon.runtime.bus import Alert, Bus, Discovery, Request, Response, StateUpdate
 from smartbin_daemon.states import AlertsState
 
 from ..conftest import wait_until
@@ -135,3 +135,29 @@ def test_the_alert_ledger_is_bounded_forgetting_the_least_recently_raised(bus: B
     codes_kept = [e.data["code"] for e in bus.alerts()]
     assert len(codes_kept) == ALERT_LEDGER_MAX and codes_kept[-1] == "fault_3"
     assert "fault_0" not in codes_kept and "fault_5" not in codes_kept and "fault_6" in codes_kept
+
+
+def test_an_acknowledged_alert_leaves_the_list_until_its_source_raises_it_again(bus: Bus, running: Running) -> None:
+    answers = bus.subscribe("ack-test", (Response,))
+
+    def ack(alert_id: str) -> Response:
+        bus.publish(Request("alerts", "alerts/ack", {"id": alert_id}, f"r-{alert_id}", authority="unsigned"))
+        msg = answers.get(5)
+        assert isinstance(msg, Response)
+        return msg
+
+    fault = bus.raise_alert(Alert("arduino", "fault_servo_stall", "critical", "Arduino fault servo_stall"))
+    bus.raise_alert(Alert("fill", "compartment_full_paper", "warning", "compartment Paper is full"))
+    running.wait(lambda s: s.counts.total == 2, "both active")
+
+    answer = ack(fault.id)
+    assert answer.ok and answer.data["acknowledged"]["code"] == "fault_servo_stall"
+    state = running.wait(lambda s: s.counts.total == 1, "the fault acknowledged")
+    assert codes(state) == ["fill/compartment_full_paper"] and state.counts.critical == 0
+
+    refused = ack("no-such-alert")
+    assert not refused.ok and refused.error.startswith("args.id: no active alert 'no-such-alert'")
+    assert "compartment_full_paper" in refused.error, "the error lists what can be acknowledged"
+
+    bus.raise_alert(Alert("arduino", "fault_servo_stall", "critical", "Arduino fault servo_stall"))
+    running.wait(lambda s: s.counts.critical == 1, "raised again: active again")
