@@ -250,9 +250,9 @@ def _request(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: di
 
 
 def _answer_data(args: argparse.Namespace, ctl: CtlConfig, command: str, payload: dict[str, Any],
-                 failed: str) -> Any:
+                 failed: str, answer_within_s: float = 0.0) -> Any:
     """The `data` of an ok answer, or the exit code after saying why there is none (`failed: <error>`)."""
-    answer = _request(args, ctl, command, payload)
+    answer = _request(args, ctl, command, payload, answer_within_s=answer_within_s)
     if answer is None:
         return EXIT_NO_ANSWER
     if answer.response is None:
@@ -377,16 +377,9 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     payload: dict[str, Any] = {"move": not args.no_move and bool(MOVING.intersection(parts))}
     if args.parts:
         payload["parts"] = parts
-    answer = _request(args, ctl, "selftest", payload, answer_within_s=MAX_RUN_S + 5.0)
-    if answer is None:
-        return EXIT_NO_ANSWER
-    if answer.response is None:
-        _err(f"smartbinctl: {answer.problem}")
-        return EXIT_NO_ANSWER
-    if not answer.ok:
-        _err(f"self-test refused: {answer.response.get('error')}")
-        return EXIT_ERROR
-    data = answer.response.get("data") or {}
+    data = _answer_data(args, ctl, "selftest", payload, "self-test refused", answer_within_s=MAX_RUN_S + 5.0)
+    if isinstance(data, int):
+        return data
     print(render_selftest(data))
     return EXIT_OK if data.get("status") == "pass" else EXIT_ERROR
 
